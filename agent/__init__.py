@@ -1,0 +1,3 @@
+"""The ``darkstorage`` command line, configuration and daemon."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,22 @@
+"""The one rich console every command prints through, and helpers for ``--json`` output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def emit_json(data: Any) -> None:
+    """Print *data* as JSON on stdout (for ``--json``)."""
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def error_line(message: str) -> None:
+    """Print a one-line error on stderr."""
+    err_console.print(f"[bold red]darkstorage:[/] {message}", soft_wrap=True)

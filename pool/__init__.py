@@ -1,0 +1,1 @@
+"""The tiered storage pool: catalog, backends, tiers, placement, page-in and restore."""

@@ -1,0 +1,227 @@
+"""Backends: an fsspec filesystem plus a root, serving one tier.
+
+A backend stores objects under plain keys (``<bucket>/<path>``) below its root, so other tools
+see ordinary files. Writes go to a temporary key first and are moved into place, so a reader
+never sees half an object and a crash leaves at most a ``.darkstorage-tmp-*`` leftover.
+POSIX attributes travel as object metadata where the backend has a place for them: for local
+directories, the object file's own mode and mtime, plus a ``user.darkstorage.attrs`` xattr
+(JSON with mode, uid, gid, mtime_ns) where the filesystem supports user xattrs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import fsspec
+
+from .errors import BackendError, ConfigError, IntegrityError, NotFoundError
+from .hashing import CHUNK_BYTES, hash_stream, new_hasher
+
+log = logging.getLogger(__name__)
+
+TMP_MARK = ".darkstorage-tmp-"
+ATTRS_XATTR = "user.darkstorage.attrs"
+
+
+@dataclass(slots=True)
+class StoredObject:
+    """What a backend holds after a write: ``size`` in bytes, ``xxh3_128`` hex, ``etag`` if any."""
+
+    size: int
+    xxh3_128: str
+    etag: str | None = None
+
+
+class Backend:
+    """One tier's storage.
+
+    Args:
+        tier: the tier this backend serves (for messages).
+        url: fsspec URL of the root, e.g. ``file:///srv/warm`` or ``s3://bucket/prefix``.
+        options: keyword arguments for the fsspec filesystem.
+        restore_latency_s: for local archive/offsite roots, the simulated restore time.
+
+    Raises:
+        ConfigError: the URL's protocol has no fsspec implementation installed.
+    """
+
+    def __init__(
+        self, tier: str, url: str, options: dict[str, Any] | None = None,
+        *, restore_latency_s: float = 0.0,
+    ) -> None:
+        self.tier = tier
+        self.url = url
+        self.restore_latency_s = restore_latency_s
+        parsed = urlparse(url)
+        protocol = parsed.scheme or "file"
+        try:
+            self.fs = fsspec.filesystem(protocol, skip_instance_cache=True, **(options or {}))
+        except (ImportError, ValueError) as e:
+            raise ConfigError(f"tier {tier}: cannot use {url}: {e}") from None
+        if protocol in ("file", "local"):
+            self.local_root: Path | None = Path(parsed.path)
+            self.root = parsed.path.rstrip("/")
+        else:
+            self.local_root = None
+            self.root = self.fs._strip_protocol(url).rstrip("/")
+
+    def __repr__(self) -> str:
+        return f"Backend({self.tier}, {self.url})"
+
+    def path(self, key: str) -> str:
+        return f"{self.root}/{key}"
+
+    def local_path(self, key: str) -> Path | None:
+        """The object's file when the backend is a local directory, else None."""
+        return self.local_root / key if self.local_root is not None else None
+
+    def ensure_root(self) -> None:
+        try:
+            self.fs.makedirs(self.root, exist_ok=True)
+        except OSError as e:
+            raise BackendError(f"tier {self.tier}: cannot create {self.url}: {e}") from None
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        """Bytes ``[offset, offset + length)`` of an object (shorter at its end).
+
+        Raises:
+            NotFoundError: no such object.
+            BackendError: the backend failed.
+        """
+        try:
+            return bytes(self.fs.cat_file(self.path(key), start=offset, end=offset + length))
+        except FileNotFoundError:
+            raise NotFoundError(f"object {key} missing from tier {self.tier}") from None
+        except OSError as e:
+            raise BackendError(f"tier {self.tier}: reading {key}: {e}") from None
+
+    def download_to_fd(self, key: str, fd: int) -> StoredObject:
+        """Copy a whole object into *fd* from offset 0, hashing on the way."""
+        h, off = new_hasher(), 0
+        try:
+            with self.fs.open(self.path(key), "rb", block_size=CHUNK_BYTES) as f:
+                while chunk := f.read(CHUNK_BYTES):
+                    h.update(chunk)
+                    os.pwrite(fd, chunk, off)
+                    off += len(chunk)
+        except FileNotFoundError:
+            raise NotFoundError(f"object {key} missing from tier {self.tier}") from None
+        except OSError as e:
+            raise BackendError(f"tier {self.tier}: reading {key}: {e}") from None
+        return StoredObject(off, h.hexdigest())
+
+    def hash_object(self, key: str) -> StoredObject:
+        """Read an object back whole and hash it (the write-back verification)."""
+        try:
+            with self.fs.open(self.path(key), "rb", block_size=CHUNK_BYTES) as f:
+                digest, n = hash_stream(f)
+        except FileNotFoundError:
+            raise NotFoundError(f"object {key} missing from tier {self.tier}") from None
+        except OSError as e:
+            raise BackendError(f"tier {self.tier}: reading {key}: {e}") from None
+        return StoredObject(n, digest)
+
+    def exists(self, key: str) -> bool:
+        try:
+            return bool(self.fs.exists(self.path(key)))
+        except OSError as e:
+            raise BackendError(f"tier {self.tier}: {e}") from None
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def tmp_key(self, key: str) -> str:
+        head, _, tail = key.rpartition("/")
+        name = f"{TMP_MARK}{secrets.token_hex(6)}-{tail}"[:255]
+        return f"{head}/{name}" if head else name
+
+    def upload_fd(self, fd: int, key: str, attrs: dict[str, int] | None = None) -> StoredObject:
+        """Write the whole of *fd* under a temporary key; returns what was written.
+
+        *key* should be a :meth:`tmp_key`; :meth:`move` puts it in place after :meth:`verify`.
+        """
+        h, off = new_hasher(), 0
+        path = self.path(key)
+        try:
+            self.fs.makedirs(self.fs._parent(path), exist_ok=True)
+            with self.fs.open(path, "wb") as f:
+                while chunk := os.pread(fd, CHUNK_BYTES, off):
+                    h.update(chunk)
+                    f.write(chunk)
+                    off += len(chunk)
+                if self.local_root is not None:
+                    f.flush()
+                    os.fsync(f.fileno())
+        except OSError as e:
+            raise BackendError(f"tier {self.tier}: writing {key}: {e}") from None
+        if attrs is not None:
+            self.set_attrs(key, attrs)
+        return StoredObject(off, h.hexdigest())
+
+    def verify(self, key: str, expected: StoredObject) -> StoredObject:
+        """Read *key* back and compare with *expected*.
+
+        Raises:
+            IntegrityError: size or hash differ.
+        """
+        got = self.hash_object(key)
+        if got.size != expected.size or got.xxh3_128 != expected.xxh3_128:
+            raise IntegrityError(
+                f"tier {self.tier}: {key} reads back as {got.size} bytes/{got.xxh3_128},"
+                f" wrote {expected.size} bytes/{expected.xxh3_128}"
+            )
+        return got
+
+    def move(self, src_key: str, dst_key: str) -> None:
+        """Rename an object (atomic on local roots; copy + delete elsewhere)."""
+        src, dst = self.path(src_key), self.path(dst_key)
+        try:
+            self.fs.makedirs(self.fs._parent(dst), exist_ok=True)
+            if self.local_root is not None:
+                os.replace(src, dst)
+            else:
+                self.fs.mv(src, dst)
+        except FileNotFoundError:
+            raise NotFoundError(f"object {src_key} missing from tier {self.tier}") from None
+        except OSError as e:
+            raise BackendError(f"tier {self.tier}: moving {src_key}: {e}") from None
+
+    def delete(self, key: str) -> None:
+        """Delete an object; a missing object is not an error. Empty local parents are pruned."""
+        try:
+            self.fs.rm_file(self.path(key))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise BackendError(f"tier {self.tier}: deleting {key}: {e}") from None
+        if self.local_root is not None:
+            parent = (self.local_root / key).parent
+            while parent != self.local_root and self.local_root in parent.parents:
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+                parent = parent.parent
+
+    def set_attrs(self, key: str, attrs: dict[str, int]) -> None:
+        """Record POSIX attributes (mode, uid, gid, mtime_ns) with the object, best effort."""
+        p = self.local_path(key)
+        if p is None:
+            return
+        try:
+            os.chmod(p, attrs["mode"] & 0o7777)
+            os.utime(p, ns=(attrs["mtime_ns"], attrs["mtime_ns"]))
+        except OSError as e:
+            log.debug("cannot set attributes on %s: %s", p, e)
+        try:
+            os.setxattr(p, ATTRS_XATTR, json.dumps(attrs, sort_keys=True).encode())
+        except OSError:
+            pass  # filesystem without user xattrs: mode and mtime are still on the file

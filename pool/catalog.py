@@ -1,0 +1,437 @@
+"""The catalog: the namespace, attributes and object locations of a pool, in SQLite.
+
+The column reference lives in :mod:`pool.schema`. This module offers the primitive,
+transactional operations; POSIX semantics (permissions, errnos, which timestamps change)
+are the filesystem's job (``vfs``) and bucket/tier policies are :mod:`pool.pool`'s.
+
+All methods run on the caller's thread; one :class:`Catalog` must not be used by two threads
+at once. Writes commit immediately unless they run inside :meth:`Catalog.tx`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .schema import migrate
+
+ROOT = 1
+NAME_MAX = 255
+
+_ATTR_COLS = "id, mode, uid, gid, size, nlink, atime_ns, mtime_ns, ctime_ns, btime_ns, rdev"
+_OBJ_COLS = (
+    "inode, tier, key, size, xxh3_128, etag, state, dirty_since_ns, "
+    "restore_requested_ns, restore_ready_ns"
+)
+
+
+@dataclass(slots=True)
+class Attrs:
+    """One ``inodes`` row (see :mod:`pool.schema`); times in ns, size in bytes."""
+
+    id: int
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    nlink: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    btime_ns: int
+    rdev: int
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+
+@dataclass(slots=True)
+class ObjectRow:
+    """One ``objects`` row: where a regular file's bytes live (see :mod:`pool.schema`)."""
+
+    inode: int
+    tier: str
+    key: str | None
+    size: int | None
+    xxh3_128: str | None
+    etag: str | None
+    state: str
+    dirty_since_ns: int | None
+    restore_requested_ns: int | None
+    restore_ready_ns: int | None
+
+
+def now_ns() -> int:
+    """Wall-clock time in nanoseconds since the epoch (what ext4 stamps files with)."""
+    return time.time_ns()
+
+
+class Catalog:
+    """A pool's catalog database.
+
+    Args:
+        path: the ``catalog.db`` file; created (with the root directory) if missing.
+        root_uid, root_gid: owner of a newly created root directory.
+
+    Raises:
+        sqlite3.DatabaseError: the file is not a catalog or is newer than this program.
+    """
+
+    def __init__(self, path: Path, *, root_uid: int = 0, root_gid: int = 0) -> None:
+        self.path = path
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=30000")
+        self._depth = 0
+        migrate(self.db)
+        if self.get(ROOT) is None:
+            t = now_ns()
+            with self.tx():
+                self.db.execute(
+                    "INSERT INTO inodes (id, mode, uid, gid, size, nlink, atime_ns, mtime_ns,"
+                    " ctime_ns, btime_ns) VALUES (?, ?, ?, ?, 0, 2, ?, ?, ?, ?)",
+                    (ROOT, stat.S_IFDIR | 0o755, root_uid, root_gid, t, t, t, t),
+                )
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``); nested calls join the outer one."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self.db
+            finally:
+                self._depth -= 1
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield self.db
+        except BaseException:
+            self._depth = 0
+            self.db.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        self.db.execute("COMMIT")
+
+    # -- inodes -----------------------------------------------------------------------------
+
+    def get(self, ino: int) -> Attrs | None:
+        row = self.db.execute(f"SELECT {_ATTR_COLS} FROM inodes WHERE id = ?", (ino,)).fetchone()
+        return Attrs(*row) if row else None
+
+    def new_inode(
+        self,
+        mode: int,
+        uid: int,
+        gid: int,
+        t_ns: int,
+        *,
+        nlink: int = 1,
+        size: int = 0,
+        rdev: int = 0,
+        target: bytes | None = None,
+    ) -> Attrs:
+        cur = self.db.execute(
+            "INSERT INTO inodes (mode, uid, gid, size, nlink, atime_ns, mtime_ns, ctime_ns,"
+            " btime_ns, rdev, target) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (mode, uid, gid, size, nlink, t_ns, t_ns, t_ns, t_ns, rdev, target),
+        )
+        assert cur.lastrowid is not None
+        return Attrs(cur.lastrowid, mode, uid, gid, size, nlink, t_ns, t_ns, t_ns, t_ns, rdev)
+
+    def update(self, ino: int, **cols: int) -> None:
+        """Set inode columns, e.g. ``update(ino, mode=0o100644, ctime_ns=t)``."""
+        if cols:
+            sets = ", ".join(f"{c} = ?" for c in cols)
+            self.db.execute(f"UPDATE inodes SET {sets} WHERE id = ?", (*cols.values(), ino))
+
+    def save(self, a: Attrs) -> None:
+        """Write every attribute of *a* back to its row."""
+        self.db.execute(
+            "UPDATE inodes SET mode=?, uid=?, gid=?, size=?, nlink=?, atime_ns=?, mtime_ns=?,"
+            " ctime_ns=?, btime_ns=?, rdev=? WHERE id=?",
+            (a.mode, a.uid, a.gid, a.size, a.nlink, a.atime_ns, a.mtime_ns, a.ctime_ns,
+             a.btime_ns, a.rdev, a.id),
+        )
+
+    def readlink(self, ino: int) -> bytes | None:
+        row = self.db.execute("SELECT target FROM inodes WHERE id = ?", (ino,)).fetchone()
+        return row[0] if row else None
+
+    def delete_inode(self, ino: int) -> ObjectRow | None:
+        """Remove an unlinked inode, its xattrs and its object row.
+
+        The stored object (if it was ever uploaded) moves to ``trash`` in the same
+        transaction. Returns the removed object row, if any.
+        """
+        with self.tx():
+            obj = self.object(ino)
+            if obj is not None and obj.key is not None:
+                self.db.execute(
+                    "INSERT INTO trash (tier, key, xxh3_128) VALUES (?, ?, ?)",
+                    (obj.tier, obj.key, obj.xxh3_128),
+                )
+            for table, col in (("objects", "inode"), ("xattrs", "inode"), ("cache", "inode"),
+                               ("rekeys", "inode"), ("inodes", "id")):
+                self.db.execute(f"DELETE FROM {table} WHERE {col} = ?", (ino,))
+        return obj
+
+    def orphans(self) -> list[int]:
+        """Inodes with no name left (``nlink = 0``), to purge at start-up."""
+        return [r[0] for r in self.db.execute("SELECT id FROM inodes WHERE nlink = 0")]
+
+    # -- directory entries -----------------------------------------------------------------
+
+    def lookup(self, parent: int, name: bytes) -> int | None:
+        row = self.db.execute(
+            "SELECT inode FROM dentries WHERE parent = ? AND name = ?", (parent, name)
+        ).fetchone()
+        return row[0] if row else None
+
+    def lookup_attrs(self, parent: int, name: bytes) -> Attrs | None:
+        row = self.db.execute(
+            f"SELECT {', '.join('i.' + c.strip() for c in _ATTR_COLS.split(','))} FROM dentries d"
+            " JOIN inodes i ON i.id = d.inode WHERE d.parent = ? AND d.name = ?",
+            (parent, name),
+        ).fetchone()
+        return Attrs(*row) if row else None
+
+    def add_entry(self, parent: int, name: bytes, ino: int) -> None:
+        self.db.execute(
+            "INSERT INTO dentries (parent, name, inode) VALUES (?, ?, ?)", (parent, name, ino)
+        )
+
+    def remove_entry(self, parent: int, name: bytes) -> None:
+        self.db.execute("DELETE FROM dentries WHERE parent = ? AND name = ?", (parent, name))
+
+    def replace_entry(self, parent: int, name: bytes, ino: int) -> None:
+        """Point an existing entry at another inode (a new readdir cookie is assigned)."""
+        self.remove_entry(parent, name)
+        self.add_entry(parent, name, ino)
+
+    def list_dir(self, parent: int, after: int, limit: int) -> list[tuple[int, bytes, Attrs]]:
+        """Entries of *parent* with cookie > *after*, in cookie order: ``(cookie, name, attrs)``."""
+        rows = self.db.execute(
+            f"SELECT d.id, d.name, {', '.join('i.' + c.strip() for c in _ATTR_COLS.split(','))}"
+            " FROM dentries d JOIN inodes i ON i.id = d.inode"
+            " WHERE d.parent = ? AND d.id > ? ORDER BY d.id LIMIT ?",
+            (parent, after, limit),
+        ).fetchall()
+        return [(r[0], r[1], Attrs(*r[2:])) for r in rows]
+
+    def is_empty(self, ino: int) -> bool:
+        return self.db.execute("SELECT 1 FROM dentries WHERE parent = ? LIMIT 1", (ino,)).fetchone() is None
+
+    def parent_of(self, ino: int) -> int | None:
+        """The directory holding *ino* (for directories there is exactly one)."""
+        row = self.db.execute(
+            "SELECT parent FROM dentries WHERE inode = ? ORDER BY id LIMIT 1", (ino,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def is_ancestor(self, ancestor: int, ino: int) -> bool:
+        """True if directory *ancestor* is *ino* or one of its parents."""
+        cur: int | None = ino
+        while cur is not None:
+            if cur == ancestor:
+                return True
+            if cur == ROOT:
+                return False
+            cur = self.parent_of(cur)
+        return False
+
+    def path_of(self, ino: int) -> list[bytes] | None:
+        """The components of one path naming *ino*, from the root; None if it has no name."""
+        parts: list[bytes] = []
+        cur = ino
+        while cur != ROOT:
+            row = self.db.execute(
+                "SELECT parent, name FROM dentries WHERE inode = ? ORDER BY id LIMIT 1", (cur,)
+            ).fetchone()
+            if row is None:
+                return None
+            parts.append(row[1])
+            cur = row[0]
+        parts.reverse()
+        return parts
+
+    def resolve(self, parts: list[bytes]) -> int | None:
+        """The inode at a path given as components from the root (symlinks not followed)."""
+        cur = ROOT
+        for p in parts:
+            nxt = self.lookup(cur, p)
+            if nxt is None:
+                return None
+            cur = nxt
+        return cur
+
+    def descendant_files(self, ino: int) -> list[int]:
+        """Regular-file inodes at or below *ino* (recursive)."""
+        rows = self.db.execute(
+            "WITH RECURSIVE sub(id) AS (SELECT ? UNION SELECT d.inode FROM dentries d"
+            " JOIN sub ON d.parent = sub.id)"
+            " SELECT o.inode FROM objects o JOIN sub ON o.inode = sub.id",
+            (ino,),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def count_inodes(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM inodes").fetchone()[0])
+
+    # -- xattrs -----------------------------------------------------------------------------
+
+    def getxattr(self, ino: int, name: bytes) -> bytes | None:
+        row = self.db.execute(
+            "SELECT value FROM xattrs WHERE inode = ? AND name = ?", (ino, name)
+        ).fetchone()
+        return row[0] if row else None
+
+    def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO xattrs (inode, name, value) VALUES (?, ?, ?)", (ino, name, value)
+        )
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        return [r[0] for r in self.db.execute("SELECT name FROM xattrs WHERE inode = ?", (ino,))]
+
+    def removexattr(self, ino: int, name: bytes) -> bool:
+        cur = self.db.execute("DELETE FROM xattrs WHERE inode = ? AND name = ?", (ino, name))
+        return cur.rowcount > 0
+
+    # -- objects ----------------------------------------------------------------------------
+
+    def object(self, ino: int) -> ObjectRow | None:
+        row = self.db.execute(f"SELECT {_OBJ_COLS} FROM objects WHERE inode = ?", (ino,)).fetchone()
+        return ObjectRow(*row) if row else None
+
+    def new_object(self, ino: int, tier: str, t_ns: int) -> None:
+        """A new, empty file: dirty until its first upload."""
+        self.db.execute(
+            "INSERT INTO objects (inode, tier, state, dirty_since_ns) VALUES (?, ?, 'dirty', ?)",
+            (ino, tier, t_ns),
+        )
+
+    def update_object(self, ino: int, **cols: object) -> None:
+        if cols:
+            sets = ", ".join(f"{c} = ?" for c in cols)
+            self.db.execute(f"UPDATE objects SET {sets} WHERE inode = ?", (*cols.values(), ino))
+
+    def mark_dirty(self, ino: int, t_ns: int) -> None:
+        self.db.execute(
+            "UPDATE objects SET state = 'dirty', dirty_since_ns = coalesce(dirty_since_ns, ?)"
+            " WHERE inode = ?",
+            (t_ns, ino),
+        )
+
+    def dirty_due(self, before_ns: int, limit: int = 64) -> list[int]:
+        """Dirty files that became dirty before *before_ns* (write-back candidates)."""
+        rows = self.db.execute(
+            "SELECT inode FROM objects WHERE state = 'dirty' AND dirty_since_ns <= ?"
+            " ORDER BY dirty_since_ns LIMIT ?",
+            (before_ns, limit),
+        )
+        return [r[0] for r in rows]
+
+    def count_by_state(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT state, count(*) FROM objects GROUP BY state").fetchall())
+
+    def key_referenced(self, tier: str, key: str) -> bool:
+        return self.db.execute(
+            "SELECT 1 FROM objects WHERE tier = ? AND key = ? LIMIT 1", (tier, key)
+        ).fetchone() is not None
+
+    def add_trash(self, tier: str, key: str, xxh3_128: str | None) -> None:
+        self.db.execute(
+            "INSERT INTO trash (tier, key, xxh3_128) VALUES (?, ?, ?)", (tier, key, xxh3_128)
+        )
+
+    def trash_items(self, limit: int = 256) -> list[tuple[int, str, str, str | None]]:
+        return self.db.execute(
+            "SELECT id, tier, key, xxh3_128 FROM trash ORDER BY id LIMIT ?", (limit,)
+        ).fetchall()
+
+    def drop_trash(self, item_id: int) -> None:
+        self.db.execute("DELETE FROM trash WHERE id = ?", (item_id,))
+
+    def add_rekeys(self, inodes: list[int]) -> None:
+        self.db.executemany(
+            "INSERT OR IGNORE INTO rekeys (inode) SELECT inode FROM objects"
+            " WHERE inode = ? AND key IS NOT NULL",
+            [(i,) for i in inodes],
+        )
+
+    def rekey_items(self, limit: int = 256) -> list[int]:
+        return [r[0] for r in self.db.execute("SELECT inode FROM rekeys LIMIT ?", (limit,))]
+
+    def drop_rekey(self, ino: int) -> None:
+        self.db.execute("DELETE FROM rekeys WHERE inode = ?", (ino,))
+
+    # -- cache bookkeeping ------------------------------------------------------------------
+
+    def cache_touch(self, ino: int, complete: bool, nbytes: int, t_ns: int) -> None:
+        self.db.execute(
+            "INSERT INTO cache (inode, complete, bytes, last_used_ns) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT(inode) DO UPDATE SET complete = excluded.complete,"
+            " bytes = excluded.bytes, last_used_ns = excluded.last_used_ns",
+            (ino, int(complete), nbytes, t_ns),
+        )
+
+    def cache_entry(self, ino: int) -> tuple[bool, int] | None:
+        row = self.db.execute("SELECT complete, bytes FROM cache WHERE inode = ?", (ino,)).fetchone()
+        return (bool(row[0]), row[1]) if row else None
+
+    def cache_drop(self, ino: int) -> None:
+        self.db.execute("DELETE FROM cache WHERE inode = ?", (ino,))
+
+    def cache_total(self) -> int:
+        return int(self.db.execute("SELECT coalesce(sum(bytes), 0) FROM cache").fetchone()[0])
+
+    def cache_lru(self, limit: int = 64) -> list[tuple[int, int]]:
+        """Evictable cache entries (not dirty), least recently used first: ``(inode, bytes)``."""
+        return self.db.execute(
+            "SELECT c.inode, c.bytes FROM cache c LEFT JOIN objects o ON o.inode = c.inode"
+            " WHERE o.state IS NULL OR o.state = 'clean' ORDER BY c.last_used_ns LIMIT ?",
+            (limit,),
+        ).fetchall()
+
+    # -- buckets and placement --------------------------------------------------------------
+
+    def buckets(self) -> list[tuple[str, int, int]]:
+        """``(name, inode, created_ns)`` of every bucket, by name."""
+        return self.db.execute("SELECT name, inode, created_ns FROM buckets ORDER BY name").fetchall()
+
+    def bucket_inode(self, name: str) -> int | None:
+        row = self.db.execute("SELECT inode FROM buckets WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def bucket_of_inode(self, ino: int) -> str | None:
+        row = self.db.execute("SELECT name FROM buckets WHERE inode = ?", (ino,)).fetchone()
+        return row[0] if row else None
+
+    def set_placement(self, bucket: str, prefix: str, tier: str) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO placement (bucket, prefix, tier) VALUES (?, ?, ?)",
+            (bucket, prefix, tier),
+        )
+
+    def placements(self, bucket: str | None = None) -> list[tuple[str, str, str]]:
+        if bucket is None:
+            return self.db.execute("SELECT bucket, prefix, tier FROM placement ORDER BY 1, 2").fetchall()
+        return self.db.execute(
+            "SELECT bucket, prefix, tier FROM placement WHERE bucket = ? ORDER BY 2", (bucket,)
+        ).fetchall()

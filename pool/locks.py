@@ -1,0 +1,40 @@
+"""The pool's object lock: serialises the last step of every change to stored objects.
+
+Uploads, re-keys, tier moves and trash deletion each end with "change the backend, then
+commit the catalog". Two processes (a mount and a CLI command) doing that on the same key at
+once could delete what the other just wrote, so that step runs under this lock: a
+``threading.Lock`` for threads of one process plus ``flock(2)`` on ``<home>/objects.lock``
+for other processes. Hold it only around quick steps (a rename, a delete, a commit).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class ObjectLock:
+    def __init__(self, home: Path) -> None:
+        self.path = home / "objects.lock"
+        self._thread_lock = threading.Lock()
+        self._fd: int | None = None
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self._thread_lock:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -1,0 +1,1 @@
+"""The FUSE filesystem (pyfuse3 + trio) over a pool."""

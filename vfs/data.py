@@ -1,0 +1,328 @@
+"""The data path of open files: where reads come from, how writes land in the cache,
+page-in of cold objects, restore-then-read of archive objects, and cache eviction.
+
+Every regular file is read from exactly one *source* at a time:
+
+* ``cache``: the cache file ``<home>/cache/<inode>`` holds the whole file (new or written
+  files, restored archive files, fully paged-in files);
+* ``direct``: a clean object on a local hot/warm backend, read in place with ``pread``;
+* ``paged``: anything else readable (cold tier, remote hot/warm backends): missing ranges are
+  fetched into the sparse cache file, whole 1 MiB blocks plus a readahead window that grows
+  while reads stay sequential.
+
+A file becomes ``cache``-sourced (and stays so while dirty) on its first write or truncate:
+the object is first copied whole into the cache file, so the cache file of a dirty file is
+always complete, the one invariant recovery relies on.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import pyfuse3
+import trio
+
+from pool.catalog import ObjectRow, now_ns
+from pool.errors import NotFoundError
+from pool.tiers import TIER_ACCESS, Access
+
+from .ranges import RangeSet
+
+if TYPE_CHECKING:
+    from pool.pool import Pool
+
+log = logging.getLogger(__name__)
+
+BLOCK_BYTES = 1 << 20
+READAHEAD_MAX_BYTES = 16 << 20
+
+
+@dataclass(eq=False)
+class OpenFile:
+    """Per-inode state shared by all handles open on a regular file."""
+
+    ino: int
+    opens: int = 0
+    writers: int = 0
+    fd: int | None = None  #: read/write fd on the cache file
+    direct_fd: int | None = None  #: read-only fd on a local backend object
+    complete: bool = False  #: the cache file holds the whole file
+    dirty: bool = False
+    ranges: RangeSet = field(default_factory=RangeSet)
+    next_seq: int = 0  #: offset where a sequential reader would read next
+    readahead: int = BLOCK_BYTES
+    lock: trio.Lock = field(default_factory=trio.Lock)
+
+
+class DataPath:
+    """Cache files, page-in and restore for one mount.
+
+    Args:
+        pool: the open pool (its catalog is used from the trio thread only).
+        cache_max_bytes: LRU eviction starts above this many bytes of cache.
+    """
+
+    def __init__(self, pool: Pool, cache_max_bytes: int) -> None:
+        self.pool = pool
+        self.cat = pool.catalog
+        self.cache_max_bytes = cache_max_bytes
+        self.files: dict[int, OpenFile] = {}
+        self.partial: dict[int, RangeSet] = {}  # range maps of partial caches, kept across opens
+        self.generations: dict[int, int] = {}
+        self.limiter = trio.CapacityLimiter(8)
+
+    def generation(self, ino: int) -> int:
+        """Write generation of *ino*: bumps on every change to its bytes (thread-safe read)."""
+        return self.generations.get(ino, 0)
+
+    def bump(self, ino: int) -> None:
+        self.generations[ino] = self.generations.get(ino, 0) + 1
+
+    # -- opening ----------------------------------------------------------------------------
+
+    def cache_fd(self, of: OpenFile) -> int:
+        if of.fd is None:
+            of.fd = os.open(self.pool.cache_path(of.ino), os.O_RDWR | os.O_CREAT, 0o600)
+        return of.fd
+
+    async def open(self, ino: int, *, writable: bool) -> OpenFile:
+        """Register an open of *ino* and pick its read source (may wait for a restore).
+
+        Raises:
+            FUSEError(EAGAIN): an archive restore is still pending after the wait.
+        """
+        of = self.files.get(ino)
+        if of is None:
+            of = OpenFile(ino)
+            obj = self.cat.object(ino)
+            entry = self.cat.cache_entry(ino)
+            if obj is not None and obj.state != "clean":
+                of.complete = of.dirty = True
+            elif entry is not None and entry[0]:
+                of.complete = True
+            elif ino in self.partial:
+                of.ranges = self.partial[ino]
+            self.files[ino] = of
+        of.opens += 1
+        if writable:
+            of.writers += 1
+        try:
+            if not of.complete and of.direct_fd is None:
+                await self._prepare_read(of)
+        except BaseException:
+            self.close(of, writable)
+            raise
+        return of
+
+    async def _prepare_read(self, of: OpenFile) -> None:
+        obj = self.cat.object(of.ino)
+        if obj is None or obj.key is None:
+            return
+        access = TIER_ACCESS[obj.tier]
+        backend = self.pool.backend(obj.tier)
+        if access is Access.DIRECT and backend.local_root is not None:
+            path = backend.local_path(obj.key)
+            assert path is not None
+            try:
+                of.direct_fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                raise NotFoundError(f"object {obj.key} missing from tier {obj.tier}") from None
+        elif access is Access.RESTORE:
+            await self._restore(of, obj)
+
+    async def _restore(self, of: OpenFile, obj: ObjectRow) -> None:
+        """Restore an archive/offsite object, wait up to ``restore_wait_s``, page it in whole."""
+        st = self.pool.request_restore(of.ino)
+        deadline = trio.current_time() + self.pool.config.restore_wait_s
+        while st.state == "pending":
+            wait = min(st.ready_in_s, deadline - trio.current_time())
+            if wait <= 0:
+                log.info("restore of %s still pending: %s", obj.key, st)
+                raise pyfuse3.FUSEError(errno.EAGAIN)
+            await trio.sleep(min(wait + 0.01, 0.5))
+            st = self.pool.restore_state(of.ino)
+        if st.state == "cached":
+            of.complete = True
+            return
+        await self._fetch_whole(of, obj)
+
+    async def _fetch_whole(self, of: OpenFile, obj: ObjectRow) -> None:
+        assert obj.key is not None
+        fd = self.cache_fd(of)
+        backend = self.pool.backend(obj.tier)
+        key = obj.key
+        local = backend.local_path(key)
+
+        def copy() -> None:
+            if local is not None:
+                src = os.open(local, os.O_RDONLY)
+                try:
+                    size = os.fstat(src).st_size
+                    os.ftruncate(fd, 0)
+                    off = 0
+                    while off < size:
+                        n = os.copy_file_range(src, fd, size - off, off, off)
+                        if n == 0:
+                            break
+                        off += n
+                finally:
+                    os.close(src)
+            else:
+                os.ftruncate(fd, 0)
+                backend.download_to_fd(key, fd)
+
+        async with self.limiter:
+            await trio.to_thread.run_sync(copy)
+        of.complete = True
+        of.ranges = RangeSet()
+        self.partial.pop(of.ino, None)
+        self.touch(of)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def read(self, of: OpenFile, off: int, size: int, file_size: int) -> bytes:
+        if of.complete:
+            return os.pread(self.cache_fd(of), size, off)
+        if of.direct_fd is not None:
+            return os.pread(of.direct_fd, size, off)
+        end = min(off + size, file_size)
+        if end <= off:
+            return b""
+        if not of.ranges.covers(off, end):
+            await self._page_in(of, off, end, file_size)
+        return os.pread(self.cache_fd(of), end - off, off)
+
+    async def _page_in(self, of: OpenFile, off: int, end: int, file_size: int) -> None:
+        obj = self.cat.object(of.ino)
+        if obj is None or obj.key is None:
+            return
+        backend = self.pool.backend(obj.tier)
+        key = obj.key
+        if off == of.next_seq:
+            of.readahead = min(of.readahead * 2, READAHEAD_MAX_BYTES)
+        else:
+            of.readahead = BLOCK_BYTES
+        of.next_seq = end
+        start = off - off % BLOCK_BYTES
+        stop = min(file_size, ((end + of.readahead + BLOCK_BYTES - 1) // BLOCK_BYTES) * BLOCK_BYTES)
+        fd = self.cache_fd(of)
+        async with of.lock:
+            for s, e in of.ranges.missing(start, stop):
+                data = await self._fetch_range(backend, key, s, e - s)
+                os.pwrite(fd, data, s)
+                of.ranges.add(s, s + len(data))
+                if len(data) < e - s:
+                    break
+        self.partial[of.ino] = of.ranges
+        if of.ranges.covers(0, file_size):
+            of.complete = True
+            self.partial.pop(of.ino, None)
+        self.touch(of)
+
+    async def _fetch_range(self, backend, key: str, offset: int, length: int) -> bytes:  # type: ignore[no-untyped-def]
+        async with self.limiter:
+            return await trio.to_thread.run_sync(backend.read_range, key, offset, length)
+
+    # -- writing ----------------------------------------------------------------------------
+
+    async def make_writable(self, of: OpenFile) -> None:
+        """Before the first change to a clean file: copy it whole into the cache, mark dirty
+        (committed before the write is acknowledged)."""
+        if of.dirty:
+            return
+        if not of.complete:
+            obj = self.cat.object(of.ino)
+            if obj is not None and obj.key is not None:
+                if TIER_ACCESS[obj.tier] is Access.RESTORE and self.pool.restore_state(of.ino).state != "ready":
+                    await self._restore(of, obj)
+                else:
+                    await self._fetch_whole(of, obj)
+            else:
+                os.ftruncate(self.cache_fd(of), 0)
+                of.complete = True
+        if of.direct_fd is not None:
+            os.close(of.direct_fd)
+            of.direct_fd = None
+        self.cat.mark_dirty(of.ino, now_ns())
+        of.dirty = True
+
+    def write(self, of: OpenFile, off: int, data: bytes) -> int:
+        n = os.pwrite(self.cache_fd(of), data, off)
+        self.bump(of.ino)
+        return n
+
+    def truncate(self, of: OpenFile, size: int) -> None:
+        os.ftruncate(self.cache_fd(of), size)
+        of.ranges.truncate(size)
+        self.bump(of.ino)
+
+    def fsync(self, of: OpenFile) -> None:
+        if of.fd is not None:
+            os.fsync(of.fd)
+
+    def mark_clean(self, ino: int) -> None:
+        """Called after a successful upload: the cache copy is now an ordinary clean cache."""
+        of = self.files.get(ino)
+        if of is not None:
+            of.dirty = False
+
+    # -- closing and eviction ---------------------------------------------------------------
+
+    def close(self, of: OpenFile, writable: bool) -> bool:
+        """Unregister one open. Returns True if that was the last one."""
+        of.opens -= 1
+        if writable:
+            of.writers -= 1
+        if of.opens > 0:
+            return False
+        for attr in ("fd", "direct_fd"):
+            fd = getattr(of, attr)
+            if fd is not None:
+                os.close(fd)
+                setattr(of, attr, None)
+        del self.files[of.ino]
+        if of.complete or of.dirty or len(of.ranges):
+            self.touch(of)
+        self.evict()
+        return True
+
+    def touch(self, of: OpenFile) -> None:
+        try:
+            st = os.stat(self.pool.cache_path(of.ino))
+        except FileNotFoundError:
+            return
+        self.cat.cache_touch(of.ino, of.complete, st.st_blocks * 512, now_ns())
+
+    def forget_cache(self, ino: int) -> None:
+        """Drop an inode's cache file (the inode is gone)."""
+        self.partial.pop(ino, None)
+        self.generations.pop(ino, None)
+        try:
+            os.unlink(self.pool.cache_path(ino))
+        except FileNotFoundError:
+            pass
+
+    def evict(self) -> int:
+        """Evict least recently used clean caches until under the limit; never open or dirty
+        files. Returns bytes freed."""
+        total = self.cat.cache_total()
+        freed = 0
+        if total <= self.cache_max_bytes:
+            return 0
+        for ino, nbytes in self.cat.cache_lru(256):
+            if total - freed <= self.cache_max_bytes:
+                break
+            if ino in self.files:
+                continue
+            self.cat.cache_drop(ino)
+            self.partial.pop(ino, None)
+            try:
+                os.unlink(self.pool.cache_path(ino))
+            except FileNotFoundError:
+                pass
+            freed += nbytes
+        return freed

@@ -1,0 +1,185 @@
+"""Running a mount: recovery, the FUSE session, the write-back service, clean shutdown.
+
+One process serves one mount of one pool (a pool may be mounted once at a time: the mount
+holds ``flock(2)`` on ``<home>/mount.lock``). A JSON record in ``<home>/run/`` tells other
+commands where the pool is mounted and by which process; it is removed at exit and ignored
+when its process is gone.
+
+Shutdown (Ctrl-C, SIGTERM, ``darkstorage umount`` or a plain ``fusermount3 -u``): every dirty
+file is uploaded first, then the filesystem is unmounted; the record's ``dirty_left`` says
+how many files could not be uploaded (they stay dirty in the cache and upload at the next
+mount).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from pool.errors import BusyError, MountError, PermissionDeniedError
+from pool.pool import Pool
+
+from .operations import Operations
+from .writeback import WriteBack
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MountOptions:
+    """Options of one mount: sizes in bytes, times in seconds."""
+
+    mountpoint: Path
+    cache_max_bytes: int
+    write_back_s: float
+    read_only: bool = False
+    allow_other: bool = False
+    attr_timeout_s: float = 1.0
+    entry_timeout_s: float = 1.0
+    transfers: int = 4
+    debug: bool = False
+
+
+def record_path(pool: Pool, mountpoint: Path) -> Path:
+    return pool.config.run_dir / "mount.json"
+
+
+def read_record(pool: Pool) -> dict[str, object] | None:
+    """The running mount's record, or None if the pool is not mounted."""
+    try:
+        rec = json.loads((pool.config.run_dir / "mount.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    pid = int(rec.get("pid", 0))
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return None
+    return dict(rec)
+
+
+def _write_record(pool: Pool, data: dict[str, object]) -> None:
+    run = pool.config.run_dir
+    run.mkdir(parents=True, exist_ok=True)
+    tmp = run / "mount.json.tmp"
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, run / "mount.json")
+
+
+def _allow_other_possible() -> bool:
+    if os.getuid() == 0:
+        return True
+    try:
+        return any(line.strip() == "user_allow_other" for line in open("/etc/fuse.conf"))
+    except OSError:
+        return False
+
+
+def serve(pool: Pool, opts: MountOptions) -> int:
+    """Mount *pool* at ``opts.mountpoint`` and serve until unmounted or signalled.
+
+    Returns:
+        The number of files left dirty at exit (0 when everything was uploaded).
+
+    Raises:
+        BusyError: the pool is already mounted.
+        MountError: the mountpoint is unusable or FUSE refused.
+        PermissionDeniedError: /dev/fuse cannot be opened.
+    """
+    mp = opts.mountpoint
+    if not mp.is_dir():
+        raise MountError(f"mountpoint {mp} is not a directory")
+    if os.path.ismount(mp):
+        raise BusyError(f"{mp} is already a mount point")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        raise PermissionDeniedError("cannot open /dev/fuse: is fuse3 installed and are you allowed to use it?")
+    lock_fd = os.open(pool.config.home / "mount.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock_fd)
+        rec = read_record(pool)
+        where = rec.get("mountpoint") if rec else "another process"
+        raise BusyError(f"this pool is already mounted ({where})") from None
+    try:
+        stats = pool.recover()
+        if any(stats.values()):
+            log.info("recovered after an unclean stop: %s", stats)
+        ops = Operations(pool, cache_max_bytes=opts.cache_max_bytes, read_only=opts.read_only,
+                         attr_timeout_s=opts.attr_timeout_s, entry_timeout_s=opts.entry_timeout_s)
+        options = set(pyfuse3.default_options)
+        options |= {"fsname=darkstorage", "subtype=darkstorage"}
+        if opts.read_only:
+            options.add("ro")
+        if opts.allow_other and _allow_other_possible():
+            options.add("allow_other")
+        if opts.debug:
+            options.add("debug")
+        try:
+            pyfuse3.init(ops, str(mp), options)
+        except RuntimeError as e:
+            raise MountError(f"cannot mount at {mp}: {e}") from None
+        record = {"pid": os.getpid(), "mountpoint": str(mp.absolute()), "read_only": opts.read_only,
+                  "cache_max_bytes": opts.cache_max_bytes, "write_back_s": opts.write_back_s,
+                  "started_ns": __import__("time").time_ns(), "state": "mounted"}
+        _write_record(pool, record)
+        dirty_left = -1
+        try:
+            dirty_left = trio.run(_main, ops, opts)
+        finally:
+            try:
+                pyfuse3.close(unmount=True)
+            except Exception as e:  # already unmounted from outside
+                log.debug("close: %s", e)
+            record.update(state="stopped", dirty_left=dirty_left)
+            _write_record(pool, record)
+            try:
+                (pool.config.run_dir / "mount.json").unlink()
+            except FileNotFoundError:
+                pass
+            _write_result(pool, dirty_left)
+        return dirty_left
+    finally:
+        fcntl.flock(lock_fd, fcntl.LOCK_UN)
+        os.close(lock_fd)
+
+
+def _write_result(pool: Pool, dirty_left: int) -> None:
+    (pool.config.run_dir / "last-stop.json").write_text(json.dumps({"dirty_left": dirty_left}))
+
+
+async def _main(ops: Operations, opts: MountOptions) -> int:
+    wb = WriteBack(ops, opts.write_back_s, opts.transfers)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(wb.run)
+
+        async def on_signals() -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for sig in signals:
+                    log.info("signal %s: flushing and unmounting", sig)
+                    await wb.flush_all()  # still serving: uploads first, then detach
+                    pyfuse3.terminate()
+                    return
+
+        nursery.start_soon(on_signals)
+        await pyfuse3.main(min_tasks=4, max_tasks=64)
+        nursery.cancel_scope.cancel()
+    # the kernel is detached or detaching: release what it held, then upload what is dirty
+    for fh in list(ops.handles):
+        try:
+            await ops.release(fh)
+        except Exception:
+            log.exception("releasing handle %d", fh)
+    left = await wb.flush_all()
+    await wb.close()
+    if left:
+        log.warning("%d file(s) still dirty; they upload at the next mount", left)
+    return left

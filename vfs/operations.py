@@ -1,0 +1,713 @@
+"""pyfuse3 ``Operations`` over the pool catalog: the POSIX namespace.
+
+Semantics follow ext4 (Linux ``fs/ext4`` and ``fs/namei.c``): the errno of every failure, the
+timestamps each call changes, link counts (a directory has 2 + its subdirectories), setgid
+directories. Permission checks are the kernel's (the mount uses ``default_permissions``);
+:meth:`access` implements the same rules for callers that ask.
+
+Inode numbers are catalog ids and are never reused. Only ``FUSEError`` leaves a handler
+(:func:`vfs.errnos.guard`).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from typing import TYPE_CHECKING, cast
+
+import pyfuse3
+
+from pool.catalog import NAME_MAX, ROOT, Attrs, now_ns
+from pool.tiers import TIER_ACCESS, Access
+
+from .data import DataPath, OpenFile
+from .errnos import guard
+
+if TYPE_CHECKING:
+    from pool.pool import Pool
+
+log = logging.getLogger(__name__)
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+LINK_MAX = 65000  # ext4's EXT4_LINK_MAX
+XATTR_SIZE_MAX = 65536
+DAY_NS = 86400 * 10**9
+VIRTUAL_XATTRS = (b"user.darkstorage.tier", b"user.darkstorage.state", b"user.darkstorage.restore")
+VIRTUAL_PREFIX = b"user.darkstorage."
+
+
+def fail(code: int) -> pyfuse3.FUSEError:
+    return pyfuse3.FUSEError(code)
+
+
+class Operations(pyfuse3.Operations):
+    """The filesystem.
+
+    Args:
+        pool: the open pool.
+        cache_max_bytes: cache size limit (LRU eviction above it).
+        read_only: refuse every change with ``EROFS``.
+        attr_timeout_s, entry_timeout_s: how long the kernel may cache attributes and names.
+    """
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, pool: Pool, *, cache_max_bytes: int, read_only: bool = False,
+                 attr_timeout_s: float = 1.0, entry_timeout_s: float = 1.0) -> None:
+        super().__init__()
+        self.pool = pool
+        self.cat = pool.catalog
+        self.data = DataPath(pool, cache_max_bytes)
+        self.read_only = read_only
+        self.attr_timeout_s = attr_timeout_s
+        self.entry_timeout_s = entry_timeout_s
+        self.lookups: dict[int, int] = {}
+        self.pending: dict[int, Attrs] = {}  # attributes changed by writes, not saved yet
+        self.handles: dict[int, tuple[OpenFile, bool]] = {}
+        self.next_fh = 1
+        self.served: dict[int, tuple[int, int]] = {}  # ino -> (mtime_ns, size) the kernel caches
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def get(self, ino: int) -> Attrs:
+        a = self.pending.get(ino)
+        if a is not None:
+            return a
+        a = self.cat.get(ino)
+        if a is None:
+            raise fail(errno.ENOENT)
+        return a
+
+    def entry(self, a: Attrs) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = cast(pyfuse3.InodeT, a.id)
+        e.generation = 0
+        e.entry_timeout = self.entry_timeout_s
+        e.attr_timeout = self.attr_timeout_s
+        e.st_mode = cast(pyfuse3.ModeT, a.mode)
+        e.st_nlink = a.nlink
+        e.st_uid = a.uid
+        e.st_gid = a.gid
+        e.st_rdev = a.rdev
+        size = 4096 if a.is_dir else a.size
+        e.st_size = size
+        e.st_blksize = 4096
+        e.st_blocks = ((size + 4095) // 4096) * 8
+        e.st_atime_ns = a.atime_ns
+        e.st_mtime_ns = a.mtime_ns
+        e.st_ctime_ns = a.ctime_ns
+        e.st_birthtime_ns = a.btime_ns
+        return e
+
+    def _ref(self, a: Attrs) -> pyfuse3.EntryAttributes:
+        self.lookups[a.id] = self.lookups.get(a.id, 0) + 1
+        return self.entry(a)
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise fail(errno.EROFS)
+
+    @staticmethod
+    def _check_name(name: bytes) -> None:
+        if len(name) > NAME_MAX:
+            raise fail(errno.ENAMETOOLONG)
+        if name in (b".", b".."):
+            raise fail(errno.EEXIST)
+
+    def _dir(self, ino: int) -> Attrs:
+        a = self.get(ino)
+        if not a.is_dir:
+            raise fail(errno.ENOTDIR)
+        return a
+
+    def _save(self, a: Attrs) -> None:
+        self.cat.save(a)
+
+    def _touch_dir(self, d: Attrs, t: int, nlink_delta: int = 0) -> None:
+        d.mtime_ns = d.ctime_ns = t
+        d.nlink += nlink_delta
+        self._save(d)
+
+    def _maybe_purge(self, ino: int) -> None:
+        """Remove an inode once it has no name, no kernel reference and no open handle."""
+        if self.lookups.get(ino, 0) > 0 or ino in self.data.files:
+            return
+        a = self.cat.get(ino)
+        if a is None or a.nlink > 0:
+            return
+        self.pending.pop(ino, None)
+        self.cat.delete_inode(ino)
+        self.data.forget_cache(ino)
+
+    @staticmethod
+    def _in_groups(gid: int, ctx: pyfuse3.RequestContext) -> bool:
+        if gid == ctx.gid:
+            return True
+        try:
+            return gid in pyfuse3.get_sup_groups(ctx.pid)
+        except (OSError, ValueError):
+            return False
+
+    # -- lookup and attributes -----------------------------------------------------------------
+
+    @guard
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:  # type: ignore[override]
+        if len(name) > NAME_MAX:
+            raise fail(errno.ENAMETOOLONG)
+        if name == b".":
+            return self._ref(self.get(parent_inode))
+        if name == b"..":
+            up = self.cat.parent_of(parent_inode) if parent_inode != ROOT else ROOT
+            return self._ref(self.get(up or ROOT))
+        ino = self.cat.lookup(parent_inode, name)
+        if ino is None:
+            raise fail(errno.ENOENT)
+        return self._ref(self.get(ino))
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:  # type: ignore[override]
+        for ino, n in inode_list:
+            left = self.lookups.get(ino, 0) - n
+            if left > 0:
+                self.lookups[ino] = left
+                continue
+            self.lookups.pop(ino, None)
+            try:
+                self._maybe_purge(ino)
+            except Exception:
+                log.exception("purging inode %d", ino)
+
+    @guard
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:  # type: ignore[override]
+        return self.entry(self.get(inode))
+
+    @guard
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+                      fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:  # type: ignore[override]
+        self._writable()
+        a = self.get(inode)
+        t = now_ns()
+        changed = False
+        if fields.update_size:
+            if a.is_dir:
+                raise fail(errno.EISDIR)
+            if not a.is_reg:
+                raise fail(errno.EINVAL)
+            new_size = attr.st_size
+            of = self.data.files.get(inode)
+            temp = of is None
+            if temp:
+                of = await self.data.open(inode, writable=True)
+            assert of is not None
+            try:
+                await self.data.make_writable(of)
+                self.data.truncate(of, new_size)
+            finally:
+                if temp:
+                    self.data.close(of, True)
+            if new_size != a.size:
+                a.mtime_ns = t
+            a.size = new_size
+            changed = True
+        if fields.update_mode:
+            mode = attr.st_mode & 0o7777
+            if ctx.uid != 0 and mode & stat.S_ISGID and not self._in_groups(a.gid, ctx):
+                mode &= ~stat.S_ISGID
+            a.mode = stat.S_IFMT(a.mode) | mode
+            changed = True
+        if fields.update_uid and attr.st_uid != a.uid:
+            a.uid = attr.st_uid
+        if fields.update_gid and attr.st_gid != a.gid:
+            a.gid = attr.st_gid
+        changed |= fields.update_uid or fields.update_gid
+        if fields.update_atime:
+            a.atime_ns = attr.st_atime_ns
+            changed = True
+        if fields.update_mtime:
+            a.mtime_ns = attr.st_mtime_ns
+            changed = True
+        if changed or fields.update_ctime:
+            a.ctime_ns = t
+        self._save(a)
+        return self.entry(a)
+
+    @guard
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:  # type: ignore[override]
+        target = self.cat.readlink(inode)
+        if target is None:
+            raise fail(errno.EINVAL)
+        return target
+
+    @guard
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:  # type: ignore[override]
+        hot = self.pool.backends["hot"].local_root
+        sv = os.statvfs(hot if hot is not None and hot.exists() else self.pool.config.cache_dir)
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = sv.f_bsize
+        s.f_frsize = sv.f_frsize
+        s.f_blocks = sv.f_blocks
+        s.f_bfree = sv.f_bfree
+        s.f_bavail = sv.f_bavail
+        used = self.cat.count_inodes()
+        s.f_files = max(sv.f_files, used + 1_000_000)
+        s.f_ffree = s.f_files - used
+        s.f_favail = s.f_ffree
+        s.f_namemax = NAME_MAX
+        return s
+
+    # -- creating names -----------------------------------------------------------------------
+
+    def _new_node(self, parent: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext,
+                  *, rdev: int = 0, target: bytes | None = None) -> Attrs:
+        self._writable()
+        self._check_name(name)
+        p = self._dir(parent)
+        if p.nlink == 0:
+            raise fail(errno.ENOENT)  # directory was removed while in use
+        is_dir = stat.S_ISDIR(mode)
+        if parent == ROOT and not is_dir:
+            raise fail(errno.EPERM)  # only buckets (directories) live at the top
+        if self.cat.lookup(parent, name) is not None:
+            raise fail(errno.EEXIST)
+        if is_dir and p.nlink >= LINK_MAX:
+            raise fail(errno.EMLINK)
+        gid = ctx.gid
+        if p.mode & stat.S_ISGID:
+            gid = p.gid
+            if is_dir:
+                mode |= stat.S_ISGID
+        t = now_ns()
+        size = len(target) if target is not None else 0
+        with self.cat.tx():
+            a = self.cat.new_inode(mode, ctx.uid, gid, t, nlink=2 if is_dir else 1, size=size,
+                                   rdev=rdev, target=target)
+            if parent == ROOT:
+                self.pool.register_bucket_dir(name.decode("utf-8", "surrogateescape"), a.id, t)
+            else:
+                self.cat.add_entry(parent, name, a.id)
+                self._touch_dir(p, t, 1 if is_dir else 0)
+            if stat.S_ISREG(mode):
+                self.cat.new_object(a.id, self.pool.placement_tier(parent, name), t)
+                self.cat.cache_touch(a.id, True, 0, t)
+        return a
+
+    @guard
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:  # type: ignore[override]
+        kind = stat.S_IFMT(mode)
+        if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
+            raise fail(errno.EINVAL)
+        a = self._new_node(parent_inode, name, mode, ctx, rdev=rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0)
+        if stat.S_ISREG(mode):
+            os.close(os.open(self.pool.cache_path(a.id), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600))
+        return self._ref(a)
+
+    @guard
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:  # type: ignore[override]
+        return self._ref(self._new_node(parent_inode, name, stat.S_IFDIR | (mode & 0o7777), ctx))
+
+    @guard
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:  # type: ignore[override]
+        return self._ref(self._new_node(parent_inode, name, stat.S_IFLNK | 0o777, ctx, target=target))
+
+    @guard
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:  # type: ignore[override]
+        a = self._new_node(parent_inode, name, stat.S_IFREG | (mode & 0o7777), ctx)
+        os.close(os.open(self.pool.cache_path(a.id), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600))
+        fi = await self._open_handle(a, flags)
+        return fi, self._ref(a)
+
+    @guard
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:  # type: ignore[override]
+        self._writable()
+        self._check_name(new_name)
+        a = self.get(inode)
+        if a.is_dir:
+            raise fail(errno.EPERM)
+        p = self._dir(new_parent_inode)
+        if new_parent_inode == ROOT:
+            raise fail(errno.EPERM)
+        if a.nlink == 0:
+            raise fail(errno.ENOENT)
+        if a.nlink >= LINK_MAX:
+            raise fail(errno.EMLINK)
+        if self.cat.lookup(new_parent_inode, new_name) is not None:
+            raise fail(errno.EEXIST)
+        t = now_ns()
+        with self.cat.tx():
+            self.cat.add_entry(new_parent_inode, new_name, inode)
+            a.nlink += 1
+            a.ctime_ns = t
+            self._save(a)
+            self._touch_dir(p, t)
+        return self._ref(a)
+
+    # -- removing names -----------------------------------------------------------------------
+
+    @guard
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:  # type: ignore[override]
+        self._writable()
+        if len(name) > NAME_MAX:
+            raise fail(errno.ENAMETOOLONG)
+        p = self._dir(parent_inode)
+        ino = self.cat.lookup(parent_inode, name)
+        if ino is None:
+            raise fail(errno.ENOENT)
+        a = self.get(ino)
+        if a.is_dir:
+            raise fail(errno.EISDIR)
+        t = now_ns()
+        with self.cat.tx():
+            self.cat.remove_entry(parent_inode, name)
+            a.nlink -= 1
+            a.ctime_ns = t
+            self._save(a)
+            self._touch_dir(p, t)
+            if a.nlink > 0:
+                self.cat.add_rekeys([ino])
+        self._maybe_purge(ino)
+
+    @guard
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:  # type: ignore[override]
+        self._writable()
+        if len(name) > NAME_MAX:
+            raise fail(errno.ENAMETOOLONG)
+        if name == b".":
+            raise fail(errno.EINVAL)
+        if name == b"..":
+            raise fail(errno.ENOTEMPTY)
+        p = self._dir(parent_inode)
+        ino = self.cat.lookup(parent_inode, name)
+        if ino is None:
+            raise fail(errno.ENOENT)
+        a = self.get(ino)
+        if not a.is_dir:
+            raise fail(errno.ENOTDIR)
+        if not self.cat.is_empty(ino):
+            raise fail(errno.ENOTEMPTY)
+        t = now_ns()
+        with self.cat.tx():
+            self.cat.remove_entry(parent_inode, name)
+            if parent_inode == ROOT:
+                self._drop_bucket(name)
+            a.nlink = 0
+            a.ctime_ns = t
+            self._save(a)
+            self._touch_dir(p, t, -1)
+        self._maybe_purge(ino)
+
+    def _drop_bucket(self, name: bytes) -> None:
+        b = name.decode("utf-8", "surrogateescape")
+        self.cat.db.execute("DELETE FROM buckets WHERE name = ?", (b,))
+        self.cat.db.execute("DELETE FROM placement WHERE bucket = ?", (b,))
+
+    @guard
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:  # type: ignore[override]
+        self._writable()
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
+            raise fail(errno.EINVAL)
+        if len(name_old) > NAME_MAX or len(name_new) > NAME_MAX:
+            raise fail(errno.ENAMETOOLONG)
+        if name_new in (b".", b"..") or name_old in (b".", b".."):
+            raise fail(errno.EBUSY if name_old in (b".", b"..") else errno.EEXIST)
+        po, pn = self._dir(parent_inode_old), self._dir(parent_inode_new)
+        src_ino = self.cat.lookup(parent_inode_old, name_old)
+        if src_ino is None:
+            raise fail(errno.ENOENT)
+        src = self.get(src_ino)
+        dst_ino = self.cat.lookup(parent_inode_new, name_new)
+        dst = self.get(dst_ino) if dst_ino is not None else None
+        if flags & RENAME_EXCHANGE:
+            if dst is None:
+                raise fail(errno.ENOENT)
+            self._exchange(po, name_old, src, pn, name_new, dst)
+            return
+        if dst is not None and flags & RENAME_NOREPLACE:
+            raise fail(errno.EEXIST)
+        if dst is not None and dst.id == src.id:
+            return  # both names refer to the same file: nothing to do (POSIX)
+        if src.is_dir:
+            if parent_inode_new != parent_inode_old and self.cat.is_ancestor(src.id, parent_inode_new):
+                raise fail(errno.EINVAL)
+            if dst is not None:
+                if not dst.is_dir:
+                    raise fail(errno.ENOTDIR)
+                if not self.cat.is_empty(dst.id):
+                    raise fail(errno.ENOTEMPTY)
+        else:
+            if dst is not None and dst.is_dir:
+                raise fail(errno.EISDIR)
+            if parent_inode_new == ROOT:
+                raise fail(errno.EPERM)
+        t = now_ns()
+        with self.cat.tx():
+            self.cat.remove_entry(parent_inode_old, name_old)
+            if parent_inode_old == ROOT:
+                self._drop_bucket(name_old)
+            if dst is not None:
+                self.cat.remove_entry(parent_inode_new, name_new)
+                if parent_inode_new == ROOT:
+                    self._drop_bucket(name_new)
+                dst.nlink = 0 if dst.is_dir else dst.nlink - 1
+                dst.ctime_ns = t
+                self._save(dst)
+                if dst.is_dir:
+                    pn.nlink -= 1
+            if parent_inode_new == ROOT:
+                self._add_bucket_entry(name_new, src.id, t)
+            else:
+                self.cat.add_entry(parent_inode_new, name_new, src.id)
+            if src.is_dir and parent_inode_old != parent_inode_new:
+                po.nlink -= 1
+                pn.nlink += 1
+            src.ctime_ns = t
+            self._save(src)
+            self._touch_dir(po, t)
+            if pn is not po:
+                self._touch_dir(pn, t)
+            self.cat.add_rekeys(self.cat.descendant_files(src.id))
+        if dst is not None:
+            self._maybe_purge(dst.id)
+
+    def _add_bucket_entry(self, name: bytes, ino: int, t: int) -> None:
+        self.cat.add_entry(ROOT, name, ino)
+        self.cat.db.execute("INSERT INTO buckets (name, inode, created_ns) VALUES (?, ?, ?)",
+                            (name.decode("utf-8", "surrogateescape"), ino, t))
+
+    def _exchange(self, po: Attrs, name_old: bytes, src: Attrs, pn: Attrs, name_new: bytes, dst: Attrs) -> None:
+        if po.id != pn.id:
+            if src.is_dir and self.cat.is_ancestor(src.id, pn.id):
+                raise fail(errno.EINVAL)
+            if dst.is_dir and self.cat.is_ancestor(dst.id, po.id):
+                raise fail(errno.EINVAL)
+        if (po.id == ROOT and not dst.is_dir) or (pn.id == ROOT and not src.is_dir):
+            raise fail(errno.EPERM)
+        t = now_ns()
+        with self.cat.tx():
+            self.cat.db.execute("UPDATE dentries SET inode = ? WHERE parent = ? AND name = ?", (dst.id, po.id, name_old))
+            self.cat.db.execute("UPDATE dentries SET inode = ? WHERE parent = ? AND name = ?", (src.id, pn.id, name_new))
+            for p, name, ino in ((po, name_old, dst.id), (pn, name_new, src.id)):
+                if p.id == ROOT:
+                    self.cat.db.execute("UPDATE buckets SET inode = ? WHERE name = ?",
+                                        (ino, name.decode("utf-8", "surrogateescape")))
+            if po.id != pn.id and src.is_dir != dst.is_dir:
+                delta = 1 if src.is_dir else -1
+                po.nlink -= delta
+                pn.nlink += delta
+            for a in (src, dst):
+                a.ctime_ns = t
+                self._save(a)
+            self._touch_dir(po, t)
+            if pn is not po:
+                self._touch_dir(pn, t)
+            self.cat.add_rekeys(self.cat.descendant_files(src.id) + self.cat.descendant_files(dst.id))
+
+    # -- files ---------------------------------------------------------------------------------
+
+    async def _open_handle(self, a: Attrs, flags: int) -> pyfuse3.FileInfo:
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        if writable:
+            self._writable()
+        of = await self.data.open(a.id, writable=writable)
+        fh = self.next_fh
+        self.next_fh += 1
+        self.handles[fh] = (of, writable)
+        stamp = (a.mtime_ns, a.size)
+        keep = self.served.get(a.id) == stamp and not self._atime_due(a, now_ns())
+        self.served[a.id] = stamp
+        return pyfuse3.FileInfo(fh=cast(pyfuse3.FileHandleT, fh), keep_cache=keep)
+
+    @guard
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:  # type: ignore[override]
+        a = self.get(inode)
+        if not a.is_reg:
+            raise fail(errno.EISDIR if a.is_dir else errno.EINVAL)
+        return await self._open_handle(a, flags)
+
+    @staticmethod
+    def _atime_due(a: Attrs, t: int) -> bool:
+        """relatime: update atime if it is older than mtime or ctime, or than a day."""
+        return a.atime_ns <= a.mtime_ns or a.atime_ns <= a.ctime_ns or t - a.atime_ns >= DAY_NS
+
+    def _mark_read(self, a: Attrs) -> None:
+        if self.read_only:
+            return
+        t = now_ns()
+        if self._atime_due(a, t):
+            a.atime_ns = t
+            if a.id in self.pending:
+                return  # saved with the other pending changes
+            self.cat.update(a.id, atime_ns=t)
+
+    @guard
+    async def read(self, fh: int, off: int, size: int) -> bytes:  # type: ignore[override]
+        of, _ = self.handles[fh]
+        a = self.get(of.ino)
+        data = await self.data.read(of, off, size, a.size)
+        self._mark_read(a)
+        return data
+
+    @guard
+    async def write(self, fh: int, off: int, buf: bytes) -> int:  # type: ignore[override]
+        of, writable = self.handles[fh]
+        if not writable:
+            raise fail(errno.EBADF)
+        await self.data.make_writable(of)
+        n = self.data.write(of, off, buf)
+        a = self.pending.get(of.ino)
+        if a is None:
+            a = self.get(of.ino)
+            self.pending[of.ino] = a
+        if off + n > a.size:
+            a.size = off + n
+        a.mtime_ns = a.ctime_ns = now_ns()
+        return n
+
+    def _flush_pending(self, ino: int) -> None:
+        a = self.pending.get(ino)
+        if a is not None:
+            self._save(a)
+            if ino not in self.data.files:
+                del self.pending[ino]
+
+    @guard
+    async def flush(self, fh: int) -> None:  # type: ignore[override]
+        of, _ = self.handles[fh]
+        self._flush_pending(of.ino)
+
+    @guard
+    async def fsync(self, fh: int, datasync: bool) -> None:  # type: ignore[override]
+        of, _ = self.handles[fh]
+        self.data.fsync(of)
+        self._flush_pending(of.ino)
+
+    @guard
+    async def release(self, fh: int) -> None:  # type: ignore[override]
+        of, writable = self.handles.pop(fh)
+        last = self.data.close(of, writable)
+        if last:
+            self._flush_pending(of.ino)
+            self.pending.pop(of.ino, None)
+            self._maybe_purge(of.ino)
+
+    # -- directories --------------------------------------------------------------------------
+
+    @guard
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:  # type: ignore[override]
+        self._dir(inode)
+        return inode
+
+    @guard
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:  # type: ignore[override]
+        d = self.get(fh)
+        after = start_id
+        while True:
+            batch = self.cat.list_dir(fh, after, 256)
+            for cookie, name, a in batch:
+                a = self.pending.get(a.id, a)
+                if not pyfuse3.readdir_reply(token, name, self.entry(a), cookie):
+                    self._mark_read(d)
+                    return
+                self.lookups[a.id] = self.lookups.get(a.id, 0) + 1
+                after = cookie
+            if len(batch) < 256:
+                break
+        self._mark_read(d)
+
+    async def releasedir(self, fh: int) -> None:  # type: ignore[override]
+        return None
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:  # type: ignore[override]
+        return None  # catalog changes are committed as they happen
+
+    # -- xattrs ---------------------------------------------------------------------------------
+
+    def _virtual_xattr(self, ino: int, name: bytes) -> bytes | None:
+        obj = self.cat.object(ino)
+        if obj is None:
+            return None
+        if name == b"user.darkstorage.tier":
+            return obj.tier.encode()
+        if name == b"user.darkstorage.state":
+            return obj.state.encode()
+        if name == b"user.darkstorage.restore":
+            if TIER_ACCESS[obj.tier] is not Access.RESTORE:
+                return b"not-needed"
+            return str(self.pool.restore_state(ino)).encode()
+        return None
+
+    @guard
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:  # type: ignore[override]
+        self.get(inode)
+        if name.startswith(VIRTUAL_PREFIX):
+            v = self._virtual_xattr(inode, name)
+        else:
+            v = self.cat.getxattr(inode, name)
+        if v is None:
+            raise fail(pyfuse3.ENOATTR)
+        return v
+
+    @guard
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:  # type: ignore[override]
+        self._writable()
+        a = self.get(inode)
+        if name.startswith(VIRTUAL_PREFIX):
+            raise fail(errno.EPERM)
+        if not name or len(name) > 255:
+            raise fail(errno.ERANGE)
+        if len(value) > XATTR_SIZE_MAX:
+            raise fail(errno.E2BIG)
+        with self.cat.tx():
+            self.cat.setxattr(inode, name, value)
+            a.ctime_ns = now_ns()
+            self._save(a)
+
+    @guard
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:  # type: ignore[override]
+        self.get(inode)
+        return self.cat.listxattr(inode)
+
+    @guard
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:  # type: ignore[override]
+        self._writable()
+        a = self.get(inode)
+        if name.startswith(VIRTUAL_PREFIX):
+            raise fail(errno.EPERM)
+        with self.cat.tx():
+            if not self.cat.removexattr(inode, name):
+                raise fail(pyfuse3.ENOATTR)
+            a.ctime_ns = now_ns()
+            self._save(a)
+
+    # -- access -------------------------------------------------------------------------------
+
+    @guard
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:  # type: ignore[override]
+        a = self.get(inode)
+        if mode == os.F_OK:
+            return True
+        if mode & os.W_OK and self.read_only:
+            raise fail(errno.EROFS)
+        if ctx.uid == 0:
+            # root may do anything, except execute a file with no x bit anywhere
+            if mode & os.X_OK and not a.is_dir and not a.mode & 0o111:
+                raise fail(errno.EACCES)
+            return True
+        if ctx.uid == a.uid:
+            granted = (a.mode >> 6) & 7
+        elif self._in_groups(a.gid, ctx):
+            granted = (a.mode >> 3) & 7
+        else:
+            granted = a.mode & 7
+        if mode & ~granted & 7:
+            raise fail(errno.EACCES)
+        return True
