@@ -1,0 +1,57 @@
+# darkstorage: `make run` mounts the embedded default pool; `make test` runs the whole suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+MOUNT ?= $(if $(DARKSTORAGE_MOUNT),$(DARKSTORAGE_MOUNT),./mnt)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_RUN := fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc
+APT_TEST := attr git sqlite3 bindfs rclone
+
+.PHONY: install run test test-deps lint typecheck bench clean
+
+define apt_install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; fi
+endef
+
+$(BIN)/darkstorage: pyproject.toml
+	$(call apt_install,$(APT_RUN))
+	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+install: $(BIN)/darkstorage
+
+run: install
+	$(BIN)/darkstorage init
+	mkdir -p $(MOUNT)
+	$(BIN)/darkstorage mount $(MOUNT) --foreground
+
+$(VENV)/.test-deps: pyproject.toml $(BIN)/darkstorage
+	$(call apt_install,$(APT_TEST))
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+test-deps: $(VENV)/.test-deps
+
+test: test-deps
+	$(BIN)/ruff check pool vfs agent tests bench
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+lint: test-deps
+	$(BIN)/ruff check pool vfs agent tests bench
+	$(BIN)/ruff format --check pool vfs agent tests bench
+
+typecheck: test-deps
+	$(BIN)/mypy
+
+bench: install
+	$(call apt_install,bindfs rclone)
+	$(BIN)/python bench/mount.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

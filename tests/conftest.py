@@ -1,0 +1,110 @@
+"""Shared fixtures: an isolated pool home per test and a real mount in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh pool home (``DARKSTORAGE_HOME``) with the embedded default pool."""
+    h = tmp_path / "home"
+    monkeypatch.setenv("DARKSTORAGE_HOME", str(h))
+    from pool.pool import Pool
+
+    pool, _ = Pool.init(h)
+    pool.close()
+    return h
+
+
+def cli(*args: str, home: Path, check: bool = True, timeout: float = 120, **kw: object) -> subprocess.CompletedProcess[str]:
+    """Run ``darkstorage ARGS`` in a subprocess against pool *home*."""
+    env = {**os.environ, "DARKSTORAGE_HOME": str(home)}
+    res = subprocess.run([sys.executable, "-m", "agent", *args], env=env, capture_output=True,
+                         text=True, timeout=timeout, cwd=ROOT, **kw)  # type: ignore[call-overload]
+    if check and res.returncode != 0:
+        raise AssertionError(f"darkstorage {' '.join(args)} exited {res.returncode}: {res.stderr}")
+    return res
+
+
+@dataclass
+class Mount:
+    """A running ``darkstorage mount --foreground`` process."""
+
+    home: Path
+    path: Path
+    args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+
+    def start(self) -> Mount:
+        self.path.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "DARKSTORAGE_HOME": str(self.home)}
+        self.log = self.home / f"mount-{int(time.time() * 1000)}.log"
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "agent", "mount", str(self.path), "--foreground", *self.args],
+                env=env, stdout=out, stderr=out, cwd=ROOT,
+            )
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(self.path):
+            if self.proc.poll() is not None:
+                raise AssertionError(f"mount died ({self.proc.returncode}): {self.log.read_text()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError(f"mount did not come up: {self.log.read_text()}")
+            time.sleep(0.02)
+        return self
+
+    def stop(self, timeout: float = 120) -> int:
+        """Unmount cleanly (SIGTERM: flush, then unmount). Returns the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise
+        self._lazy_unmount()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """kill -9 the mount process (a crash), then detach the dead mount."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._lazy_unmount()
+
+    def _lazy_unmount(self) -> None:
+        if os.path.ismount(self.path):
+            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
+        deadline = time.monotonic() + 10
+        while os.path.ismount(self.path) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def mounted(home: Path, tmp_path: Path) -> Iterator[Mount]:
+    """The default pool with a bucket ``b``, mounted at ``tmp_path/mnt`` (write-back 0.2s)."""
+    cli("bucket", "create", "b", home=home)
+    m = Mount(home, tmp_path / "mnt", ["--write-back", "0.2s", "--allow-other"]).start()
+    try:
+        yield m
+    finally:
+        if m.proc is not None and m.proc.poll() is None:
+            m.stop()
+        else:
+            m._lazy_unmount()
