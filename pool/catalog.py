@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .schema import migrate
 
@@ -326,7 +327,7 @@ class Catalog:
             (ino, tier, t_ns),
         )
 
-    def update_object(self, ino: int, **cols: object) -> None:
+    def update_object(self, ino: int, **cols: Any) -> None:
         if cols:
             sets = ", ".join(f"{c} = ?" for c in cols)
             self.db.execute(f"UPDATE objects SET {sets} WHERE inode = ?", (*cols.values(), ino))

@@ -7,8 +7,8 @@ The vfs layer maps the same exceptions to errnos (see ``vfs.errnos``).
 
 from __future__ import annotations
 
-import errno
 import enum
+import errno
 
 
 class ExitCode(enum.IntEnum):

@@ -9,8 +9,8 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar  # noqa: I001
 
 import pyfuse3
 
@@ -33,7 +33,7 @@ def to_errno(exc: BaseException) -> int:
     return errno.EIO
 
 
-def guard(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def guard(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     """Wrap a handler so that only ``FUSEError`` leaves it."""
 
     @functools.wraps(fn)

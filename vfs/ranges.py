@@ -57,4 +57,4 @@ class RangeSet:
             self._ends[-1] = size
 
     def total(self) -> int:
-        return sum(e - s for s, e in zip(self._starts, self._ends))
+        return sum(e - s for s, e in zip(self._starts, self._ends, strict=True))
