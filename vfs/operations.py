@@ -32,11 +32,14 @@ log = logging.getLogger(__name__)
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
+RENAME_WHITEOUT = 4
 LINK_MAX = 65000  # ext4's EXT4_LINK_MAX
 XATTR_SIZE_MAX = 65536
 DAY_NS = 86400 * 10**9
 VIRTUAL_XATTRS = (b"user.darkstorage.tier", b"user.darkstorage.state", b"user.darkstorage.restore")
 VIRTUAL_PREFIX = b"user.darkstorage."
+DOT_COOKIES = 2  # readdir cookies 1 and 2 are "." and ".."; an entry's cookie is its dentry id + 2
+XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.")  # ext4's, besides ACLs (the kernel's)
 
 
 def fail(code: int) -> pyfuse3.FUSEError:
@@ -191,55 +194,53 @@ class Operations(pyfuse3.Operations):
         self._writable()
         a = self.get(inode)
         t = now_ns()
-        changed = False
         if fields.update_size:
             if a.is_dir:
                 raise fail(errno.EISDIR)
             if not a.is_reg:
                 raise fail(errno.EINVAL)
-            new_size = attr.st_size
-            of = self.data.files.get(inode)
-            temp = of is None
-            if temp:
-                of = await self.data.open(inode, writable=True)
-            assert of is not None
-            try:
-                await self.data.make_writable(of)
-                self.data.truncate(of, new_size)
-            finally:
-                if temp:
-                    self.data.close(of, True)
-            if new_size != a.size:
-                a.mtime_ns = t
-            a.size = new_size
-            changed = True
+            await self._truncate(a, attr.st_size, t)
         if fields.update_mode:
             mode = attr.st_mode & 0o7777
             if ctx.uid != 0 and mode & stat.S_ISGID and not self._in_groups(a.gid, ctx):
                 mode &= ~stat.S_ISGID
             a.mode = stat.S_IFMT(a.mode) | mode
-            changed = True
         if fields.update_uid and attr.st_uid != a.uid:
             a.uid = attr.st_uid
         if fields.update_gid and attr.st_gid != a.gid:
             a.gid = attr.st_gid
-        changed |= fields.update_uid or fields.update_gid
         if fields.update_atime:
             a.atime_ns = attr.st_atime_ns
-            changed = True
         if fields.update_mtime:
             a.mtime_ns = attr.st_mtime_ns
-            changed = True
-        if changed or fields.update_ctime:
-            a.ctime_ns = t
+        # every setattr the kernel sends changes ctime, even one with no field set
+        # (chown(f, -1, -1)): ext4 stamps ctime on every notify_change
+        a.ctime_ns = t
         self._save(a)
         return self.entry(a)
+
+    async def _truncate(self, a: Attrs, size: int, t: int) -> None:
+        """Set regular file *a*'s size; mtime and ctime change even if the size does not (ext4)."""
+        of = self.data.files.get(a.id)
+        temp = of is None
+        if temp:
+            of = await self.data.open(a.id, writable=True)
+        assert of is not None
+        try:
+            await self.data.make_writable(of)
+            self.data.truncate(of, size)
+        finally:
+            if temp:
+                self.data.close(of, True)
+        a.size = size
+        a.mtime_ns = a.ctime_ns = t
 
     @guard
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:  # type: ignore[override]
         target = self.cat.readlink(inode)
         if target is None:
             raise fail(errno.EINVAL)
+        self._mark_read(self.get(inode))  # reading or following a symlink touches its atime
         return target
 
     @guard
@@ -413,7 +414,9 @@ class Operations(pyfuse3.Operations):
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:  # type: ignore[override]
         self._writable()
-        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT) or (
+            flags & RENAME_EXCHANGE and flags != RENAME_EXCHANGE
+        ):
             raise fail(errno.EINVAL)
         if len(name_old) > NAME_MAX or len(name_new) > NAME_MAX:
             raise fail(errno.ENAMETOOLONG)
@@ -448,6 +451,8 @@ class Operations(pyfuse3.Operations):
                 raise fail(errno.EISDIR)
             if parent_inode_new == ROOT:
                 raise fail(errno.EPERM)
+        if flags & RENAME_WHITEOUT and parent_inode_old == ROOT:
+            raise fail(errno.EPERM)  # only buckets (directories) live at the top
         t = now_ns()
         with self.cat.tx():
             self.cat.remove_entry(parent_inode_old, name_old)
@@ -475,6 +480,10 @@ class Operations(pyfuse3.Operations):
             if pn is not po:
                 self._touch_dir(pn, t)
             self.cat.add_rekeys(self.cat.descendant_files(src.id))
+            if flags & RENAME_WHITEOUT:  # overlayfs: a 0/0 character device takes the old name
+                gid = po.gid if po.mode & stat.S_ISGID else ctx.gid
+                w = self.cat.new_inode(stat.S_IFCHR, ctx.uid, gid, t, rdev=0)
+                self.cat.add_entry(parent_inode_old, name_old, w.id)
         if dst is not None:
             self._maybe_purge(dst.id)
 
@@ -531,7 +540,22 @@ class Operations(pyfuse3.Operations):
         a = self.get(inode)
         if not a.is_reg:
             raise fail(errno.EISDIR if a.is_dir else errno.EINVAL)
+        if flags & os.O_TRUNC:
+            # libfuse asks for atomic O_TRUNC: the kernel leaves the truncation to open (and
+            # Linux truncates even with O_RDONLY)
+            self._writable()
+            await self._truncate(a, 0, now_ns())
+            if ctx.uid != 0:  # the kernel does not forward this kill with an atomic O_TRUNC
+                a.mode &= ~self._privs_to_kill(a, ctx)
+            self._save(a)
         return await self._open_handle(a, flags)
+
+    def _privs_to_kill(self, a: Attrs, ctx: pyfuse3.RequestContext) -> int:
+        """The setuid/setgid bits a change by an unprivileged caller clears (``should_remove_suid``)."""
+        kill = a.mode & stat.S_ISUID
+        if a.mode & stat.S_ISGID and (a.mode & stat.S_IXGRP or not self._in_groups(a.gid, ctx)):
+            kill |= stat.S_ISGID
+        return kill
 
     @staticmethod
     def _atime_due(a: Attrs, t: int) -> bool:
@@ -609,16 +633,23 @@ class Operations(pyfuse3.Operations):
     @guard
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:  # type: ignore[override]
         d = self.get(fh)
-        after = start_id
+        if start_id < DOT_COOKIES:
+            # "." and ".." come first, as on ext4; the kernel takes no lookup reference on them
+            up = self.cat.parent_of(fh) if fh != ROOT else ROOT
+            for cookie, (name, a) in enumerate(((b".", d), (b"..", self.get(up or ROOT))), 1):
+                if cookie > start_id and not pyfuse3.readdir_reply(token, name, self.entry(a), cookie):
+                    self._mark_read(d)
+                    return
+        after = max(start_id - DOT_COOKIES, 0)
         while True:
             batch = self.cat.list_dir(fh, after, 256)
-            for cookie, name, a in batch:
+            for dentry_id, name, a in batch:
                 a = self.pending.get(a.id, a)
-                if not pyfuse3.readdir_reply(token, name, self.entry(a), cookie):
+                if not pyfuse3.readdir_reply(token, name, self.entry(a), dentry_id + DOT_COOKIES):
                     self._mark_read(d)
                     return
                 self.lookups[a.id] = self.lookups.get(a.id, 0) + 1
-                after = cookie
+                after = dentry_id
             if len(batch) < 256:
                 break
         self._mark_read(d)
@@ -645,9 +676,20 @@ class Operations(pyfuse3.Operations):
             return str(self.pool.restore_state(ino)).encode()
         return None
 
+    @staticmethod
+    def _check_xattr_name(name: bytes) -> None:
+        """A name outside ext4's namespaces is ``EOPNOTSUPP``, a bare namespace ``EINVAL``."""
+        for ns in XATTR_NAMESPACES:
+            if name.startswith(ns):
+                if len(name) == len(ns):
+                    raise fail(errno.EINVAL)
+                return
+        raise fail(errno.EOPNOTSUPP)
+
     @guard
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:  # type: ignore[override]
         self.get(inode)
+        self._check_xattr_name(name)
         if name.startswith(VIRTUAL_PREFIX):
             v = self._virtual_xattr(inode, name)
         else:
@@ -660,12 +702,15 @@ class Operations(pyfuse3.Operations):
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:  # type: ignore[override]
         self._writable()
         a = self.get(inode)
+        self._check_xattr_name(name)
         if name.startswith(VIRTUAL_PREFIX):
             raise fail(errno.EPERM)
         if not name or len(name) > 255:
             raise fail(errno.ERANGE)
         if len(value) > XATTR_SIZE_MAX:
             raise fail(errno.E2BIG)
+        if self.cat.getxattr(inode, name) == value:
+            return  # ext4 leaves an unchanged value (and ctime) alone
         with self.cat.tx():
             self.cat.setxattr(inode, name, value)
             a.ctime_ns = now_ns()
@@ -674,12 +719,16 @@ class Operations(pyfuse3.Operations):
     @guard
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:  # type: ignore[override]
         self.get(inode)
-        return self.cat.listxattr(inode)
+        names = self.cat.listxattr(inode)
+        if ctx.uid != 0:  # ext4 lists trusted.* only to CAP_SYS_ADMIN
+            names = [n for n in names if not n.startswith(b"trusted.")]
+        return names
 
     @guard
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:  # type: ignore[override]
         self._writable()
         a = self.get(inode)
+        self._check_xattr_name(name)
         if name.startswith(VIRTUAL_PREFIX):
             raise fail(errno.EPERM)
         with self.cat.tx():
