@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+
 import click
 
 from pool.errors import DarkstorageError, ExitCode
@@ -19,7 +20,6 @@ from pool.units import format_size
 
 from . import __version__
 from .console import console, emit_json, error_line
-from .params import DURATION, SIZE
 
 
 def open_pool() -> Pool:

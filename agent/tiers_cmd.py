@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -44,7 +45,7 @@ def tiers_list(bucket: str | None, as_json: bool) -> None:
     if bucket is not None and pool.catalog.bucket_inode(bucket) is None:
         raise NotFoundError(f"no bucket {bucket}")
     rules = pool.catalog.placements(bucket)
-    data = {
+    data: dict[str, list[dict[str, Any]]] = {
         "tiers": [{"tier": t, "url": pool.config.tiers[t].url if t in pool.config.tiers else None,
                    "access": TIER_ACCESS[t].value} for t in TIERS],
         "rules": [{"bucket": b, "prefix": p, "tier": t} for b, p, t in rules],

@@ -17,6 +17,7 @@ from .catalog import ROOT, Attrs, Catalog, ObjectRow, now_ns
 from .config import PoolConfig, pool_home
 from .errors import (
     BusyError,
+    DarkstorageError,
     ExistsError,
     NotEmptyError,
     NotFoundError,
@@ -196,11 +197,11 @@ class Pool:
                 if i in seen:
                     continue
                 seen.add(i)
-                a = cat.get(i)
-                if a is None:
+                node = cat.get(i)
+                if node is None:
                     continue
                 remaining = cat.db.execute("SELECT count(*) FROM dentries WHERE inode = ?", (i,)).fetchone()[0]
-                if remaining and not a.is_dir:
+                if remaining and not node.is_dir:
                     cat.update(i, nlink=remaining, ctime_ns=t)  # hard link from another bucket
                     continue
                 if cat.delete_inode(i) is not None:
@@ -211,6 +212,12 @@ class Pool:
             root = cat.get(ROOT)
             assert root is not None
             cat.update(ROOT, nlink=root.nlink - 1, mtime_ns=t, ctime_ns=t)
+        # delete the objects now, not at the next mount (whatever fails stays in the trash)
+        try:
+            while cat.trash_items(1):
+                self.process_trash()
+        except DarkstorageError as e:
+            log.warning("bucket %s removed; some of its objects are left for later: %s", name, e)
         return removed
 
     def _drop_cache_file(self, ino: int) -> None:
@@ -580,7 +587,13 @@ class Pool:
                 except FileNotFoundError:
                     log.error("dirty file %d lost its cache file", ino)
                     continue
-                cat.update(ino, size=st.st_size)
+                cols = {"size": st.st_size}
+                a = cat.get(ino)
+                if a is not None and st.st_mtime_ns > a.ctime_ns:
+                    # written after its attributes were last saved (writes keep them in memory
+                    # until flush/fsync/close): the cache file's mtime is the last write's time
+                    cols.update(mtime_ns=st.st_mtime_ns, ctime_ns=st.st_mtime_ns)
+                cat.update(ino, **cols)
                 cat.cache_touch(ino, True, st.st_blocks * 512, now_ns())
             for (ino,) in cat.db.execute("SELECT inode FROM cache WHERE complete = 0").fetchall():
                 cat.cache_drop(ino)

@@ -103,6 +103,9 @@ class WriteBack:
                     return
                 if self.pool.upload_commit(job, stored, data.generation(ino) == gen):
                     data.mark_clean(ino)
+                    # its cache copy is evictable now: without this, a cache filled by writes
+                    # would stay over its limit until some later close() happened to evict
+                    data.evict()
                     self.retry_at.pop(ino, None)
                     self.uploaded += 1
                     log.debug("uploaded %s (%d bytes)", job.key, stored.size)
