@@ -26,6 +26,14 @@ from .hashing import CHUNK_BYTES, hash_stream, new_hasher
 
 log = logging.getLogger(__name__)
 
+try:
+    import ctypes
+    import ctypes.util
+
+    _libc: ctypes.CDLL | None = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+except OSError:  # pragma: no cover - no libc to load
+    _libc = None
+
 TMP_MARK = ".darkstorage-tmp-"
 ATTRS_XATTR = "user.darkstorage.attrs"
 
@@ -139,12 +147,17 @@ class Backend:
     # -- writes -----------------------------------------------------------------------------
 
     def tmp_key(self, key: str) -> str:
-        head, _, tail = key.rpartition("/")
-        name = f"{TMP_MARK}{secrets.token_hex(6)}-{tail}"[:255]
+        """A fresh temporary key next to *key* (same directory, short name)."""
+        head, _, _ = key.rpartition("/")
+        name = f"{TMP_MARK}{secrets.token_hex(8)}"
         return f"{head}/{name}" if head else name
 
-    def upload_fd(self, fd: int, key: str, attrs: dict[str, int] | None = None) -> StoredObject:
+    def upload_fd(self, fd: int, key: str, attrs: dict[str, int] | None = None,
+                  *, durable: bool = True) -> StoredObject:
         """Write the whole of *fd* under a temporary key; returns what was written.
+
+        With *durable* the object is fsync'ed before returning; without, call :meth:`sync`
+        once for a batch.
 
         *key* should be a :meth:`tmp_key`; :meth:`move` puts it in place after :meth:`verify`.
         """
@@ -157,7 +170,7 @@ class Backend:
                     h.update(chunk)
                     f.write(chunk)
                     off += len(chunk)
-                if self.local_root is not None:
+                if durable and self.local_root is not None:
                     f.flush()
                     os.fsync(f.fileno())
         except OSError as e:
@@ -165,6 +178,18 @@ class Backend:
         if attrs is not None:
             self.set_attrs(key, attrs)
         return StoredObject(off, h.hexdigest())
+
+    def sync(self) -> None:
+        """Make every object written so far durable (``syncfs(2)`` on a local root)."""
+        if self.local_root is None:
+            return
+        fd = os.open(self.local_root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if _libc is not None and _libc.syncfs(fd) == 0:
+                return
+            os.sync()
+        finally:
+            os.close(fd)
 
     def verify(self, key: str, expected: StoredObject) -> StoredObject:
         """Read *key* back and compare with *expected*.

@@ -3,8 +3,9 @@
 Uploads, re-keys, tier moves and trash deletion each end with "change the backend, then
 commit the catalog". Two processes (a mount and a CLI command) doing that on the same key at
 once could delete what the other just wrote, so that step runs under this lock: a
-``threading.Lock`` for threads of one process plus ``flock(2)`` on ``<home>/objects.lock``
-for other processes. Hold it only around quick steps (a rename, a delete, a commit).
+``threading.RLock`` for threads of one process plus ``flock(2)`` on ``<home>/objects.lock``
+for other processes. It is reentrant within a thread. Hold it only around quick steps (a
+rename, a delete, a commit).
 """
 
 from __future__ import annotations
@@ -20,19 +21,24 @@ from pathlib import Path
 class ObjectLock:
     def __init__(self, home: Path) -> None:
         self.path = home / "objects.lock"
-        self._thread_lock = threading.Lock()
+        self._thread_lock = threading.RLock()
         self._fd: int | None = None
+        self._depth = 0
 
     @contextmanager
     def held(self) -> Iterator[None]:
         with self._thread_lock:
             if self._fd is None:
                 self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            if self._depth == 0:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            self._depth += 1
             try:
                 yield
             finally:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                self._depth -= 1
+                if self._depth == 0:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
         if self._fd is not None:

@@ -12,6 +12,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+import xxhash
+
 from .backends import Backend, StoredObject
 from .catalog import ROOT, Attrs, Catalog, ObjectRow, now_ns
 from .config import PoolConfig, pool_home
@@ -50,6 +52,7 @@ class UploadJob:
     key: str
     tmp_key: str
     attrs: dict[str, int]
+    empty_ok: bool = False  #: never uploaded and empty: a missing cache file means no bytes
 
 
 @dataclass(slots=True)
@@ -64,6 +67,21 @@ class RestoreState:
         if self.state == "pending":
             return f"pending ({self.ready_in_s:.1f}s left)"
         return self.state
+
+
+def key_component(name: bytes) -> str:
+    """The object-key form of one path component.
+
+    UTF-8 names are used as they are (plain keys). Names that are not valid UTF-8 (legal on
+    Linux, not storable as object keys) become their ``backslashreplace`` text plus ``~`` and
+    the XXH3-64 of the raw bytes, kept within 255 bytes, so distinct names never share a key.
+    """
+    try:
+        return name.decode("utf-8")
+    except UnicodeDecodeError:
+        digest = xxhash.xxh3_64_hexdigest(name)
+        text = name.decode("utf-8", "backslashreplace")[: 255 - 1 - len(digest)]
+        return f"{text}~{digest}"
 
 
 class Pool:
@@ -261,11 +279,13 @@ class Pool:
         parts = self.catalog.path_of(ino)
         if not parts or len(parts) < 2:
             return None
-        return "/".join(p.decode("utf-8", "surrogateescape") for p in parts)
+        return "/".join(key_component(p) for p in parts)
 
     def placement_tier(self, parent: int, name: bytes) -> str:
         """Tier for a new file *name* in directory *parent*: the longest matching
         ``tiers set`` prefix of its bucket, else ``hot``."""
+        if self.catalog.db.execute("SELECT 1 FROM placement LIMIT 1").fetchone() is None:
+            return DEFAULT_TIER  # no rules anywhere: skip the path walk
         parts = self.catalog.path_of(parent)
         if not parts:
             return DEFAULT_TIER
@@ -314,7 +334,8 @@ class Pool:
     # -- write-back upload --------------------------------------------------------------------
 
     def upload_begin(self, ino: int) -> UploadJob | None:
-        """First step of a write-back upload: pick the key and mark the file ``uploading``.
+        """First step of a write-back upload: pick the key, record the temporary key and mark
+        the file ``uploading``.
 
         Returns None when there is nothing to upload (clean, gone or unlinked).
         """
@@ -327,21 +348,29 @@ class Pool:
         if key is None:
             return None
         backend = self.backend(obj.tier)
-        cat.update_object(ino, state="uploading")
+        tmp = backend.tmp_key(key)
+        cat.update_object(ino, state="uploading", upload_tmp_key=tmp)
         attrs = {"mode": a.mode, "uid": a.uid, "gid": a.gid, "mtime_ns": a.mtime_ns}
-        return UploadJob(ino, obj.tier, key, backend.tmp_key(key), attrs)
+        return UploadJob(ino, obj.tier, key, tmp, attrs, empty_ok=obj.key is None and a.size == 0)
 
-    def upload_transfer(self, job: UploadJob) -> StoredObject:
-        """Second step (any thread, no catalog use): copy the cache file to a temporary key
-        and read it back to verify.
+    def upload_transfer(self, job: UploadJob, *, durable: bool = True) -> StoredObject:
+        """Second step (any thread, no catalog use): copy the cache file to the temporary key
+        and read it back to verify. Without *durable*, call :meth:`Backend.sync` on the tier
+        before :meth:`upload_commit`.
 
         Raises:
             BackendError, IntegrityError: the copy failed; the temporary key is removed.
+            FileNotFoundError: the cache file of a non-empty dirty file is gone.
         """
         backend = self.backend(job.tier)
-        fd = os.open(self.cache_path(job.ino), os.O_RDONLY)
         try:
-            stored = backend.upload_fd(fd, job.tmp_key, job.attrs)
+            fd = os.open(self.cache_path(job.ino), os.O_RDONLY)
+        except FileNotFoundError:
+            if not job.empty_ok:
+                raise
+            fd = os.open(os.devnull, os.O_RDONLY)  # created and never written: empty object
+        try:
+            stored = backend.upload_fd(fd, job.tmp_key, job.attrs, durable=durable)
             backend.verify(job.tmp_key, stored)
             return stored
         except BaseException:
@@ -366,7 +395,7 @@ class Pool:
             if (stored is None or obj is None or obj.state != "uploading" or not unchanged
                     or key is None or obj.tier != job.tier):
                 if obj is not None and obj.state == "uploading":
-                    cat.update_object(job.ino, state="dirty")
+                    cat.update_object(job.ino, state="dirty", upload_tmp_key=None)
                 if stored is not None:
                     backend.delete(job.tmp_key)
                 return False
@@ -374,8 +403,8 @@ class Pool:
             backend.move(job.tmp_key, key)
             if obj.key is not None and obj.key != key:
                 cat.add_trash(job.tier, obj.key, obj.xxh3_128)
-            cat.update_object(job.ino, state="clean", key=key, size=stored.size,
-                              xxh3_128=stored.xxh3_128, etag=stored.etag, dirty_since_ns=None)
+            cat.update_object(job.ino, state="clean", key=key, size=stored.size, xxh3_128=stored.xxh3_128,
+                              etag=stored.etag, dirty_since_ns=None, upload_tmp_key=None)
             cat.drop_rekey(job.ino)
         return True
 
@@ -394,19 +423,32 @@ class Pool:
 
     # -- background chores ------------------------------------------------------------------------
 
-    def process_trash(self, limit: int = 256) -> int:
-        """Delete trashed objects no longer referenced. Returns how many were deleted."""
+    def process_trash(self, limit: int = 256, batch: int = 32) -> int:
+        """Delete trashed objects no longer referenced. Returns how many were deleted.
+
+        Backend deletes run under the object lock (every change of an object's key holds it
+        too) but outside any catalog transaction, so the filesystem's own commits never wait
+        on backend I/O.
+        """
         done = 0
-        for item_id, tier, key, _digest in self.catalog.trash_items(limit):
-            with self.lock.held(), self.catalog.tx():
-                if tier in self.backends and not self.catalog.key_referenced(tier, key):
-                    self.backends[tier].delete(key)
-                    done += 1
-                self.catalog.drop_trash(item_id)
+        items = self.catalog.trash_items(limit)
+        for i in range(0, len(items), batch):
+            dropped = []
+            with self.lock.held():
+                for item_id, tier, key, _digest in items[i:i + batch]:
+                    if tier in self.backends and not self.catalog.key_referenced(tier, key):
+                        self.backends[tier].delete(key)
+                        done += 1
+                    dropped.append(item_id)
+            with self.catalog.tx():
+                for item_id in dropped:
+                    self.catalog.drop_trash(item_id)
         return done
 
     def process_rekeys(self, limit: int = 256) -> int:
-        """Move clean objects whose file was renamed to their new key. Returns moves made."""
+        """Bring clean objects in line with their file: move renamed files' objects to their
+        new key and record current POSIX attributes (mode, uid, gid, mtime) with the object.
+        Returns moves made."""
         cat = self.catalog
         done = 0
         for ino in cat.rekey_items(limit):
@@ -416,11 +458,13 @@ class Pool:
                 if obj is None or obj.key is None or key is None or obj.state != "clean":
                     cat.drop_rekey(ino)
                     continue
+                backend = self.backend(obj.tier)
                 if obj.key != key:
                     self._claim_key(obj.tier, key, ino)
-                    self.backend(obj.tier).move(obj.key, key)
+                    backend.move(obj.key, key)
                     cat.update_object(ino, key=key)
                     done += 1
+                backend.set_attrs(key, self._attrs(ino))
                 cat.drop_rekey(ino)
         return done
 
@@ -566,7 +610,8 @@ class Pool:
     def recover(self) -> dict[str, int]:
         """Bring the pool back to a consistent state after a crash (run before mounting).
 
-        * uploads cut off mid-way (``uploading``) become ``dirty`` again;
+        * uploads cut off mid-way (``uploading``) become ``dirty`` again and their temporary
+          objects are deleted;
         * dirty files take their size and mtime from the cache file, which holds every byte
           the filesystem acknowledged;
         * partial caches are dropped (their range maps were in memory only);
@@ -578,14 +623,21 @@ class Pool:
         """
         cat = self.catalog
         stats = {"uploads_resumed": 0, "orphans_purged": 0, "moves_rolled_back": 0, "partial_caches_dropped": 0}
+        for ino, tier, tmp in cat.db.execute(
+                "SELECT inode, tier, upload_tmp_key FROM objects WHERE upload_tmp_key IS NOT NULL").fetchall():
+            if tier in self.backends:
+                self.backends[tier].delete(tmp)
+            cat.update_object(ino, upload_tmp_key=None)
         with cat.tx():
             stats["uploads_resumed"] = cat.db.execute(
                 "UPDATE objects SET state = 'dirty' WHERE state = 'uploading'").rowcount
-            for (ino,) in cat.db.execute("SELECT inode FROM objects WHERE state = 'dirty'").fetchall():
+            for ino, key in cat.db.execute("SELECT inode, key FROM objects WHERE state = 'dirty'").fetchall():
                 try:
                     st = os.stat(self.cache_path(ino))
                 except FileNotFoundError:
-                    log.error("dirty file %d lost its cache file", ino)
+                    a = cat.get(ino)
+                    if key is not None or a is None or a.size != 0:  # else: created, never written
+                        log.error("dirty file %d lost its cache file", ino)
                     continue
                 cols = {"size": st.st_size}
                 a = cat.get(ino)

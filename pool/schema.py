@@ -52,10 +52,16 @@ Tables (migration 1)
     ``restore_requested_ns, restore_ready_ns``  for archive/offsite tiers: when a restore was
                   asked for and when it is (or will be) readable; NULL when none is pending.
 
+    ``upload_tmp_key``  (migration 2) the temporary key an upload in progress writes to; the
+                  next start deletes it if the upload never finished. NULL otherwise.
+
 ``cache`` -- files with bytes in the local cache (``<home>/cache/<inode>``).
     ``inode``; ``complete`` 1 if the cache file holds the whole file (always for dirty files);
     ``bytes`` bytes of cache used; ``last_used_ns`` for LRU eviction.
     Partial (sparse) caches are only trusted while the mount that filled them runs.
+
+Triggers (migration 3): deleting an ``inodes`` row deletes its ``objects``, ``xattrs``,
+``cache`` and ``rekeys`` rows; deleting an ``objects`` row with a key adds it to ``trash``.
 
 ``trash`` -- backend objects to delete: ``id``, ``tier``, ``key``, ``xxh3_128`` (of the
     object to delete, NULL if unknown). Written in the same transaction that stops
@@ -150,7 +156,37 @@ MIGRATIONS: list[str] = [
         tmp_key TEXT NOT NULL
     );
     """,
+    # 2: temporary key of an upload in progress, so recovery can delete what a crash left
+    """
+    ALTER TABLE objects ADD COLUMN upload_tmp_key TEXT
+    """,
+    # 3: deleting an inode row removes what hangs off it, inside SQLite; a deleted object
+    # that was ever uploaded goes to the trash in the same transaction
+    """
+    CREATE TRIGGER inode_deleted AFTER DELETE ON inodes BEGIN
+        DELETE FROM objects WHERE inode = OLD.id;
+        DELETE FROM xattrs WHERE inode = OLD.id;
+        DELETE FROM cache WHERE inode = OLD.id;
+        DELETE FROM rekeys WHERE inode = OLD.id;
+    END;
+    CREATE TRIGGER object_deleted AFTER DELETE ON objects WHEN OLD.key IS NOT NULL BEGIN
+        INSERT INTO trash (tier, key, xxh3_128) VALUES (OLD.tier, OLD.key, OLD.xxh3_128);
+    END
+    """,
 ]
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements (``sqlite3.complete_statement`` keeps triggers whole)."""
+    out, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        out.append(buf.strip())
+    return out
 
 
 def migrate(conn: sqlite3.Connection) -> int:
@@ -170,9 +206,8 @@ def migrate(conn: sqlite3.Connection) -> int:
     for number in range(version + 1, len(MIGRATIONS) + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for stmt in MIGRATIONS[number - 1].split(";"):
-                if stmt.strip():
-                    conn.execute(stmt)
+            for stmt in _statements(MIGRATIONS[number - 1]):
+                conn.execute(stmt)
             conn.execute(f"PRAGMA user_version = {number}")
             conn.execute("COMMIT")
         except BaseException:

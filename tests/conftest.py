@@ -88,11 +88,18 @@ class Mount:
             self.proc.wait()
         self._lazy_unmount()
 
+    def listed(self) -> bool:
+        """True while the mount table lists our mountpoint. ``os.path.ismount`` is not enough:
+        it says False for a dead FUSE mount (lstat fails with ENOTCONN)."""
+        target = str(self.path.absolute())
+        with open("/proc/self/mounts") as f:
+            return any(line.split()[1].replace("\\040", " ") == target for line in f)
+
     def _lazy_unmount(self) -> None:
-        if os.path.ismount(self.path):
+        if self.listed():
             subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
         deadline = time.monotonic() + 10
-        while os.path.ismount(self.path) and time.monotonic() < deadline:
+        while self.listed() and time.monotonic() < deadline:
             time.sleep(0.05)
 
 

@@ -74,6 +74,9 @@ class DataPath:
         self.partial: dict[int, RangeSet] = {}  # range maps of partial caches, kept across opens
         self.generations: dict[int, int] = {}
         self.limiter = trio.CapacityLimiter(8)
+        # running estimate of cache bytes; exact recount (a SUM over the cache table) only
+        # when the estimate says the limit is crossed
+        self.cache_used = self.cat.cache_total()
 
     def generation(self, ino: int) -> int:
         """Write generation of *ino*: bumps on every change to its bytes (thread-safe read)."""
@@ -89,14 +92,17 @@ class DataPath:
             of.fd = os.open(self.pool.cache_path(of.ino), os.O_RDWR | os.O_CREAT, 0o600)
         return of.fd
 
-    async def open(self, ino: int, *, writable: bool) -> OpenFile:
+    async def open(self, ino: int, *, writable: bool, fresh: bool = False) -> OpenFile:
         """Register an open of *ino* and pick its read source (may wait for a restore).
+        *fresh*: the file was just created (dirty, empty, nothing cached).
 
         Raises:
             FUSEError(EAGAIN): an archive restore is still pending after the wait.
         """
         of = self.files.get(ino)
-        if of is None:
+        if of is None and fresh:
+            of = self.files[ino] = OpenFile(ino, complete=True, dirty=True)
+        elif of is None:
             of = OpenFile(ino)
             obj = self.cat.object(ino)
             entry = self.cat.cache_entry(ino)
@@ -279,28 +285,35 @@ class DataPath:
             of.writers -= 1
         if of.opens > 0:
             return False
+        had_cache = of.fd is not None
         for attr in ("fd", "direct_fd"):
             fd = getattr(of, attr)
             if fd is not None:
                 os.close(fd)
                 setattr(of, attr, None)
         del self.files[of.ino]
-        if of.complete or of.dirty or len(of.ranges):
+        if had_cache:
             self.touch(of)
-        self.evict()
+            self.evict()
         return True
 
     def touch(self, of: OpenFile) -> None:
+        """Record the cache file's size and use time (for the limit and LRU order)."""
         try:
             st = os.stat(self.pool.cache_path(of.ino))
         except FileNotFoundError:
             return
-        self.cat.cache_touch(of.ino, of.complete, st.st_blocks * 512, now_ns())
+        nbytes = st.st_blocks * 512
+        old = self.cat.cache_entry(of.ino)
+        self.cat.cache_touch(of.ino, of.complete, nbytes, now_ns())
+        self.cache_used += nbytes - (old[1] if old else 0)
 
-    def forget_cache(self, ino: int) -> None:
+    def forget_cache(self, ino: int, *, has_file: bool = True) -> None:
         """Drop an inode's cache file (the inode is gone)."""
         self.partial.pop(ino, None)
-        self.generations.pop(ino, None)
+        written = self.generations.pop(ino, None) is not None
+        if not has_file and not written:
+            return
         try:
             os.unlink(self.pool.cache_path(ino))
         except FileNotFoundError:
@@ -309,7 +322,9 @@ class DataPath:
     def evict(self) -> int:
         """Evict least recently used clean caches until under the limit; never open or dirty
         files. Returns bytes freed."""
-        total = self.cat.cache_total()
+        if self.cache_used <= self.cache_max_bytes:
+            return 0
+        total = self.cache_used = self.cat.cache_total()
         freed = 0
         if total <= self.cache_max_bytes:
             return 0
@@ -325,4 +340,5 @@ class DataPath:
             except FileNotFoundError:
                 pass
             freed += nbytes
+        self.cache_used = total - freed
         return freed

@@ -113,6 +113,7 @@ def serve(pool: Pool, opts: MountOptions) -> int:
         stats = pool.recover()
         if any(stats.values()):
             log.info("recovered after an unclean stop: %s", stats)
+        pool.catalog.defer_checkpoints()
         ops = Operations(pool, cache_max_bytes=opts.cache_max_bytes, read_only=opts.read_only,
                          attr_timeout_s=opts.attr_timeout_s, entry_timeout_s=opts.entry_timeout_s)
         options = set(pyfuse3.default_options)
@@ -178,6 +179,7 @@ async def _main(ops: Operations, opts: MountOptions) -> int:
             await ops.release(fh)
         except Exception:
             log.exception("releasing handle %d", fh)
+    ops.purge()
     left = await wb.flush_all()
     await wb.close()
     if left:

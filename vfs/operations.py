@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import sqlite3
 import stat
 from typing import TYPE_CHECKING, cast
 
@@ -74,6 +75,7 @@ class Operations(pyfuse3.Operations):
         self.handles: dict[int, tuple[OpenFile, bool]] = {}
         self.next_fh = 1
         self.served: dict[int, tuple[int, int]] = {}  # ino -> (mtime_ns, size) the kernel caches
+        self.purge_queue: set[int] = set()
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -137,15 +139,34 @@ class Operations(pyfuse3.Operations):
         self._save(d)
 
     def _maybe_purge(self, ino: int) -> None:
-        """Remove an inode once it has no name, no kernel reference and no open handle."""
+        """Queue an inode for removal once it has no name, no kernel reference and no open
+        handle. Nothing can reach it any more, so :meth:`purge` removes the queued ones in one
+        transaction later (the write-back service calls it; recovery purges leftovers)."""
         if self.lookups.get(ino, 0) > 0 or ino in self.data.files:
             return
-        a = self.cat.get(ino)
+        a = self.pending.get(ino) or self.cat.get(ino)
         if a is None or a.nlink > 0:
             return
         self.pending.pop(ino, None)
-        self.cat.delete_inode(ino)
-        self.data.forget_cache(ino)
+        self.purge_queue.add(ino)
+
+    def _purge_if_unlinked(self, a: Attrs) -> None:
+        """:meth:`_maybe_purge` for a caller that holds the inode's current attributes."""
+        if a.nlink == 0 and self.lookups.get(a.id, 0) == 0 and a.id not in self.data.files:
+            self.pending.pop(a.id, None)
+            self.purge_queue.add(a.id)
+
+    def purge(self) -> int:
+        """Remove queued unlinked inodes (their objects go to trash). Returns how many."""
+        if not self.purge_queue:
+            return 0
+        inos = [i for i in self.purge_queue if self.lookups.get(i, 0) == 0 and i not in self.data.files]
+        self.purge_queue.clear()
+        with self.cat.tx():
+            cached = set(self.cat.delete_unlinked(inos))
+        for ino in inos:
+            self.data.forget_cache(ino, has_file=ino in cached)
+        return len(inos)
 
     @staticmethod
     def _in_groups(gid: int, ctx: pyfuse3.RequestContext) -> bool:
@@ -216,7 +237,12 @@ class Operations(pyfuse3.Operations):
         # every setattr the kernel sends changes ctime, even one with no field set
         # (chown(f, -1, -1)): ext4 stamps ctime on every notify_change
         a.ctime_ns = t
-        self._save(a)
+        with self.cat.tx():
+            self._save(a)
+            if a.is_reg and (fields.update_mode or fields.update_uid or fields.update_gid or fields.update_mtime):
+                # a clean object carries stale attributes now: the write-back service records
+                # the new ones with it (dirty files get them at upload)
+                self.cat.add_rekeys([inode])
         return self.entry(a)
 
     async def _truncate(self, a: Attrs, size: int, t: int) -> None:
@@ -272,8 +298,6 @@ class Operations(pyfuse3.Operations):
         is_dir = stat.S_ISDIR(mode)
         if parent == ROOT and not is_dir:
             raise fail(errno.EPERM)  # only buckets (directories) live at the top
-        if self.cat.lookup(parent, name) is not None:
-            raise fail(errno.EEXIST)
         if is_dir and p.nlink >= LINK_MAX:
             raise fail(errno.EMLINK)
         gid = ctx.gid
@@ -283,17 +307,19 @@ class Operations(pyfuse3.Operations):
                 mode |= stat.S_ISGID
         t = now_ns()
         size = len(target) if target is not None else 0
-        with self.cat.tx():
-            a = self.cat.new_inode(mode, ctx.uid, gid, t, nlink=2 if is_dir else 1, size=size,
-                                   rdev=rdev, target=target)
-            if parent == ROOT:
-                self.pool.register_bucket_dir(name.decode("utf-8", "surrogateescape"), a.id, t)
-            else:
-                self.cat.add_entry(parent, name, a.id)
-                self._touch_dir(p, t, 1 if is_dir else 0)
-            if stat.S_ISREG(mode):
-                self.cat.new_object(a.id, self.pool.placement_tier(parent, name), t)
-                self.cat.cache_touch(a.id, True, 0, t)
+        try:
+            with self.cat.tx():
+                a = self.cat.new_inode(mode, ctx.uid, gid, t, nlink=2 if is_dir else 1, size=size,
+                                       rdev=rdev, target=target)
+                if parent == ROOT:
+                    self.pool.register_bucket_dir(name.decode("utf-8", "surrogateescape"), a.id, t)
+                else:
+                    self.cat.add_entry(parent, name, a.id)  # UNIQUE (parent, name): EEXIST
+                    self._touch_dir(p, t, 1 if is_dir else 0)
+                if stat.S_ISREG(mode):  # its cache file appears with the first byte written
+                    self.cat.new_object(a.id, self.pool.placement_tier(parent, name), t)
+        except sqlite3.IntegrityError:  # the transaction rolled back
+            raise fail(errno.EEXIST) from None
         return a
 
     @guard
@@ -303,8 +329,6 @@ class Operations(pyfuse3.Operations):
         if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
             raise fail(errno.EINVAL)
         a = self._new_node(parent_inode, name, mode, ctx, rdev=rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0)
-        if stat.S_ISREG(mode):
-            os.close(os.open(self.pool.cache_path(a.id), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600))
         return self._ref(a)
 
     @guard
@@ -321,8 +345,7 @@ class Operations(pyfuse3.Operations):
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:  # type: ignore[override]
         a = self._new_node(parent_inode, name, stat.S_IFREG | (mode & 0o7777), ctx)
-        os.close(os.open(self.pool.cache_path(a.id), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600))
-        fi = await self._open_handle(a, flags)
+        fi = await self._open_handle(a, flags, fresh=True)
         return fi, self._ref(a)
 
     @guard
@@ -359,10 +382,10 @@ class Operations(pyfuse3.Operations):
         if len(name) > NAME_MAX:
             raise fail(errno.ENAMETOOLONG)
         p = self._dir(parent_inode)
-        ino = self.cat.lookup(parent_inode, name)
-        if ino is None:
+        a = self.cat.lookup_attrs(parent_inode, name)
+        if a is None:
             raise fail(errno.ENOENT)
-        a = self.get(ino)
+        a = self.pending.get(a.id, a)
         if a.is_dir:
             raise fail(errno.EISDIR)
         t = now_ns()
@@ -373,8 +396,8 @@ class Operations(pyfuse3.Operations):
             self._save(a)
             self._touch_dir(p, t)
             if a.nlink > 0:
-                self.cat.add_rekeys([ino])
-        self._maybe_purge(ino)
+                self.cat.add_rekeys([a.id])
+        self._purge_if_unlinked(a)
 
     @guard
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:  # type: ignore[override]
@@ -522,11 +545,11 @@ class Operations(pyfuse3.Operations):
 
     # -- files ---------------------------------------------------------------------------------
 
-    async def _open_handle(self, a: Attrs, flags: int) -> pyfuse3.FileInfo:
+    async def _open_handle(self, a: Attrs, flags: int, *, fresh: bool = False) -> pyfuse3.FileInfo:
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         if writable:
             self._writable()
-        of = await self.data.open(a.id, writable=writable)
+        of = await self.data.open(a.id, writable=writable, fresh=fresh)
         fh = self.next_fh
         self.next_fh += 1
         self.handles[fh] = (of, writable)

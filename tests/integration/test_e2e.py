@@ -233,8 +233,6 @@ def test_stdlib_tree_survives_copy_unmount_and_remount(mounts: Callable[..., Mou
     assert m2.stop() == 0
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: chmod/utime of a clean file never reach the object's metadata"
-                   " (Operations.setattr queues nothing for the backend; vfs/operations.py is not ours to fix)")
 def test_attribute_changes_reach_the_object_metadata(mounts: Callable[..., Mount], home: Path) -> None:
     m = mounts("--write-back", "0.2s")
     p = m.path / "b" / "f"

@@ -133,6 +133,7 @@ async def test_unlinked_open_file_lives_until_release(ops: Operations, pool: Poo
     await ops.release(fi.fh)
     assert pool.catalog.get(ino) is not None  # the kernel still holds a reference
     await ops.forget([(ino, ops.lookups[ino])])
+    ops.purge()
     assert pool.catalog.get(ino) is None
     assert not pool.cache_path(ino).exists()
 

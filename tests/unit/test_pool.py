@@ -95,6 +95,7 @@ async def test_unlink_trashes_the_object(ops: Operations, pool: Pool) -> None:
     await ops.unlink(b, b"gone", CTX)
     assert pool.catalog.get(ino) is not None  # the kernel still references it
     await ops.forget([(ino, ops.lookups[ino])])
+    ops.purge()
     assert pool.catalog.get(ino) is None
     pool.process_trash()
     assert not hot(pool, "b/gone").exists()
