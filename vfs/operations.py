@@ -76,6 +76,11 @@ class Operations(pyfuse3.Operations):
         self.next_fh = 1
         self.served: dict[int, tuple[int, int]] = {}  # ino -> (mtime_ns, size) the kernel caches
         self.purge_queue: set[int] = set()
+        self.initialised = False
+
+    def init(self) -> None:
+        """Called once the kernel's INIT request is being answered."""
+        self.initialised = True
 
     # -- helpers ------------------------------------------------------------------------------
 
