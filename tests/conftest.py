@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,7 +77,7 @@ class Mount:
             except subprocess.TimeoutExpired:
                 self.kill()
                 raise
-        self._lazy_unmount()
+        self.detach()
         return self.proc.returncode
 
     def kill(self) -> None:
@@ -86,7 +86,7 @@ class Mount:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        self._lazy_unmount()
+        self.detach()
 
     def listed(self) -> bool:
         """True while the mount table lists our mountpoint. ``os.path.ismount`` is not enough:
@@ -95,12 +95,36 @@ class Mount:
         with open("/proc/self/mounts") as f:
             return any(line.split()[1].replace("\\040", " ") == target for line in f)
 
-    def _lazy_unmount(self) -> None:
-        if self.listed():
-            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
+    def detach(self) -> None:
+        """Make sure the mountpoint is no mount any more (lazy unmount of a live or dead one)."""
         deadline = time.monotonic() + 10
-        while self.listed() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        while self.listed():
+            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.path} stays mounted")
+            time.sleep(0.02)
+
+
+@pytest.fixture
+def mounts(home: Path, tmp_path: Path) -> Iterator[Callable[..., Mount]]:
+    """``start(*args, path=None)``: start a mount of the test's pool (bucket ``b`` exists);
+    every mount started is stopped (or its corpse unmounted) at teardown."""
+    cli("bucket", "create", "b", home=home)
+    started: list[Mount] = []
+
+    def start(*args: str, path: Path | None = None) -> Mount:
+        m = Mount(home, path or tmp_path / "mnt", list(args))
+        started.append(m)
+        return m.start()
+
+    yield start
+    for m in started:
+        if m.proc is not None and m.proc.poll() is None:
+            try:
+                m.stop(timeout=60)
+            except Exception:
+                m.kill()
+        m.detach()
 
 
 @pytest.fixture
@@ -114,4 +138,4 @@ def mounted(home: Path, tmp_path: Path) -> Iterator[Mount]:
         if m.proc is not None and m.proc.poll() is None:
             m.stop()
         else:
-            m._lazy_unmount()
+            m.detach()

@@ -20,7 +20,7 @@ import subprocess
 import sysconfig
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -77,50 +77,6 @@ def write_fsync(path: Path, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def detach(m: Mount) -> None:
-    """Make sure *m*'s mountpoint is not a (dead) mount any more.
-
-    ``Mount._lazy_unmount`` (conftest) trusts ``os.path.ismount``, which says False for a dead
-    FUSE mount once the kernel's cached attributes of its root expire (lstat gets ENOTCONN), so
-    after a kill -9 the corpse can stay mounted and the next mount at that path fails. Here the
-    mount table decides.
-    """
-    target = str(m.path.absolute())
-
-    def listed() -> bool:
-        with open("/proc/self/mounts") as f:
-            return any(line.split()[1].replace("\\040", " ") == target for line in f)
-
-    deadline = time.monotonic() + 10
-    while listed():
-        subprocess.run(["fusermount3", "-u", "-z", target], capture_output=True)
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{target} stays mounted")
-        time.sleep(0.02)
-
-
-@pytest.fixture
-def mounts(home: Path, tmp_path: Path) -> Iterator[Callable[..., Mount]]:
-    """``start(*args, path=None)``: start a mount of the test's pool (bucket ``b`` exists);
-    every mount started is stopped (or its corpse unmounted) at teardown."""
-    cli("bucket", "create", "b", home=home)
-    started: list[Mount] = []
-
-    def start(*args: str, path: Path | None = None) -> Mount:
-        m = Mount(home, path or tmp_path / "mnt", list(args))
-        started.append(m)
-        return m.start()
-
-    yield start
-    for m in started:
-        if m.proc is not None and m.proc.poll() is None:
-            try:
-                m.stop(timeout=60)
-            except Exception:
-                m.kill()
-        detach(m)
 
 
 # -- a real tree: the Python standard library ------------------------------------------------
@@ -438,7 +394,7 @@ def test_kill_9_loses_nothing_fsynced(mounts: Callable[..., Mount], home: Path, 
     files = _crash_scenario(scenario, m)
     assert writer.is_alive() and writer.error is None, writer.error
     m.kill()  # kill -9 while the writer is still writing
-    detach(m)
+    m.detach()
     writer.join(30)
     assert not writer.is_alive()
     assert writer.error is not None, "the writer should have seen the mount die"

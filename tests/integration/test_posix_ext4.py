@@ -318,7 +318,7 @@ def bases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Moun
             if m.proc is not None and m.proc.poll() is None:
                 m.stop()
             else:
-                m._lazy_unmount()
+                m.detach()
     finally:
         shutil.rmtree(top, ignore_errors=True)
 

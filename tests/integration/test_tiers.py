@@ -17,7 +17,7 @@ import sqlite3
 import subprocess
 import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -106,50 +106,6 @@ def cache_disk_bytes(home: Path) -> int:
 
 def cli_json(*args: str, home: Path) -> object:
     return json.loads(cli(*args, "--json", home=home).stdout)
-
-
-def detach(m: Mount) -> None:
-    """Make sure *m*'s mountpoint is not a (dead) mount any more.
-
-    ``Mount._lazy_unmount`` (conftest) trusts ``os.path.ismount``, which says False for a dead
-    FUSE mount once the kernel's cached attributes of its root expire (lstat gets ENOTCONN), so
-    after a kill -9 the corpse can stay mounted and the next mount at that path fails. Here the
-    mount table decides.
-    """
-    target = str(m.path.absolute())
-
-    def listed() -> bool:
-        with open("/proc/self/mounts") as f:
-            return any(line.split()[1].replace("\\040", " ") == target for line in f)
-
-    deadline = time.monotonic() + 10
-    while listed():
-        subprocess.run(["fusermount3", "-u", "-z", target], capture_output=True)
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{target} stays mounted")
-        time.sleep(0.02)
-
-
-@pytest.fixture
-def mounts(home: Path, tmp_path: Path) -> Iterator[Callable[..., Mount]]:
-    """``start(*args)``: start a mount of the test's pool at ``tmp_path/mnt`` (bucket ``b``
-    exists); every mount started is stopped at teardown."""
-    cli("bucket", "create", "b", home=home)
-    started: list[Mount] = []
-
-    def start(*args: str) -> Mount:
-        m = Mount(home, tmp_path / "mnt", list(args))
-        started.append(m)
-        return m.start()
-
-    yield start
-    for m in started:
-        if m.proc is not None and m.proc.poll() is None:
-            try:
-                m.stop(timeout=60)
-            except Exception:
-                m.kill()
-        detach(m)
 
 
 def stop(m: Mount) -> None:
