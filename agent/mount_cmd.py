@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 @click.option("--allow-other", is_flag=True, help="Let other users in (permissions still apply).")
 @click.option("--attr-timeout", type=DURATION, default=1.0, show_default=True,
               help="How long the kernel may cache attributes and names.")
-@click.option("--transfers", type=click.IntRange(1, 64), default=4, show_default=True,
+@click.option("--transfers", type=click.IntRange(1, 64), default=2, show_default=True,
               help="Uploads running at once.")
 @click.option("--debug", is_flag=True, help="Log every FUSE request (foreground only).")
 def mount(mountpoint: Path, foreground: bool, cache_max_size: int | None, write_back: float | None,

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 import fsspec
 
 from .errors import BackendError, ConfigError, IntegrityError, NotFoundError
-from .hashing import CHUNK_BYTES, hash_stream, new_hasher
+from .hashing import CHUNK_BYTES, hash_fd, hash_stream, new_hasher
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class StoredObject:
     size: int
     xxh3_128: str
     etag: str | None = None
+    verified: bool = False  #: already read back and compared (local fast path)
 
 
 class Backend:
@@ -161,6 +162,8 @@ class Backend:
 
         *key* should be a :meth:`tmp_key`; :meth:`move` puts it in place after :meth:`verify`.
         """
+        if self.local_root is not None:
+            return self._upload_local(fd, key, attrs, durable)
         h, off = new_hasher(), 0
         path = self.path(key)
         try:
@@ -178,6 +181,40 @@ class Backend:
         if attrs is not None:
             self.set_attrs(key, attrs)
         return StoredObject(off, h.hexdigest())
+
+    def _upload_local(self, src: int, key: str, attrs: dict[str, int] | None, durable: bool) -> StoredObject:
+        """:meth:`upload_fd` for a local root with plain system calls: write and hash, read
+        the new file back through its own descriptor and compare, then set its attributes
+        on the descriptor (so a mode without read permission cannot block the check)."""
+        path = self.local_path(key)
+        assert path is not None
+        try:
+            try:
+                dst = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileNotFoundError:
+                os.makedirs(path.parent, exist_ok=True)
+                dst = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                h, off = new_hasher(), 0
+                while chunk := os.pread(src, CHUNK_BYTES, off):
+                    h.update(chunk)
+                    os.pwrite(dst, chunk, off)
+                    off += len(chunk)
+                wrote = StoredObject(off, h.hexdigest())
+                digest, n = hash_fd(dst)
+                if (n, digest) != (wrote.size, wrote.xxh3_128):
+                    raise IntegrityError(f"tier {self.tier}: {key} reads back as {n} bytes/{digest},"
+                                         f" wrote {wrote.size} bytes/{wrote.xxh3_128}")
+                if attrs is not None:
+                    self._set_fd_attrs(dst, attrs)
+                if durable:
+                    os.fsync(dst)
+            finally:
+                os.close(dst)
+        except OSError as e:
+            raise BackendError(f"tier {self.tier}: writing {key}: {e}") from None
+        wrote.verified = True
+        return wrote
 
     def sync(self) -> None:
         """Make every object written so far durable (``syncfs(2)`` on a local root)."""
@@ -197,6 +234,8 @@ class Backend:
         Raises:
             IntegrityError: size or hash differ.
         """
+        if expected.verified:
+            return expected
         got = self.hash_object(key)
         if got.size != expected.size or got.xxh3_128 != expected.xxh3_128:
             raise IntegrityError(
@@ -242,11 +281,25 @@ class Backend:
         if p is None:
             return
         try:
-            os.chmod(p, attrs["mode"] & 0o7777)
-            os.utime(p, ns=(attrs["mtime_ns"], attrs["mtime_ns"]))
+            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_PATH)
         except OSError as e:
             log.debug("cannot set attributes on %s: %s", p, e)
+            return
         try:
-            os.setxattr(p, ATTRS_XATTR, json.dumps(attrs, sort_keys=True).encode())
+            self._set_fd_attrs(fd, attrs, path=p)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _set_fd_attrs(fd: int, attrs: dict[str, int], path: Path | None = None) -> None:
+        # an O_PATH descriptor does not take fchmod/fsetxattr: use the path for those
+        target: int | Path = path if path is not None else fd
+        try:
+            os.chmod(target, attrs["mode"] & 0o777)  # never setuid/setgid on a backend file
+            os.utime(target, ns=(attrs["mtime_ns"], attrs["mtime_ns"]))
+        except OSError as e:
+            log.debug("cannot set attributes on %s: %s", target, e)
+        try:
+            os.setxattr(target, ATTRS_XATTR, json.dumps(attrs, sort_keys=True).encode())
         except OSError:
             pass  # filesystem without user xattrs: mode and mtime are still on the file

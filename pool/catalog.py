@@ -362,12 +362,15 @@ class Catalog:
 
     def dirty_due(self, before_ns: int, limit: int = 64) -> list[int]:
         """Dirty files that became dirty before *before_ns* (write-back candidates)."""
-        rows = self.db.execute(
-            "SELECT inode FROM objects WHERE state = 'dirty' AND dirty_since_ns <= ?"
-            " ORDER BY dirty_since_ns LIMIT ?",
+        return [ino for ino, _ in self.dirty_due_sizes(before_ns, limit)]
+
+    def dirty_due_sizes(self, before_ns: int, limit: int = 64) -> list[tuple[int, int]]:
+        """:meth:`dirty_due` with each file's size in bytes: ``(inode, size)``."""
+        return self.db.execute(
+            "SELECT o.inode, i.size FROM objects o JOIN inodes i ON i.id = o.inode"
+            " WHERE o.state = 'dirty' AND o.dirty_since_ns <= ? ORDER BY o.dirty_since_ns LIMIT ?",
             (before_ns, limit),
-        )
-        return [r[0] for r in rows]
+        ).fetchall()
 
     def count_by_state(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT state, count(*) FROM objects GROUP BY state").fetchall())

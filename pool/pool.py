@@ -53,6 +53,7 @@ class UploadJob:
     tmp_key: str
     attrs: dict[str, int]
     empty_ok: bool = False  #: never uploaded and empty: a missing cache file means no bytes
+    placed: bool = False  #: :meth:`Pool.upload_place` already put the object at ``key``
 
 
 @dataclass(slots=True)
@@ -379,10 +380,47 @@ class Pool:
         finally:
             os.close(fd)
 
+    def upload_place(self, placed: list[tuple[UploadJob, StoredObject]]) -> None:
+        """Optional transfer-thread step for a batch: move each verified object to its final
+        key and record it (key, size, hash; the previous key goes to trash). The file stays
+        ``uploading``; :meth:`upload_commit` decides whether it is clean. A job is skipped,
+        and left to the commit, when another file's object still occupies its key.
+
+        The object lock is held throughout, so no trash deletion or key claim interleaves;
+        the renames happen outside any catalog transaction and the records go in one short
+        transaction, so the filesystem's own commits barely wait. Call it on a
+        :class:`Pool` owned by the calling thread (its catalog connection).
+        """
+        cat = self.catalog
+        with self.lock.held():
+            moved = []
+            for job, stored in placed:
+                obj = cat.object(job.ino)
+                if obj is None or obj.tier != job.tier or obj.state != "uploading":
+                    continue
+                if cat.db.execute("SELECT 1 FROM objects WHERE tier = ? AND key = ? AND inode != ?",
+                                  (job.tier, job.key, job.ino)).fetchone() is not None:
+                    continue
+                self.backend(job.tier).move(job.tmp_key, job.key)
+                moved.append((job, stored))
+            with cat.tx():
+                for job, stored in moved:
+                    obj = cat.object(job.ino)
+                    if obj is None:  # purged meanwhile: nothing refers to what was just placed
+                        cat.add_trash(job.tier, job.key, stored.xxh3_128)
+                        continue
+                    if obj.key is not None and obj.key != job.key:
+                        cat.add_trash(job.tier, obj.key, obj.xxh3_128)
+                    cat.update_object(job.ino, key=job.key, size=stored.size, xxh3_128=stored.xxh3_128,
+                                      etag=stored.etag, upload_tmp_key=None)
+        for job, _ in moved:
+            job.placed = True
+
     def upload_commit(self, job: UploadJob, stored: StoredObject | None, unchanged: bool) -> bool:
-        """Last step: if the file did not change meanwhile (*unchanged*), move the temporary
-        object into place and mark the file clean, in one step under the object lock;
-        otherwise (or when *stored* is None: the transfer failed) it stays dirty.
+        """Last step: if the file did not change meanwhile (*unchanged*), mark it clean (moving
+        the temporary object into place first unless :meth:`upload_place` did), in one step
+        under the object lock; otherwise (or when *stored* is None: the transfer failed) it
+        stays dirty.
 
         Returns:
             True if the file is clean now.
@@ -391,6 +429,18 @@ class Pool:
         backend = self.backend(job.tier)
         with self.lock.held(), cat.tx():
             obj = cat.object(job.ino)
+            if job.placed:  # the bytes are at job.key and the catalog says so
+                if obj is None or obj.state != "uploading":
+                    return False
+                if not unchanged:
+                    cat.update_object(job.ino, state="dirty")
+                    return False
+                cat.update_object(job.ino, state="clean", dirty_since_ns=None)
+                if self.key_of(job.ino) != job.key:
+                    cat.add_rekeys([job.ino])  # renamed during the upload
+                else:
+                    cat.drop_rekey(job.ino)
+                return True
             key = self.key_of(job.ino)
             if (stored is None or obj is None or obj.state != "uploading" or not unchanged
                     or key is None or obj.tier != job.tier):
@@ -432,14 +482,15 @@ class Pool:
         """
         done = 0
         items = self.catalog.trash_items(limit)
+        dropped: list[int] = []
         for i in range(0, len(items), batch):
-            dropped = []
-            with self.lock.held():
+            with self.lock.held():  # released between chunks so uploads can commit
                 for item_id, tier, key, _digest in items[i:i + batch]:
                     if tier in self.backends and not self.catalog.key_referenced(tier, key):
                         self.backends[tier].delete(key)
                         done += 1
                     dropped.append(item_id)
+        if dropped:  # one write transaction per pass: the filesystem's commits seldom wait
             with self.catalog.tx():
                 for item_id in dropped:
                     self.catalog.drop_trash(item_id)

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +45,7 @@ class MountOptions:
     allow_other: bool = False
     attr_timeout_s: float = 1.0
     entry_timeout_s: float = 1.0
-    transfers: int = 4
+    transfers: int = 2
     debug: bool = False
 
 
@@ -180,6 +181,10 @@ def _write_result(pool: Pool, dirty_left: int) -> None:
 
 
 async def _main(ops: Operations, opts: MountOptions) -> int:
+    # Request handling gives up the GIL at every /dev/fuse read; with background threads busy
+    # in Python (uploads, chores) the default 5 ms switch interval would make each request
+    # wait that long to get it back.
+    sys.setswitchinterval(0.0005)
     wb = WriteBack(ops, opts.write_back_s, opts.transfers)
     async with trio.open_nursery() as nursery:
         await nursery.start(wb.run)

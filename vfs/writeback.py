@@ -15,6 +15,7 @@ the file stays dirty and is retried with exponential backoff.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -54,7 +55,9 @@ class WriteBack:
         self.uploaded = 0
         self.failed = 0
         self._wake = trio.Event()
-        self._chores_pool: Pool | None = None
+        self._local = threading.local()
+        self._thread_pools: list[Pool] = []
+        self._pools_lock = threading.Lock()
 
     def wake(self) -> None:
         self._wake.set()
@@ -71,11 +74,18 @@ class WriteBack:
                     await self._wake.wait()
                 self._wake = trio.Event()
 
-    def _due(self, force: bool) -> list[int]:
+    def _due(self, force: bool) -> list[tuple[int, int]]:
+        """Due files not yet in flight, ``(inode, size)``; only as many as the running
+        transfers will take soon (the next tick picks up the rest)."""
         before = now_ns() - (0 if force else int(self.delay_s * 1e9))
         t = time.monotonic()
-        out = []
-        for ino in self.ops.cat.dirty_due(before, limit=4096):
+        out: list[tuple[int, int]] = []
+        room = int(self.limiter.total_tokens) * BATCH_FILES * 2 - len(self.inflight)
+        if room <= 0:
+            return out
+        for ino, size in self.ops.cat.dirty_due_sizes(before, limit=room + len(self.inflight)):
+            if len(out) >= room:
+                break
             if ino in self.inflight:
                 continue
             of = self.ops.data.files.get(ino)
@@ -84,7 +94,7 @@ class WriteBack:
             retry = self.retry_at.get(ino)
             if retry is not None and retry[0] > t and not force:
                 continue
-            out.append(ino)
+            out.append((ino, size))
         return out
 
     async def tick(self, nursery: trio.Nursery, *, force: bool = False) -> int:
@@ -93,9 +103,10 @@ class WriteBack:
         due = self._due(force)
         batch: list[int] = []
         batch_bytes = 0
-        for ino in due:
-            a = self.ops.pending.get(ino) or self.ops.cat.get(ino)
-            size = a.size if a is not None else 0
+        for ino, size in due:
+            pending = self.ops.pending.get(ino)
+            if pending is not None:
+                size = pending.size
             if batch and (len(batch) >= BATCH_FILES or batch_bytes + size > BATCH_BYTES):
                 self._start(nursery, batch)
                 batch, batch_bytes = [], 0
@@ -130,38 +141,63 @@ class WriteBack:
                 if not jobs:
                     return
                 results = await trio.to_thread.run_sync(self._transfer, jobs)
-                for job, res in zip(jobs, results, strict=True):
-                    try:
-                        if isinstance(res, BaseException):
-                            log.warning("upload of %s failed, will retry: %s", job.key, res)
-                            self.pool.upload_commit(job, None, False)
-                            self._backoff(job.ino)
-                        elif self.pool.upload_commit(job, res, data.generation(job.ino) == gens[job.ino]):
-                            data.mark_clean(job.ino)
-                            self.retry_at.pop(job.ino, None)
-                            self.uploaded += 1
-                    except Exception:
-                        log.exception("committing upload of %s failed; it stays dirty", job.key)
-                        self._backoff(job.ino)
+                with self.pool.lock.held(), self.pool.catalog.tx():  # one commit for the batch
+                    self._commit(jobs, results, gens)
                 # the cache copies are evictable now: without this, a cache filled by writes
                 # would stay over its limit until some later close() happened to evict
                 data.evict()
         finally:
             self.inflight.difference_update(inos)
 
+    def _commit(self, jobs: list[UploadJob], results: list[StoredObject | BaseException],
+                gens: dict[int, int]) -> None:
+        data = self.ops.data
+        for job, res in zip(jobs, results, strict=True):
+            try:
+                if isinstance(res, BaseException):
+                    log.warning("upload of %s failed, will retry: %s", job.key, res)
+                    self.pool.upload_commit(job, None, False)
+                    self._backoff(job.ino)
+                elif self.pool.upload_commit(job, res, data.generation(job.ino) == gens[job.ino]):
+                    data.mark_clean(job.ino)
+                    self.retry_at.pop(job.ino, None)
+                    self.uploaded += 1
+            except Exception:
+                log.exception("committing upload of %s failed; it stays dirty", job.key)
+                self._backoff(job.ino)
+                obj = self.pool.catalog.object(job.ino)
+                if obj is not None and obj.state == "uploading":
+                    self.pool.catalog.update_object(job.ino, state="dirty")
+
+    def _thread_pool(self) -> Pool:
+        """This worker thread's own pool (its own catalog connection)."""
+        pool = getattr(self._local, "pool", None)
+        if pool is None:
+            pool = self._local.pool = Pool(self.pool.config)
+            with self._pools_lock:
+                self._thread_pools.append(pool)
+        return pool
+
     def _transfer(self, jobs: list[UploadJob]) -> list[StoredObject | BaseException]:
-        """Worker thread: copy and verify every job, then make the batch durable."""
+        """Worker thread: copy and verify every job, make the batch durable, then put each
+        object at its final key (so the trio thread only flips states)."""
+        pool = self._thread_pool()
         out: list[StoredObject | BaseException] = []
         for job in jobs:
             try:
-                out.append(self.pool.upload_transfer(job, durable=False))
+                out.append(pool.upload_transfer(job, durable=False))
             except Exception as e:
                 out.append(e)
         for tier in {job.tier for job in jobs}:
             try:
-                self.pool.backend(tier).sync()
+                pool.backend(tier).sync()
             except OSError as e:
-                out = [e if not isinstance(r, BaseException) and j.tier == tier else r for j, r in zip(jobs, out, strict=True)]
+                out = [e if not isinstance(r, BaseException) and j.tier == tier else r
+                       for j, r in zip(jobs, out, strict=True)]
+        try:
+            pool.upload_place([(j, r) for j, r in zip(jobs, out, strict=True) if not isinstance(r, BaseException)])
+        except Exception:
+            log.exception("placing a batch failed; the commit step places what is left")
         return out
 
     def _backoff(self, ino: int) -> None:
@@ -173,15 +209,12 @@ class WriteBack:
     async def chores(self) -> None:
         """Re-key renamed objects, record changed attributes and delete trashed objects, in a
         worker thread with its own catalog connection."""
-        if self._chores_pool is None:
-            self._chores_pool = Pool(self.pool.config)
-
         def work() -> None:
-            assert self._chores_pool is not None
+            pool = self._thread_pool()
             try:
-                self._chores_pool.process_rekeys()
-                self._chores_pool.process_trash()
-                self._chores_pool.catalog.checkpoint()
+                pool.process_rekeys()
+                pool.process_trash()
+                pool.catalog.checkpoint()
             except Exception:
                 log.exception("background chores failed; retrying later")
 
@@ -212,6 +245,7 @@ class WriteBack:
         return True
 
     async def close(self) -> None:
-        if self._chores_pool is not None:
-            self._chores_pool.close()
-            self._chores_pool = None
+        with self._pools_lock:
+            pools, self._thread_pools = self._thread_pools, []
+        for pool in pools:
+            pool.close()

@@ -172,3 +172,55 @@ def test_placement_longest_prefix_wins(pool: Pool) -> None:
     assert b is not None
     assert pool.placement_tier(b, b"x") == "warm"
     assert pool.placement_tier(b, b"raw") == "cold"
+
+
+async def test_placed_upload_of_a_file_renamed_meanwhile_is_rekeyed(ops: Operations, pool: Pool, tmp_path: Path) -> None:
+    b = await bucket(ops)
+    ino = await make_file(ops, b, b"old", b"bytes")
+    worker = Pool(pool.config)  # the transfer thread's own connection
+    job = pool.upload_begin(ino)
+    assert job is not None
+    stored = worker.upload_transfer(job)
+    worker.upload_place([(job, stored)])
+    assert job.placed and hot(pool, "b/old").read_bytes() == b"bytes"
+    await ops.rename(b, b"old", b, b"new", 0, CTX)
+    assert pool.upload_commit(job, stored, True)
+    pool.process_rekeys()
+    assert hot(pool, "b/new").read_bytes() == b"bytes" and not hot(pool, "b/old").exists()
+    worker.close()
+
+
+async def test_placed_upload_of_a_file_deleted_meanwhile_leaves_nothing(ops: Operations, pool: Pool) -> None:
+    b = await bucket(ops)
+    ino = await make_file(ops, b, b"gone", b"bytes")
+    worker = Pool(pool.config)
+    job = pool.upload_begin(ino)
+    assert job is not None
+    stored = worker.upload_transfer(job)
+    worker.upload_place([(job, stored)])
+    await ops.unlink(b, b"gone", CTX)
+    await ops.forget([(ino, ops.lookups[ino])])
+    ops.purge()
+    assert not pool.upload_commit(job, stored, True)
+    pool.process_trash()
+    assert not hot(pool, "b/gone").exists()
+    worker.close()
+
+
+async def test_placed_upload_overtaken_by_a_write_stays_dirty(ops: Operations, pool: Pool) -> None:
+    b = await bucket(ops)
+    ino = await make_file(ops, b, b"f", b"v1")
+    worker = Pool(pool.config)
+    gen = ops.data.generation(ino)
+    job = pool.upload_begin(ino)
+    assert job is not None
+    stored = worker.upload_transfer(job)
+    worker.upload_place([(job, stored)])
+    fi = await ops.open(ino, os.O_WRONLY, CTX)
+    await ops.write(fi.fh, 0, b"v2")
+    await ops.release(fi.fh)
+    assert not pool.upload_commit(job, stored, ops.data.generation(ino) == gen)
+    obj = pool.catalog.object(ino)
+    assert obj is not None and obj.state == "dirty"
+    assert pool.upload_now(ino) and hot(pool, "b/f").read_bytes() == b"v2"
+    worker.close()
