@@ -49,10 +49,6 @@ class MountOptions:
     debug: bool = False
 
 
-def record_path(pool: Pool, mountpoint: Path) -> Path:
-    return pool.config.run_dir / "mount.json"
-
-
 def read_record(pool: Pool) -> dict[str, object] | None:
     """The running mount's record, or None if the pool is not mounted."""
     try:

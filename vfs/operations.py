@@ -16,38 +16,25 @@ import logging
 import os
 import sqlite3
 import stat
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import pyfuse3
 
 from pool.catalog import NAME_MAX, ROOT, Attrs, now_ns
-from pool.tiers import TIER_ACCESS, Access
 
-from .data import DataPath, OpenFile
 from .errnos import guard
-
-if TYPE_CHECKING:
-    from pool.pool import Pool
+from .nodes import DOT_COOKIES, LINK_MAX, fail
+from .xattrs import XattrOps
 
 log = logging.getLogger(__name__)
+
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 RENAME_WHITEOUT = 4
-LINK_MAX = 65000  # ext4's EXT4_LINK_MAX
-XATTR_SIZE_MAX = 65536
-DAY_NS = 86400 * 10**9
-VIRTUAL_XATTRS = (b"user.darkstorage.tier", b"user.darkstorage.state", b"user.darkstorage.restore")
-VIRTUAL_PREFIX = b"user.darkstorage."
-DOT_COOKIES = 2  # readdir cookies 1 and 2 are "." and ".."; an entry's cookie is its dentry id + 2
-XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.")  # ext4's, besides ACLs (the kernel's)
 
 
-def fail(code: int) -> pyfuse3.FUSEError:
-    return pyfuse3.FUSEError(code)
-
-
-class Operations(pyfuse3.Operations):
+class Operations(XattrOps):
     """The filesystem.
 
     Args:
@@ -56,131 +43,6 @@ class Operations(pyfuse3.Operations):
         read_only: refuse every change with ``EROFS``.
         attr_timeout_s, entry_timeout_s: how long the kernel may cache attributes and names.
     """
-
-    supports_dot_lookup = True
-    enable_writeback_cache = False
-    enable_acl = False
-
-    def __init__(self, pool: Pool, *, cache_max_bytes: int, read_only: bool = False,
-                 attr_timeout_s: float = 1.0, entry_timeout_s: float = 1.0) -> None:
-        super().__init__()
-        self.pool = pool
-        self.cat = pool.catalog
-        self.data = DataPath(pool, cache_max_bytes)
-        self.read_only = read_only
-        self.attr_timeout_s = attr_timeout_s
-        self.entry_timeout_s = entry_timeout_s
-        self.lookups: dict[int, int] = {}
-        self.pending: dict[int, Attrs] = {}  # attributes changed by writes, not saved yet
-        self.handles: dict[int, tuple[OpenFile, bool]] = {}
-        self.next_fh = 1
-        self.served: dict[int, tuple[int, int]] = {}  # ino -> (mtime_ns, size) the kernel caches
-        self.purge_queue: set[int] = set()
-        self.initialised = False
-
-    def init(self) -> None:
-        """Called once the kernel's INIT request is being answered."""
-        self.initialised = True
-
-    # -- helpers ------------------------------------------------------------------------------
-
-    def get(self, ino: int) -> Attrs:
-        a = self.pending.get(ino)
-        if a is not None:
-            return a
-        a = self.cat.get(ino)
-        if a is None:
-            raise fail(errno.ENOENT)
-        return a
-
-    def entry(self, a: Attrs) -> pyfuse3.EntryAttributes:
-        e = pyfuse3.EntryAttributes()
-        e.st_ino = cast(pyfuse3.InodeT, a.id)
-        e.generation = 0
-        e.entry_timeout = self.entry_timeout_s
-        e.attr_timeout = self.attr_timeout_s
-        e.st_mode = cast(pyfuse3.ModeT, a.mode)
-        e.st_nlink = a.nlink
-        e.st_uid = a.uid
-        e.st_gid = a.gid
-        e.st_rdev = a.rdev
-        size = 4096 if a.is_dir else a.size
-        e.st_size = size
-        e.st_blksize = 4096
-        e.st_blocks = ((size + 4095) // 4096) * 8
-        e.st_atime_ns = a.atime_ns
-        e.st_mtime_ns = a.mtime_ns
-        e.st_ctime_ns = a.ctime_ns
-        e.st_birthtime_ns = a.btime_ns
-        return e
-
-    def _ref(self, a: Attrs) -> pyfuse3.EntryAttributes:
-        self.lookups[a.id] = self.lookups.get(a.id, 0) + 1
-        return self.entry(a)
-
-    def _writable(self) -> None:
-        if self.read_only:
-            raise fail(errno.EROFS)
-
-    @staticmethod
-    def _check_name(name: bytes) -> None:
-        if len(name) > NAME_MAX:
-            raise fail(errno.ENAMETOOLONG)
-        if name in (b".", b".."):
-            raise fail(errno.EEXIST)
-
-    def _dir(self, ino: int) -> Attrs:
-        a = self.get(ino)
-        if not a.is_dir:
-            raise fail(errno.ENOTDIR)
-        return a
-
-    def _save(self, a: Attrs) -> None:
-        self.cat.save(a)
-
-    def _touch_dir(self, d: Attrs, t: int, nlink_delta: int = 0) -> None:
-        d.mtime_ns = d.ctime_ns = t
-        d.nlink += nlink_delta
-        self._save(d)
-
-    def _maybe_purge(self, ino: int) -> None:
-        """Queue an inode for removal once it has no name, no kernel reference and no open
-        handle. Nothing can reach it any more, so :meth:`purge` removes the queued ones in one
-        transaction later (the write-back service calls it; recovery purges leftovers)."""
-        if self.lookups.get(ino, 0) > 0 or ino in self.data.files:
-            return
-        a = self.pending.get(ino) or self.cat.get(ino)
-        if a is None or a.nlink > 0:
-            return
-        self.pending.pop(ino, None)
-        self.purge_queue.add(ino)
-
-    def _purge_if_unlinked(self, a: Attrs) -> None:
-        """:meth:`_maybe_purge` for a caller that holds the inode's current attributes."""
-        if a.nlink == 0 and self.lookups.get(a.id, 0) == 0 and a.id not in self.data.files:
-            self.pending.pop(a.id, None)
-            self.purge_queue.add(a.id)
-
-    def purge(self) -> int:
-        """Remove queued unlinked inodes (their objects go to trash). Returns how many."""
-        if not self.purge_queue:
-            return 0
-        inos = [i for i in self.purge_queue if self.lookups.get(i, 0) == 0 and i not in self.data.files]
-        self.purge_queue.clear()
-        with self.cat.tx():
-            cached = set(self.cat.delete_unlinked(inos))
-        for ino in inos:
-            self.data.forget_cache(ino, has_file=ino in cached)
-        return len(inos)
-
-    @staticmethod
-    def _in_groups(gid: int, ctx: pyfuse3.RequestContext) -> bool:
-        if gid == ctx.gid:
-            return True
-        try:
-            return gid in pyfuse3.get_sup_groups(ctx.pid)
-        except (OSError, ValueError):
-            return False
 
     # -- lookup and attributes -----------------------------------------------------------------
 
@@ -585,21 +447,6 @@ class Operations(pyfuse3.Operations):
             kill |= stat.S_ISGID
         return kill
 
-    @staticmethod
-    def _atime_due(a: Attrs, t: int) -> bool:
-        """relatime: update atime if it is older than mtime or ctime, or than a day."""
-        return a.atime_ns <= a.mtime_ns or a.atime_ns <= a.ctime_ns or t - a.atime_ns >= DAY_NS
-
-    def _mark_read(self, a: Attrs) -> None:
-        if self.read_only:
-            return
-        t = now_ns()
-        if self._atime_due(a, t):
-            a.atime_ns = t
-            if a.id in self.pending:
-                return  # saved with the other pending changes
-            self.cat.update(a.id, atime_ns=t)
-
     @guard
     async def read(self, fh: int, off: int, size: int) -> bytes:  # type: ignore[override]
         of, _ = self.handles[fh]
@@ -687,104 +534,3 @@ class Operations(pyfuse3.Operations):
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:  # type: ignore[override]
         return None  # catalog changes are committed as they happen
-
-    # -- xattrs ---------------------------------------------------------------------------------
-
-    def _virtual_xattr(self, ino: int, name: bytes) -> bytes | None:
-        obj = self.cat.object(ino)
-        if obj is None:
-            return None
-        if name == b"user.darkstorage.tier":
-            return obj.tier.encode()
-        if name == b"user.darkstorage.state":
-            return obj.state.encode()
-        if name == b"user.darkstorage.restore":
-            if TIER_ACCESS[obj.tier] is not Access.RESTORE:
-                return b"not-needed"
-            return str(self.pool.restore_state(ino)).encode()
-        return None
-
-    @staticmethod
-    def _check_xattr_name(name: bytes) -> None:
-        """A name outside ext4's namespaces is ``EOPNOTSUPP``, a bare namespace ``EINVAL``."""
-        for ns in XATTR_NAMESPACES:
-            if name.startswith(ns):
-                if len(name) == len(ns):
-                    raise fail(errno.EINVAL)
-                return
-        raise fail(errno.EOPNOTSUPP)
-
-    @guard
-    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:  # type: ignore[override]
-        self.get(inode)
-        self._check_xattr_name(name)
-        if name.startswith(VIRTUAL_PREFIX):
-            v = self._virtual_xattr(inode, name)
-        else:
-            v = self.cat.getxattr(inode, name)
-        if v is None:
-            raise fail(pyfuse3.ENOATTR)
-        return v
-
-    @guard
-    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:  # type: ignore[override]
-        self._writable()
-        a = self.get(inode)
-        self._check_xattr_name(name)
-        if name.startswith(VIRTUAL_PREFIX):
-            raise fail(errno.EPERM)
-        if not name or len(name) > 255:
-            raise fail(errno.ERANGE)
-        if len(value) > XATTR_SIZE_MAX:
-            raise fail(errno.E2BIG)
-        if self.cat.getxattr(inode, name) == value:
-            return  # ext4 leaves an unchanged value (and ctime) alone
-        with self.cat.tx():
-            self.cat.setxattr(inode, name, value)
-            a.ctime_ns = now_ns()
-            self._save(a)
-
-    @guard
-    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:  # type: ignore[override]
-        self.get(inode)
-        names = self.cat.listxattr(inode)
-        if ctx.uid != 0:  # ext4 lists trusted.* only to CAP_SYS_ADMIN
-            names = [n for n in names if not n.startswith(b"trusted.")]
-        return names
-
-    @guard
-    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:  # type: ignore[override]
-        self._writable()
-        a = self.get(inode)
-        self._check_xattr_name(name)
-        if name.startswith(VIRTUAL_PREFIX):
-            raise fail(errno.EPERM)
-        with self.cat.tx():
-            if not self.cat.removexattr(inode, name):
-                raise fail(pyfuse3.ENOATTR)
-            a.ctime_ns = now_ns()
-            self._save(a)
-
-    # -- access -------------------------------------------------------------------------------
-
-    @guard
-    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:  # type: ignore[override]
-        a = self.get(inode)
-        if mode == os.F_OK:
-            return True
-        if mode & os.W_OK and self.read_only:
-            raise fail(errno.EROFS)
-        if ctx.uid == 0:
-            # root may do anything, except execute a file with no x bit anywhere
-            if mode & os.X_OK and not a.is_dir and not a.mode & 0o111:
-                raise fail(errno.EACCES)
-            return True
-        if ctx.uid == a.uid:
-            granted = (a.mode >> 6) & 7
-        elif self._in_groups(a.gid, ctx):
-            granted = (a.mode >> 3) & 7
-        else:
-            granted = a.mode & 7
-        if mode & ~granted & 7:
-            raise fail(errno.EACCES)
-        return True

@@ -1,0 +1,188 @@
+"""Shared state and helpers of the filesystem: inode attributes (with changes not saved yet),
+kernel lookup counts, the purge of unlinked inodes, and the relatime rule.
+
+Semantics follow ext4 (Linux ``fs/ext4`` and ``fs/namei.c``). Inode numbers are catalog ids and
+are never reused. Only ``FUSEError`` leaves a handler (:func:`vfs.errnos.guard`).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from typing import TYPE_CHECKING, cast
+
+import pyfuse3
+
+from pool.catalog import NAME_MAX, Attrs, now_ns
+
+from .data import DataPath, OpenFile
+
+if TYPE_CHECKING:
+    from pool.pool import Pool
+
+log = logging.getLogger(__name__)
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+RENAME_WHITEOUT = 4
+LINK_MAX = 65000  # ext4's EXT4_LINK_MAX
+XATTR_SIZE_MAX = 65536
+DAY_NS = 86400 * 10**9
+VIRTUAL_PREFIX = b"user.darkstorage."
+DOT_COOKIES = 2  # readdir cookies 1 and 2 are "." and ".."; an entry's cookie is its dentry id + 2
+XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.")  # ext4's, besides ACLs (the kernel's)
+
+
+def fail(code: int) -> pyfuse3.FUSEError:
+    return pyfuse3.FUSEError(code)
+
+
+class NodeOps(pyfuse3.Operations):
+    """State and helpers shared by every handler (:class:`vfs.operations.Operations`).
+
+    Args:
+        pool: the open pool.
+        cache_max_bytes: cache size limit (LRU eviction above it).
+        read_only: refuse every change with ``EROFS``.
+        attr_timeout_s, entry_timeout_s: how long the kernel may cache attributes and names.
+    """
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, pool: Pool, *, cache_max_bytes: int, read_only: bool = False,
+                 attr_timeout_s: float = 1.0, entry_timeout_s: float = 1.0) -> None:
+        super().__init__()
+        self.pool = pool
+        self.cat = pool.catalog
+        self.data = DataPath(pool, cache_max_bytes)
+        self.read_only = read_only
+        self.attr_timeout_s = attr_timeout_s
+        self.entry_timeout_s = entry_timeout_s
+        self.lookups: dict[int, int] = {}
+        self.pending: dict[int, Attrs] = {}  # attributes changed by writes, not saved yet
+        self.handles: dict[int, tuple[OpenFile, bool]] = {}
+        self.next_fh = 1
+        self.served: dict[int, tuple[int, int]] = {}  # ino -> (mtime_ns, size) the kernel caches
+        self.purge_queue: set[int] = set()
+        self.initialised = False
+
+    def init(self) -> None:
+        """Called once the kernel's INIT request is being answered."""
+        self.initialised = True
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def get(self, ino: int) -> Attrs:
+        a = self.pending.get(ino)
+        if a is not None:
+            return a
+        a = self.cat.get(ino)
+        if a is None:
+            raise fail(errno.ENOENT)
+        return a
+
+    def entry(self, a: Attrs) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = cast(pyfuse3.InodeT, a.id)
+        e.generation = 0
+        e.entry_timeout = self.entry_timeout_s
+        e.attr_timeout = self.attr_timeout_s
+        e.st_mode = cast(pyfuse3.ModeT, a.mode)
+        e.st_nlink = a.nlink
+        e.st_uid = a.uid
+        e.st_gid = a.gid
+        e.st_rdev = a.rdev
+        size = 4096 if a.is_dir else a.size
+        e.st_size = size
+        e.st_blksize = 4096
+        e.st_blocks = ((size + 4095) // 4096) * 8
+        e.st_atime_ns = a.atime_ns
+        e.st_mtime_ns = a.mtime_ns
+        e.st_ctime_ns = a.ctime_ns
+        e.st_birthtime_ns = a.btime_ns
+        return e
+
+    def _ref(self, a: Attrs) -> pyfuse3.EntryAttributes:
+        self.lookups[a.id] = self.lookups.get(a.id, 0) + 1
+        return self.entry(a)
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise fail(errno.EROFS)
+
+    @staticmethod
+    def _check_name(name: bytes) -> None:
+        if len(name) > NAME_MAX:
+            raise fail(errno.ENAMETOOLONG)
+        if name in (b".", b".."):
+            raise fail(errno.EEXIST)
+
+    def _dir(self, ino: int) -> Attrs:
+        a = self.get(ino)
+        if not a.is_dir:
+            raise fail(errno.ENOTDIR)
+        return a
+
+    def _save(self, a: Attrs) -> None:
+        self.cat.save(a)
+
+    def _touch_dir(self, d: Attrs, t: int, nlink_delta: int = 0) -> None:
+        d.mtime_ns = d.ctime_ns = t
+        d.nlink += nlink_delta
+        self._save(d)
+
+    def _maybe_purge(self, ino: int) -> None:
+        """Queue an inode for removal once it has no name, no kernel reference and no open
+        handle. Nothing can reach it any more, so :meth:`purge` removes the queued ones in one
+        transaction later (the write-back service calls it; recovery purges leftovers)."""
+        if self.lookups.get(ino, 0) > 0 or ino in self.data.files:
+            return
+        a = self.pending.get(ino) or self.cat.get(ino)
+        if a is None or a.nlink > 0:
+            return
+        self.pending.pop(ino, None)
+        self.purge_queue.add(ino)
+
+    def _purge_if_unlinked(self, a: Attrs) -> None:
+        """:meth:`_maybe_purge` for a caller that holds the inode's current attributes."""
+        if a.nlink == 0 and self.lookups.get(a.id, 0) == 0 and a.id not in self.data.files:
+            self.pending.pop(a.id, None)
+            self.purge_queue.add(a.id)
+
+    def purge(self) -> int:
+        """Remove queued unlinked inodes (their objects go to trash). Returns how many."""
+        if not self.purge_queue:
+            return 0
+        inos = [i for i in self.purge_queue if self.lookups.get(i, 0) == 0 and i not in self.data.files]
+        self.purge_queue.clear()
+        with self.cat.tx():
+            cached = set(self.cat.delete_unlinked(inos))
+        for ino in inos:
+            self.data.forget_cache(ino, has_file=ino in cached)
+        return len(inos)
+
+    @staticmethod
+    def _in_groups(gid: int, ctx: pyfuse3.RequestContext) -> bool:
+        if gid == ctx.gid:
+            return True
+        try:
+            return gid in pyfuse3.get_sup_groups(ctx.pid)
+        except (OSError, ValueError):
+            return False
+
+    @staticmethod
+    def _atime_due(a: Attrs, t: int) -> bool:
+        """relatime: update atime if it is older than mtime or ctime, or than a day."""
+        return a.atime_ns <= a.mtime_ns or a.atime_ns <= a.ctime_ns or t - a.atime_ns >= DAY_NS
+
+    def _mark_read(self, a: Attrs) -> None:
+        if self.read_only:
+            return
+        t = now_ns()
+        if self._atime_due(a, t):
+            a.atime_ns = t
+            if a.id in self.pending:
+                return  # saved with the other pending changes
+            self.cat.update(a.id, atime_ns=t)
