@@ -33,11 +33,20 @@ def to_errno(exc: BaseException) -> int:
     return errno.EIO
 
 
+DATA_HANDLERS = frozenset({"read", "write", "flush", "fsync", "release"})
+
+
 def guard(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
-    """Wrap a handler so that only ``FUSEError`` leaves it."""
+    """Wrap a handler (a method of an object with a ``requests`` counter) so that only
+    ``FUSEError`` leaves it, and count it if it is a metadata request (not in
+    :data:`DATA_HANDLERS`)."""
+
+    counts = fn.__name__ not in DATA_HANDLERS
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        if counts:  # metadata activity meter: the write-back service backs off while it is high
+            args[0].requests += 1  # type: ignore[attr-defined]
         try:
             return await fn(*args, **kwargs)
         except pyfuse3.FUSEError:

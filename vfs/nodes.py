@@ -67,6 +67,7 @@ class NodeOps(pyfuse3.Operations):
         self.served: dict[int, tuple[int, int]] = {}  # ino -> (mtime_ns, size) the kernel caches
         self.purge_queue: set[int] = set()
         self.initialised = False
+        self.requests = 0  #: metadata requests served so far (write-back backs off while busy)
 
     def init(self) -> None:
         """Called once the kernel's INIT request is being answered."""

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+BUSY_REQUESTS_PER_S = 200.0  #: above this metadata request rate, background work waits ...
+MAX_DEFER_S = 10.0  #: ... but never more than this beyond the write-back delay
 RETRY_MIN_S = 1.0
 RETRY_MAX_S = 60.0
 BATCH_FILES = 128
@@ -49,12 +51,15 @@ class WriteBack:
         self.ops = ops
         self.pool = ops.pool
         self.delay_s = delay_s
+        self.delay_s_now = delay_s  #: the delay in force: longer while the filesystem is busy
         self.limiter = trio.CapacityLimiter(transfers)
         self.inflight: set[int] = set()
         self.retry_at: dict[int, tuple[float, float]] = {}  # ino -> (monotonic time, backoff)
         self.uploaded = 0
         self.failed = 0
         self._wake = trio.Event()
+        self._seen_requests = 0
+        self._seen_at = time.monotonic()
         self._local = threading.local()
         self._thread_pools: list[Pool] = []
         self._pools_lock = threading.Lock()
@@ -77,7 +82,7 @@ class WriteBack:
     def _due(self, force: bool) -> list[tuple[int, int]]:
         """Due files not yet in flight, ``(inode, size)``; only as many as the running
         transfers will take soon (the next tick picks up the rest)."""
-        before = now_ns() - (0 if force else int(self.delay_s * 1e9))
+        before = now_ns() - (0 if force else int(self.delay_s_now * 1e9))
         t = time.monotonic()
         out: list[tuple[int, int]] = []
         room = int(self.limiter.total_tokens) * BATCH_FILES * 2 - len(self.inflight)
@@ -97,9 +102,26 @@ class WriteBack:
             out.append((ino, size))
         return out
 
+    def _busy(self) -> bool:
+        """True while the filesystem serves metadata requests (creates, lookups, unlinks...)
+        faster than BUSY_REQUESTS_PER_S; streaming reads and writes do not count."""
+        t = time.monotonic()
+        rate = (self.ops.requests - self._seen_requests) / max(t - self._seen_at, 1e-3)
+        self._seen_requests, self._seen_at = self.ops.requests, t
+        return rate > BUSY_REQUESTS_PER_S
+
     async def tick(self, nursery: trio.Nursery, *, force: bool = False) -> int:
-        """Start uploads that are due, in batches; returns how many files were started."""
+        """Start uploads that are due, in batches; returns how many files were started.
+
+        While the filesystem is busy, uploads wait (foreground requests first), except for
+        files dirty for longer than the write-back delay plus MAX_DEFER_S.
+        """
         self.ops.purge()
+        busy = not force and self._busy()
+        if busy:
+            self.delay_s_now = self.delay_s + MAX_DEFER_S
+        else:
+            self.delay_s_now = self.delay_s
         due = self._due(force)
         batch: list[int] = []
         batch_bytes = 0
@@ -114,7 +136,7 @@ class WriteBack:
             batch_bytes += size
         if batch:
             self._start(nursery, batch)
-        if not due:
+        if not due and not busy:
             await self.chores()
         return len(due)
 

@@ -232,3 +232,21 @@ async def test_read_only_refuses_changes(pool: Pool) -> None:
     b = await bucket(ro)
     await expect_errno(errno.EROFS, ro.mkdir(b, b"d", 0o755, CTX))
     await expect_errno(errno.EROFS, ro.create(b, b"f", 0o644, os.O_WRONLY, CTX))
+
+
+async def test_write_back_backs_off_while_metadata_requests_stream(ops: Operations) -> None:
+    from vfs.writeback import MAX_DEFER_S, WriteBack
+
+    wb = WriteBack(ops, delay_s=5.0)
+    b = await bucket(ops)
+    assert not wb._busy()
+    for i in range(300):  # a burst of creates: metadata requests
+        await make_file(ops, b, f"f{i}".encode())
+    assert wb._busy()
+    fi = await ops.open(await make_file(ops, b, b"stream"), os.O_WRONLY, CTX)
+    wb._busy()
+    for i in range(300):  # streaming writes do not count as busy
+        await ops.write(fi.fh, i, b"x")
+    await ops.release(fi.fh)
+    assert not wb._busy()
+    assert MAX_DEFER_S <= 10.0  # deferral is bounded
