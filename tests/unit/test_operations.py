@@ -237,8 +237,8 @@ async def test_read_only_refuses_changes(pool: Pool) -> None:
 async def test_write_back_backs_off_while_metadata_requests_stream(ops: Operations) -> None:
     from vfs.writeback import MAX_DEFER_S, WriteBack
 
-    wb = WriteBack(ops, delay_s=5.0)
     b = await bucket(ops)
+    wb = WriteBack(ops, delay_s=5.0)
     assert not wb._busy()
     for i in range(300):  # a burst of creates: metadata requests
         await make_file(ops, b, f"f{i}".encode())
