@@ -58,7 +58,7 @@ class WriteBack:
         self.uploaded = 0
         self.failed = 0
         self._wake = trio.Event()
-        self._seen_requests = 0
+        self._seen_requests = ops.requests
         self._seen_at = time.monotonic()
         self._local = threading.local()
         self._thread_pools: list[Pool] = []
