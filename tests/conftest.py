@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -139,3 +140,22 @@ def mounted(home: Path, tmp_path: Path) -> Iterator[Mount]:
             m.stop()
         else:
             m.detach()
+
+
+def wait_until(pred: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll *pred* until it is true; fail with *what* after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def pattern(seed: int, size: int) -> bytes:
+    """Deterministic incompressible-looking bytes (no two seeds alike)."""
+    out = bytearray()
+    block = 0
+    while len(out) < size:
+        out += hashlib.sha512(f"{seed}:{block}".encode()).digest() * 64
+        block += 1
+    return bytes(out[:size])

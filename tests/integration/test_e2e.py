@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mount, cli
+from tests.conftest import Mount, cli, pattern, wait_until
 
 pytestmark = pytest.mark.fuse
 
@@ -34,15 +34,6 @@ MiB = 1 << 20
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def wait_until(pred: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    """Poll *pred* until it is true; fail with *what* after *timeout* seconds."""
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def sha256_file(path: Path | str) -> str:
@@ -55,16 +46,6 @@ def sha256_file(path: Path | str) -> str:
 
 def state_of(path: Path) -> str:
     return os.getxattr(path, "user.darkstorage.state").decode()
-
-
-def pattern(seed: int, size: int) -> bytes:
-    """Deterministic incompressible-looking bytes (no two seeds alike)."""
-    out = bytearray()
-    block = 0
-    while len(out) < size:
-        out += hashlib.sha512(f"{seed}:{block}".encode()).digest() * 64
-        block += 1
-    return bytes(out[:size])
 
 
 def write_fsync(path: Path, data: bytes) -> None:

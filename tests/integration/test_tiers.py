@@ -15,7 +15,6 @@ import os
 import random
 import sqlite3
 import subprocess
-import time
 import tomllib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,32 +23,13 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from tests.conftest import Mount, cli
+from tests.conftest import Mount, cli, pattern, wait_until
 
 MiB = 1 << 20
 TIERS = ("hot", "warm", "cold", "archive", "offsite")
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def wait_until(pred: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    """Poll *pred* until it is true; fail with *what* after *timeout* seconds."""
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
-def pattern(seed: int, size: int) -> bytes:
-    """Deterministic incompressible-looking bytes (no two seeds alike)."""
-    out = bytearray()
-    block = 0
-    while len(out) < size:
-        out += hashlib.sha512(f"{seed}:{block}".encode()).digest() * 64
-        block += 1
-    return bytes(out[:size])
 
 
 def xattr(path: Path, name: str) -> str:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -23,19 +21,6 @@ CTX: Any = SimpleNamespace(uid=0, gid=0, pid=os.getpid(), umask=0o022)
 def fields(**kw: bool) -> Any:
     names = ("update_atime", "update_mtime", "update_ctime", "update_mode", "update_uid", "update_gid", "update_size")
     return SimpleNamespace(**{n: kw.get(n, False) for n in names})
-
-
-@pytest.fixture
-def pool(tmp_path: Path) -> Iterator[Pool]:
-    p, _ = Pool.init(tmp_path / "home")
-    p.create_bucket("b")
-    yield p
-    p.close()
-
-
-@pytest.fixture
-def ops(pool: Pool) -> Operations:
-    return Operations(pool, cache_max_bytes=1 << 30)
 
 
 async def bucket(ops: Operations) -> int:

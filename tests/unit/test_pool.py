@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,19 +12,6 @@ from pool.pool import Pool
 from vfs.operations import Operations
 
 from .test_operations import CTX, bucket, make_file, read_all
-
-
-@pytest.fixture
-def pool(tmp_path: Path) -> Iterator[Pool]:
-    p, _ = Pool.init(tmp_path / "home")
-    p.create_bucket("b")
-    yield p
-    p.close()
-
-
-@pytest.fixture
-def ops(pool: Pool) -> Operations:
-    return Operations(pool, cache_max_bytes=1 << 30)
 
 
 def hot(pool: Pool, key: str) -> Path:
