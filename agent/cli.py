@@ -87,8 +87,11 @@ def bucket_create(name: str) -> None:
     Example:
       darkstorage bucket create photos
     """
+    from vfs.mount import notify_mount
+
     pool = open_pool()
     pool.create_bucket(name)
+    notify_mount(pool)
     console.print(f"created bucket {name}")
 
 
@@ -123,7 +126,11 @@ def bucket_remove(name: str, force: bool) -> None:
     Example:
       darkstorage bucket remove old-photos --force
     """
-    n = open_pool().remove_bucket(name, force=force)
+    from vfs.mount import notify_mount
+
+    pool = open_pool()
+    n = pool.remove_bucket(name, force=force)
+    notify_mount(pool)
     console.print(f"removed bucket {name}" + (f" and {n} file(s)" if n else ""))
 
 

@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
               help="Delay before a changed file uploads, e.g. 5s.")
 @click.option("--read-only", is_flag=True, help="Refuse all changes (EROFS).")
 @click.option("--allow-other", is_flag=True, help="Let other users in (permissions still apply).")
-@click.option("--attr-timeout", type=DURATION, default=1.0, show_default=True,
-              help="How long the kernel may cache attributes and names.")
+@click.option("--attr-timeout", type=DURATION, default=10.0, show_default=True,
+              help="How long the kernel may cache attributes and names (changes made through the mount"
+                   " or by `darkstorage bucket` are seen at once).")
 @click.option("--transfers", type=click.IntRange(1, 64), default=2, show_default=True,
               help="Uploads running at once.")
 @click.option("--debug", is_flag=True, help="Log every FUSE request (foreground only).")

@@ -43,8 +43,8 @@ class MountOptions:
     write_back_s: float
     read_only: bool = False
     allow_other: bool = False
-    attr_timeout_s: float = 1.0
-    entry_timeout_s: float = 1.0
+    attr_timeout_s: float = 10.0
+    entry_timeout_s: float = 10.0
     transfers: int = 2
     debug: bool = False
 
@@ -69,6 +69,17 @@ def _write_record(pool: Pool, data: dict[str, object]) -> None:
     tmp = run / "mount.json.tmp"
     tmp.write_text(json.dumps(data))
     os.replace(tmp, run / "mount.json")
+
+
+def notify_mount(pool: Pool) -> None:
+    """Tell a running mount of *pool* (if any) that buckets changed outside it (SIGUSR1), so
+    the kernel forgets what it cached about them."""
+    rec = read_record(pool)
+    if rec is not None:
+        try:
+            os.kill(int(str(rec["pid"])), signal.SIGUSR1)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _allow_other_possible() -> bool:
@@ -186,8 +197,12 @@ async def _main(ops: Operations, opts: MountOptions) -> int:
         await nursery.start(wb.run)
 
         async def on_signals() -> None:
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals:
                 async for sig in signals:
+                    if sig == signal.SIGUSR1:  # the catalog changed outside the mount
+                        if ops.initialised:
+                            ops.refresh_root()
+                        continue
                     log.info("signal %s: flushing and unmounting", sig)
                     await wb.flush_all()  # still serving: uploads first, then detach
                     pyfuse3.terminate()

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, cast
 
 import pyfuse3
 
-from pool.catalog import NAME_MAX, Attrs, now_ns
+from pool.catalog import NAME_MAX, ROOT, Attrs, now_ns
 
 from .data import DataPath, OpenFile
 
@@ -52,7 +52,7 @@ class NodeOps(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(self, pool: Pool, *, cache_max_bytes: int, read_only: bool = False,
-                 attr_timeout_s: float = 1.0, entry_timeout_s: float = 1.0) -> None:
+                 attr_timeout_s: float = 10.0, entry_timeout_s: float = 10.0) -> None:
         super().__init__()
         self.pool = pool
         self.cat = pool.catalog
@@ -67,6 +67,7 @@ class NodeOps(pyfuse3.Operations):
         self.served: dict[int, tuple[int, int]] = {}  # ino -> (mtime_ns, size) the kernel caches
         self.purge_queue: set[int] = set()
         self.initialised = False
+        self.root_names: set[bytes] = set()  # bucket names the kernel may hold entries for
         self.requests = 0  #: metadata requests served so far (write-back backs off while busy)
 
     def init(self) -> None:
@@ -104,6 +105,18 @@ class NodeOps(pyfuse3.Operations):
         e.st_ctime_ns = a.ctime_ns
         e.st_birthtime_ns = a.btime_ns
         return e
+
+    def refresh_root(self) -> int:
+        """Buckets were created or removed outside the mount (``darkstorage bucket ...``):
+        drop the kernel's cached entries for names that are gone and the root's attributes.
+        Returns how many entries were invalidated. Not for use inside a request handler."""
+        current = {name.encode() for name, _, _ in self.cat.buckets()}
+        gone = self.root_names - current
+        for name in gone:
+            pyfuse3.invalidate_entry_async(cast(pyfuse3.InodeT, ROOT), name, ignore_enoent=True)
+        self.root_names &= current
+        pyfuse3.invalidate_inode(cast(pyfuse3.InodeT, ROOT), attr_only=True)
+        return len(gone)
 
     def _ref(self, a: Attrs) -> pyfuse3.EntryAttributes:
         self.lookups[a.id] = self.lookups.get(a.id, 0) + 1

@@ -58,6 +58,8 @@ class Operations(XattrOps):
         ino = self.cat.lookup(parent_inode, name)
         if ino is None:
             raise fail(errno.ENOENT)
+        if parent_inode == ROOT:
+            self.root_names.add(name)
         return self._ref(self.get(ino))
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:  # type: ignore[override]
@@ -524,6 +526,8 @@ class Operations(XattrOps):
                     self._mark_read(d)
                     return
                 self.lookups[a.id] = self.lookups.get(a.id, 0) + 1
+                if fh == ROOT:
+                    self.root_names.add(name)
                 after = dentry_id
             if len(batch) < 256:
                 break

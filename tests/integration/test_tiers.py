@@ -443,3 +443,18 @@ def test_tier_move_of_a_dirty_file_is_refused(mounts: Callable[..., Mount], home
     assert xattr(m.path / "b" / "dir" / "f.bin", "tier") == "cold"
     assert (m.path / "b" / "dir" / "f.bin").read_bytes() == v2
     stop(m)
+
+
+@pytest.mark.fuse
+def test_bucket_changes_from_the_cli_show_in_a_running_mount(mounts: Callable[..., Mount], home: Path) -> None:
+    """The kernel caches names for --attr-timeout (10 s by default); `bucket create/remove`
+    tell the mount, so the change shows at once, not after the timeout."""
+    cli("bucket", "create", "extra", home=home)
+    m = mounts()
+    (m.path / "extra" / "f").write_bytes(b"x")
+    assert os.stat(m.path / "extra").st_nlink == 2
+    cli("bucket", "remove", "extra", "--force", home=home)
+    wait_until(lambda: not os.path.exists(m.path / "extra"), "the removed bucket to vanish", timeout=5)
+    cli("bucket", "create", "fresh", home=home)
+    wait_until(lambda: os.path.isdir(m.path / "fresh"), "the new bucket to appear", timeout=5)
+    assert sorted(os.listdir(m.path)) == ["b", "fresh"]
