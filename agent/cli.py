@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from pathlib import Path
 
 import click
 
@@ -178,4 +177,4 @@ def run() -> None:
 if __name__ == "__main__":
     run()
 
-__all__ = ["main", "run", "Path"]
+__all__ = ["main", "run"]

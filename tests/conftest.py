@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -59,7 +60,7 @@ class Mount:
                 env=env, stdout=out, stderr=out, cwd=ROOT,
             )
         deadline = time.monotonic() + 30
-        while not os.path.ismount(self.path):
+        while not self.ready():
             if self.proc.poll() is not None:
                 raise AssertionError(f"mount died ({self.proc.returncode}): {self.log.read_text()}")
             if time.monotonic() > deadline:
@@ -67,6 +68,22 @@ class Mount:
                 raise AssertionError(f"mount did not come up: {self.log.read_text()}")
             time.sleep(0.02)
         return self
+
+    def ready(self) -> bool:
+        """Mounted by *our* process: its record names our pid (written once the kernel mount
+        exists) and the mountpoint answers. ``os.path.ismount`` alone can be fooled by a dead
+        mount left at the same place."""
+        assert self.proc is not None
+        try:
+            rec = json.loads((self.home / "run" / "mount.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return False
+        if rec.get("pid") != self.proc.pid:
+            return False
+        try:
+            return os.path.ismount(self.path) and os.stat(self.path) is not None
+        except OSError:
+            return False
 
     def stop(self, timeout: float = 120) -> int:
         """Unmount cleanly (SIGTERM: flush, then unmount). Returns the exit code."""

@@ -18,7 +18,9 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +73,26 @@ def _write_record(pool: Pool, data: dict[str, object]) -> None:
     os.replace(tmp, run / "mount.json")
 
 
+def _mount_type(mp: Path) -> str | None:
+    """The filesystem type the mount table lists at *mp*, or None."""
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            fields = line.split()
+            if fields[1].replace("\\040", " ") == str(mp):
+                return fields[2]
+    return None
+
+
+def _clear_dead_mount(mp: Path) -> None:
+    """A darkstorage mount left at *mp* by a process that died (kill -9, crash) answers every
+    access with ENOTCONN; detach it so the pool can be mounted there again. Called only when
+    no live mount of this pool is recorded."""
+    if _mount_type(mp) != "fuse.darkstorage":
+        return
+    log.info("detaching the dead mount left at %s", mp)
+    subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)
+
+
 def notify_mount(pool: Pool) -> None:
     """Tell a running mount of *pool* (if any) that buckets changed outside it (SIGUSR1), so
     the kernel forgets what it cached about them."""
@@ -103,8 +125,13 @@ def serve(pool: Pool, opts: MountOptions) -> int:
         PermissionDeniedError: /dev/fuse cannot be opened.
     """
     mp = opts.mountpoint
-    if not mp.is_dir():
-        raise MountError(f"mountpoint {mp} is not a directory")
+    if read_record(pool) is None:
+        _clear_dead_mount(mp)
+    try:
+        if not mp.is_dir():
+            raise MountError(f"mountpoint {mp} is not a directory")
+    except OSError as e:
+        raise MountError(f"mountpoint {mp}: {e.strerror}") from None
     if os.path.ismount(mp):
         raise BusyError(f"{mp} is already a mount point")
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
@@ -138,7 +165,7 @@ def serve(pool: Pool, opts: MountOptions) -> int:
             raise MountError(f"cannot mount at {mp}: {e}") from None
         record = {"pid": os.getpid(), "mountpoint": str(mp.absolute()), "read_only": opts.read_only,
                   "cache_max_bytes": opts.cache_max_bytes, "write_back_s": opts.write_back_s,
-                  "started_ns": __import__("time").time_ns(), "state": "mounted"}
+                  "started_ns": time.time_ns(), "state": "mounted"}
         _write_record(pool, record)
         dirty_left = -1
         try:

@@ -484,3 +484,17 @@ def _catalog_rows(home: Path) -> list[tuple]:
                 + con.execute("SELECT * FROM objects ORDER BY inode").fetchall())
     finally:
         con.close()
+
+
+def test_mount_again_after_a_crash_at_the_same_place(mounts: Callable[..., Mount], home: Path) -> None:
+    """After kill -9 the mountpoint is a dead FUSE mount (ENOTCONN); mounting there again
+    detaches it first and serves the pool, fsync'ed data included."""
+    m = mounts("--write-back", "60s")
+    write_fsync(m.path / "b" / "kept", b"survives")
+    assert m.proc is not None
+    m.proc.kill()
+    m.proc.wait()
+    assert m.listed()  # the corpse is still in the mount table
+    m2 = mounts(path=m.path)
+    assert (m2.path / "b" / "kept").read_bytes() == b"survives"
+    assert m2.stop() == 0
