@@ -253,6 +253,7 @@ async def _main(ops: Operations, opts: MountOptions) -> int:
         except Exception:
             log.exception("releasing handle %d", fh)
     ops.purge()
+    ops.save_atimes()
     left = await wb.flush_all()
     await wb.close()
     if left:

@@ -67,6 +67,7 @@ class NodeOps(pyfuse3.Operations):
         self.served: dict[int, tuple[int, int]] = {}  # ino -> (mtime_ns, size) the kernel caches
         self.purge_queue: set[int] = set()
         self.initialised = False
+        self.atimes: dict[int, int] = {}  # relatime updates not saved yet (see save_atimes)
         self.root_names: set[bytes] = set()  # bucket names the kernel may hold entries for
         self.requests = 0  #: metadata requests served so far (write-back backs off while busy)
 
@@ -83,7 +84,31 @@ class NodeOps(pyfuse3.Operations):
         a = self.cat.get(ino)
         if a is None:
             raise fail(errno.ENOENT)
+        t = self.atimes.get(ino)
+        if t is not None:
+            a.atime_ns = t
         return a
+
+    def fresh(self, a: Attrs) -> Attrs:
+        """*a* as read from the catalog, with the changes held in memory applied."""
+        p = self.pending.get(a.id)
+        if p is not None:
+            return p
+        t = self.atimes.get(a.id)
+        if t is not None:
+            a.atime_ns = t
+        return a
+
+    def save_atimes(self) -> int:
+        """Write the access times held in memory (relatime updates from reads and listings)
+        in one transaction; ext4's lazytime defers them the same way. Returns how many."""
+        if not self.atimes:
+            return 0
+        items, self.atimes = self.atimes, {}
+        with self.cat.tx():
+            self.cat.db.executemany("UPDATE inodes SET atime_ns = ? WHERE id = ?",
+                                    [(t, ino) for ino, t in items.items()])
+        return len(items)
 
     def entry(self, a: Attrs) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
@@ -174,6 +199,7 @@ class NodeOps(pyfuse3.Operations):
         with self.cat.tx():
             cached = set(self.cat.delete_unlinked(inos))
         for ino in inos:
+            self.atimes.pop(ino, None)
             self.data.forget_cache(ino, has_file=ino in cached)
         return len(inos)
 
@@ -197,6 +223,5 @@ class NodeOps(pyfuse3.Operations):
         t = now_ns()
         if self._atime_due(a, t):
             a.atime_ns = t
-            if a.id in self.pending:
-                return  # saved with the other pending changes
-            self.cat.update(a.id, atime_ns=t)
+            if a.id not in self.pending:  # else saved with the other pending changes
+                self.atimes[a.id] = t

@@ -83,6 +83,7 @@ class Operations(XattrOps):
                       fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:  # type: ignore[override]
         self._writable()
         a = self.get(inode)
+        self.atimes.pop(inode, None)  # a is current; an explicit atime below must win
         t = now_ns()
         if fields.update_size:
             if a.is_dir:
@@ -254,7 +255,7 @@ class Operations(XattrOps):
         a = self.cat.lookup_attrs(parent_inode, name)
         if a is None:
             raise fail(errno.ENOENT)
-        a = self.pending.get(a.id, a)
+        a = self.fresh(a)
         if a.is_dir:
             raise fail(errno.EISDIR)
         t = now_ns()
@@ -523,7 +524,7 @@ class Operations(XattrOps):
         while True:
             batch = self.cat.list_dir(fh, after, 256)
             for dentry_id, name, a in batch:
-                a = self.pending.get(a.id, a)
+                a = self.fresh(a)
                 if not pyfuse3.readdir_reply(token, name, self.entry(a), dentry_id + DOT_COOKIES):
                     self._mark_read(d)
                     return

@@ -117,6 +117,7 @@ class WriteBack:
         files dirty for longer than the write-back delay plus MAX_DEFER_S.
         """
         self.ops.purge()
+        self.ops.save_atimes()
         busy = not force and self._busy()
         if busy:
             self.delay_s_now = self.delay_s + MAX_DEFER_S
