@@ -171,6 +171,10 @@ def run() -> None:
     except OSError as e:
         error_line(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
         sys.exit(ExitCode.ERROR)
+    except Exception as e:  # a bug: one line, the traceback only in the debug log
+        logging.getLogger("darkstorage").debug("internal error", exc_info=True)
+        error_line(f"internal error: {e!r} (a bug: rerun with -vv for details and report it)")
+        sys.exit(ExitCode.ERROR)
     sys.exit(ExitCode.OK)
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import CatalogError
 from .schema import migrate
 
 ROOT = 1
@@ -86,10 +87,16 @@ class Catalog:
         root_uid, root_gid: owner of a newly created root directory.
 
     Raises:
-        sqlite3.DatabaseError: the file is not a catalog or is newer than this program.
+        CatalogError: the file is not a catalog, is damaged or is newer than this program.
     """
 
     def __init__(self, path: Path, *, root_uid: int = 0, root_gid: int = 0) -> None:
+        try:
+            self._open(path, root_uid, root_gid)
+        except sqlite3.DatabaseError as e:
+            raise CatalogError(f"catalog {path}: {e}") from None
+
+    def _open(self, path: Path, root_uid: int, root_gid: int) -> None:
         self.path = path
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         self.db.execute("PRAGMA journal_mode=WAL")

@@ -28,6 +28,7 @@ class ExitCode(enum.IntEnum):
     CONFIG = 11  #: the configuration file is invalid
     PERMISSION = 12  #: the operating system refused (permissions, /dev/fuse)
     MOUNT_FAILED = 13  #: the FUSE mount could not be set up
+    CATALOG = 14  #: the catalog database is unreadable, damaged or newer than this program
     INTERRUPTED = 130  #: stopped by Ctrl-C
 
 
@@ -97,6 +98,11 @@ class ConfigError(DarkstorageError):
 class PermissionDeniedError(DarkstorageError):
     exit_code = ExitCode.PERMISSION
     errno = errno.EACCES
+
+
+class CatalogError(DarkstorageError):
+    exit_code = ExitCode.CATALOG
+    errno = errno.EIO
 
 
 class MountError(DarkstorageError):
