@@ -248,11 +248,6 @@ class Catalog:
     def remove_entry(self, parent: int, name: bytes) -> None:
         self.db.execute("DELETE FROM dentries WHERE parent = ? AND name = ?", (parent, name))
 
-    def replace_entry(self, parent: int, name: bytes, ino: int) -> None:
-        """Point an existing entry at another inode (a new readdir cookie is assigned)."""
-        self.remove_entry(parent, name)
-        self.add_entry(parent, name, ino)
-
     def list_dir(self, parent: int, after: int, limit: int) -> list[tuple[int, bytes, Attrs]]:
         """Entries of *parent* with cookie > *after*, in cookie order: ``(cookie, name, attrs)``."""
         rows = self.db.execute(
@@ -449,10 +444,6 @@ class Catalog:
 
     def bucket_inode(self, name: str) -> int | None:
         row = self.db.execute("SELECT inode FROM buckets WHERE name = ?", (name,)).fetchone()
-        return row[0] if row else None
-
-    def bucket_of_inode(self, ino: int) -> str | None:
-        row = self.db.execute("SELECT name FROM buckets WHERE inode = ?", (ino,)).fetchone()
         return row[0] if row else None
 
     def set_placement(self, bucket: str, prefix: str, tier: str) -> None:

@@ -18,10 +18,6 @@ def new_hasher() -> xxhash.xxh3_128:
     return xxhash.xxh3_128()
 
 
-def hash_bytes(data: bytes) -> str:
-    return xxhash.xxh3_128_hexdigest(data)
-
-
 def hash_stream(f: BinaryIO) -> tuple[str, int]:
     """XXH3-128 of everything left in *f*: ``(hex digest, bytes read)``."""
     h, n = xxhash.xxh3_128(), 0
@@ -39,10 +35,3 @@ def hash_fd(fd: int) -> tuple[str, int]:
         off += len(chunk)
     return h.hexdigest(), off
 
-
-def hash_path(path: str | os.PathLike[str]) -> tuple[str, int]:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return hash_fd(fd)
-    finally:
-        os.close(fd)

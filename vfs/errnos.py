@@ -22,17 +22,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def to_errno(exc: BaseException) -> int:
-    """The errno for an exception raised while serving a request."""
-    if isinstance(exc, pyfuse3.FUSEError):
-        return exc.errno
-    if isinstance(exc, DarkstorageError):
-        return exc.errno
-    if isinstance(exc, OSError) and exc.errno:
-        return exc.errno
-    return errno.EIO
-
-
 DATA_HANDLERS = frozenset({"read", "write", "flush", "fsync", "release"})
 
 

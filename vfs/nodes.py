@@ -200,6 +200,7 @@ class NodeOps(pyfuse3.Operations):
             cached = set(self.cat.delete_unlinked(inos))
         for ino in inos:
             self.atimes.pop(ino, None)
+            self.served.pop(ino, None)
             self.data.forget_cache(ino, has_file=ino in cached)
         return len(inos)
 

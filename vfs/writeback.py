@@ -64,9 +64,6 @@ class WriteBack:
         self._thread_pools: list[Pool] = []
         self._pools_lock = threading.Lock()
 
-    def wake(self) -> None:
-        self._wake.set()
-
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             task_status.started()

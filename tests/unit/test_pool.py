@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pool.errors import BusyError, NotEmptyError, NotFoundError, UsageError
-from pool.pool import Pool
+from pool.pool import Pool, StoredObject, UploadJob
 from vfs.operations import Operations
 
 from .test_operations import CTX, bucket, make_file, read_all
+
+
+@pytest.fixture
+def worker(pool: Pool) -> Iterator[Pool]:
+    """A second pool on the same home: the transfer thread's own catalog connection."""
+    w = Pool(pool.config)
+    yield w
+    w.close()
+
+
+def placed_upload(pool: Pool, worker: Pool, ino: int) -> tuple[UploadJob, StoredObject]:
+    """Begin an upload of *ino*, transfer it and place it at its key, as the transfer thread does."""
+    job = pool.upload_begin(ino)
+    assert job is not None
+    stored = worker.upload_transfer(job)
+    worker.upload_place([(job, stored)])
+    return job, stored
 
 
 def hot(pool: Pool, key: str) -> Path:
@@ -160,14 +178,10 @@ def test_placement_longest_prefix_wins(pool: Pool) -> None:
     assert pool.placement_tier(b, b"raw") == "cold"
 
 
-async def test_placed_upload_of_a_file_renamed_meanwhile_is_rekeyed(ops: Operations, pool: Pool, tmp_path: Path) -> None:
+async def test_placed_upload_of_a_file_renamed_meanwhile_is_rekeyed(ops: Operations, pool: Pool, worker: Pool) -> None:
     b = await bucket(ops)
     ino = await make_file(ops, b, b"old", b"bytes")
-    worker = Pool(pool.config)  # the transfer thread's own connection
-    job = pool.upload_begin(ino)
-    assert job is not None
-    stored = worker.upload_transfer(job)
-    worker.upload_place([(job, stored)])
+    job, stored = placed_upload(pool, worker, ino)
     assert job.placed and hot(pool, "b/old").read_bytes() == b"bytes"
     await ops.rename(b, b"old", b, b"new", 0, CTX)
     assert pool.upload_commit(job, stored, True)
@@ -176,14 +190,11 @@ async def test_placed_upload_of_a_file_renamed_meanwhile_is_rekeyed(ops: Operati
     worker.close()
 
 
-async def test_placed_upload_of_a_file_deleted_meanwhile_leaves_nothing(ops: Operations, pool: Pool) -> None:
+
+async def test_placed_upload_of_a_file_deleted_meanwhile_leaves_nothing(ops: Operations, pool: Pool, worker: Pool) -> None:
     b = await bucket(ops)
     ino = await make_file(ops, b, b"gone", b"bytes")
-    worker = Pool(pool.config)
-    job = pool.upload_begin(ino)
-    assert job is not None
-    stored = worker.upload_transfer(job)
-    worker.upload_place([(job, stored)])
+    job, stored = placed_upload(pool, worker, ino)
     await ops.unlink(b, b"gone", CTX)
     await ops.forget([(ino, ops.lookups[ino])])
     ops.purge()
@@ -193,15 +204,12 @@ async def test_placed_upload_of_a_file_deleted_meanwhile_leaves_nothing(ops: Ope
     worker.close()
 
 
-async def test_placed_upload_overtaken_by_a_write_stays_dirty(ops: Operations, pool: Pool) -> None:
+
+async def test_placed_upload_overtaken_by_a_write_stays_dirty(ops: Operations, pool: Pool, worker: Pool) -> None:
     b = await bucket(ops)
     ino = await make_file(ops, b, b"f", b"v1")
-    worker = Pool(pool.config)
     gen = ops.data.generation(ino)
-    job = pool.upload_begin(ino)
-    assert job is not None
-    stored = worker.upload_transfer(job)
-    worker.upload_place([(job, stored)])
+    job, stored = placed_upload(pool, worker, ino)
     fi = await ops.open(ino, os.O_WRONLY, CTX)
     await ops.write(fi.fh, 0, b"v2")
     await ops.release(fi.fh)
@@ -209,4 +217,3 @@ async def test_placed_upload_overtaken_by_a_write_stays_dirty(ops: Operations, p
     obj = pool.catalog.object(ino)
     assert obj is not None and obj.state == "dirty"
     assert pool.upload_now(ino) and hot(pool, "b/f").read_bytes() == b"v2"
-    worker.close()
