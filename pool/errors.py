@@ -29,6 +29,12 @@ class ExitCode(enum.IntEnum):
     PERMISSION = 12  #: the operating system refused (permissions, /dev/fuse)
     MOUNT_FAILED = 13  #: the FUSE mount could not be set up
     CATALOG = 14  #: the catalog database is unreadable, damaged or newer than this program
+    AUTH = 15  #: an external store rejected the credentials
+    TRANSFER = 16  #: some transfers failed after their retries (see ``darkstorage transfers --failed``)
+    SYNC_ABORTED = 17  #: a sync safety check stopped the run before it changed anything
+    IMAGE_CORRUPT = 18  #: a disk image failed verification (bad structure, checksum or digest)
+    UNSAFE_PATH = 19  #: an entry would land outside the target folder (``..``, absolute, symlink)
+    UNSUPPORTED = 20  #: the feature or connector is not available on this system
     INTERRUPTED = 130  #: stopped by Ctrl-C
 
 
@@ -108,3 +114,45 @@ class CatalogError(DarkstorageError):
 class MountError(DarkstorageError):
     exit_code = ExitCode.MOUNT_FAILED
     errno = errno.EIO
+
+
+class AuthError(BackendError):
+    """An external store rejected the credentials (wrong key, expired token)."""
+
+    exit_code = ExitCode.AUTH
+    errno = errno.EACCES
+
+
+class TransferError(DarkstorageError):
+    """One or more transfers failed after their retries."""
+
+    exit_code = ExitCode.TRANSFER
+    errno = errno.EIO
+
+
+class SyncAbortedError(DarkstorageError):
+    """A sync safety check (max-delete, empty side, everything changed) stopped the run."""
+
+    exit_code = ExitCode.SYNC_ABORTED
+    errno = errno.ECANCELED
+
+
+class ImageCorruptError(DarkstorageError):
+    """A disk image (ISO, DMG) failed verification; the message names the bad part."""
+
+    exit_code = ExitCode.IMAGE_CORRUPT
+    errno = errno.EIO
+
+
+class UnsafePathError(DarkstorageError):
+    """An entry's path would escape the target folder."""
+
+    exit_code = ExitCode.UNSAFE_PATH
+    errno = errno.EPERM
+
+
+class UnsupportedError(DarkstorageError):
+    """The requested feature or connector is not available here (the message says why)."""
+
+    exit_code = ExitCode.UNSUPPORTED
+    errno = errno.EOPNOTSUPP
