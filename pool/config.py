@@ -17,6 +17,15 @@ embedded default pool, ``tiers/<tier>/`` (one local directory per tier).
     [tiers.hot]
     url = "file:///home/me/.local/share/darkstorage/tiers/hot"
     options = {}                # passed to the fsspec filesystem constructor
+    [tiers.cold]
+    url = "integration:my-aws-backup/cold"   # a folder of a configured integration
+    options = {storage_class = "STANDARD_IA"}  # tier options for integration URLs
+    [integrations.my-aws-backup]   # see pool/integrations.py; never holds a secret
+    kind = "s3"
+    bucket = "backups"
+    region = "us-east-1"
+    secret_key_env = "AWS_SECRET"  # optional *_env reference instead of a stored secret
+    revision = 3                   # bumped by every update: running mounts reconnect
 """
 
 from __future__ import annotations
@@ -66,6 +75,8 @@ class PoolConfig:
     write_back_s: float = DEFAULT_WRITE_BACK_S
     restore_latency_s: float = DEFAULT_RESTORE_LATENCY_S
     restore_wait_s: float = DEFAULT_RESTORE_WAIT_S
+    #: ``[integrations.NAME]`` tables as written (kind, options, ``*_env`` references, revision)
+    integrations: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def catalog_path(self) -> Path:
@@ -118,6 +129,7 @@ class PoolConfig:
                 write_back_s=float(mount.get("write_back_s", DEFAULT_WRITE_BACK_S)),
                 restore_latency_s=float(pool.get("restore_latency_s", DEFAULT_RESTORE_LATENCY_S)),
                 restore_wait_s=float(pool.get("restore_wait_s", DEFAULT_RESTORE_WAIT_S)),
+                integrations={str(n): dict(v) for n, v in raw.get("integrations", {}).items()},
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"{path}: bad value: {e}") from None
@@ -130,6 +142,8 @@ class PoolConfig:
             "mount": {"write_back_s": self.write_back_s},
             "tiers": {n: {"url": t.url, "options": t.options} for n, t in self.tiers.items()},
         }
+        if self.integrations:
+            raw["integrations"] = self.integrations
         self.home.mkdir(parents=True, exist_ok=True)
         tmp = self.home / (CONFIG_NAME + ".tmp")
         tmp.write_text(tomli_w.dumps(raw))

@@ -1,0 +1,151 @@
+"""Azure Blob Storage and ADLS Gen2 through adlfs; access tiers and rehydration through
+azure-storage-blob (``Set Blob Tier``: an Archive blob is rehydrated by setting it to Hot or
+Cool; ``x-ms-archive-status: rehydrate-pending-to-*`` while that runs).
+
+ADLS Gen2 accounts (hierarchical namespace) are served through their Blob endpoint, which
+Azure keeps multi-protocol, so the one connector covers both (``adls`` is an alias).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import fsspec
+
+from . import TIMEOUT, Kind, Option
+from .ops import ATTRS_META, RestoreStatus, StoreOps, decode_attrs, encode_attrs
+
+ACCESS_TIERS = ("Hot", "Cool", "Cold", "Archive")
+
+
+def connection_string(opts: dict[str, Any], secrets: dict[str, str]) -> str | None:
+    """A connection string from the secrets, or built from ``endpoint`` + account + key."""
+    if secrets.get("connection_string"):
+        return secrets["connection_string"]
+    if opts.get("endpoint") and opts.get("account_name") and secrets.get("account_key"):
+        ep = str(opts["endpoint"]).rstrip("/")
+        scheme = ep.split("://", 1)[0] if "://" in ep else "https"
+        return (
+            f"DefaultEndpointsProtocol={scheme};AccountName={opts['account_name']};"
+            f"AccountKey={secrets['account_key']};BlobEndpoint={ep};"
+        )
+    return None
+
+
+def build(opts: dict[str, Any], secrets: dict[str, str]) -> tuple[fsspec.AbstractFileSystem, str]:
+    from adlfs import AzureBlobFileSystem
+
+    timeout = int(float(opts.get("timeout_s") or TIMEOUT.default))
+    kw: dict[str, Any] = {"connection_timeout": timeout, "skip_instance_cache": True}
+    cs = connection_string(opts, secrets)
+    if cs:
+        kw["connection_string"] = cs
+    else:
+        kw["account_name"] = opts.get("account_name")
+        if secrets.get("account_key"):
+            kw["account_key"] = secrets["account_key"]
+        if secrets.get("sas_token"):
+            kw["sas_token"] = secrets["sas_token"]
+    fs = AzureBlobFileSystem(**kw)
+    base = "/".join(p.strip("/") for p in (opts.get("container"), opts.get("prefix")) if p)
+    return fs, base
+
+
+class AzureOps(StoreOps):
+    """Blob metadata (``darkstorage-attrs``; Azure metadata names must be C# identifiers, so
+    ``darkstorage_attrs``), access tiers and rehydration."""
+
+    storage_classes = ACCESS_TIERS
+    archive_classes = ("Archive",)
+
+    def __init__(
+        self,
+        fs: fsspec.AbstractFileSystem,
+        storage_class: str | None = None,
+        *,
+        opts: dict[str, Any] | None = None,
+        secrets: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(fs, storage_class)
+        from azure.storage.blob import BlobServiceClient
+
+        opts, secrets = opts or {}, secrets or {}
+        cs = connection_string(opts, secrets)
+        if cs:
+            self.service = BlobServiceClient.from_connection_string(cs)
+        else:
+            url = f"https://{opts.get('account_name')}.blob.core.windows.net"
+            cred: Any = secrets.get("account_key") or secrets.get("sas_token")
+            if secrets.get("account_key"):
+                cred = {"account_name": opts.get("account_name"), "account_key": secrets["account_key"]}
+            self.service = BlobServiceClient(url, credential=cred)
+
+    _META = ATTRS_META.replace("-", "_")
+
+    def _blob(self, path: str) -> Any:
+        container, _, name = path.partition("/")
+        return self.service.get_blob_client(container, name)
+
+    def write_kwargs(self, attrs: dict[str, int] | None) -> dict[str, Any]:
+        return {"metadata": {self._META: encode_attrs(attrs)}} if attrs is not None else {}
+
+    def move(self, src: str, dst: str) -> None:
+        self.fs.mv(src, dst)
+        if self.storage_class:
+            self._blob(dst).set_standard_blob_tier(self.storage_class)
+
+    def set_attrs(self, path: str, attrs: dict[str, int]) -> bool:
+        blob = self._blob(path)
+        meta = dict(blob.get_blob_properties().metadata or {})
+        meta[self._META] = encode_attrs(attrs)
+        blob.set_blob_metadata(meta)  # metadata can change even on an archived blob
+        return True
+
+    def get_attrs(self, path: str) -> dict[str, int] | None:
+        meta = self._blob(path).get_blob_properties().metadata or {}
+        return decode_attrs(meta.get(self._META))
+
+    def storage_class_of(self, path: str) -> str | None:
+        tier = self._blob(path).get_blob_properties().blob_tier
+        return str(tier) if tier else None
+
+    def request_restore(self, path: str, *, days: int = 1, expedited: bool = False) -> None:
+        # rehydrate to Hot (the blob then stays Hot until the tier is set again)
+        self._blob(path).set_standard_blob_tier("Hot", rehydrate_priority="High" if expedited else "Standard")
+
+    def restore_status(self, path: str) -> RestoreStatus:
+        props = self._blob(path).get_blob_properties()
+        status = props.archive_status or ""
+        if status.startswith("rehydrate-pending"):
+            return RestoreStatus("pending", status)
+        if props.blob_tier == "Archive":
+            return RestoreStatus("none")
+        return RestoreStatus("ready" if self.restores else "not-needed")
+
+
+_OPTIONS = (
+    Option("account_name", "Storage account name."),
+    Option("container", "Container name.", required=True),
+    Option("prefix", "Path prefix inside the container."),
+    Option("endpoint", "Blob endpoint URL (Azurite, sovereign clouds); default the public cloud."),
+    Option("access_tier", "Default access tier for writes.", choices=ACCESS_TIERS),
+    Option("account_key", "Account key.", secret=True),
+    Option("connection_string", "Connection string (instead of account name + key).", secret=True),
+    Option("sas_token", "Shared access signature token.", secret=True),
+    TIMEOUT,
+)
+
+_EXAMPLE = "darkstorage integrations add {} --name my-azure --account-name acct --container backups --account-key KEY"
+
+KINDS = [
+    Kind("azure", "Azure Blob Storage / ADLS Gen2", "adlfs", _OPTIONS, build, _EXAMPLE.format("azure")),
+    Kind(
+        "adls",
+        "Azure Data Lake Storage Gen2 (Blob endpoint)",
+        "adlfs",
+        _OPTIONS,
+        build,
+        _EXAMPLE.format("adls"),
+        base="azure",
+    ),
+]
