@@ -142,6 +142,9 @@ main.add_command(mount)
 main.add_command(umount)
 main.add_command(status)
 main.add_command(tiers)
+from .integrations_cmd import integrations  # noqa: E402
+
+main.add_command(integrations)
 
 
 def run() -> None:

@@ -80,7 +80,6 @@ def build(opts: dict[str, Any], secrets: dict[str, str]) -> tuple[fsspec.Abstrac
         endpoint_url=endpoint,
         client_kwargs={"region_name": region},
         config_kwargs=config,
-        retries=3,
         skip_instance_cache=True,
     )
     base = "/".join(p.strip("/") for p in (opts.get("bucket"), opts.get("prefix")) if p)
