@@ -137,11 +137,15 @@ def bucket_remove(name: str, force: bool) -> None:
 
 from .mount_cmd import mount, status, umount  # noqa: E402
 from .tiers_cmd import tiers  # noqa: E402
+from .transfer_cmd import pull, push, transfers_cmd  # noqa: E402
 
 main.add_command(mount)
 main.add_command(umount)
 main.add_command(status)
 main.add_command(tiers)
+main.add_command(push)
+main.add_command(pull)
+main.add_command(transfers_cmd)
 from .integrations_cmd import integrations  # noqa: E402
 
 main.add_command(integrations)
