@@ -83,6 +83,41 @@ def tiers_set(target: str, default: str) -> None:
     console.print(f"new files in {bucket}/{prefix} go to {default}")
 
 
+@tiers.command("set-backend")
+@click.argument("tier", type=tier_choice)
+@click.argument("target")
+@click.option("--storage-class", "storage_class", default=None,
+              help="Store class / access tier of the objects (S3: STANDARD_IA, GLACIER, DEEP_ARCHIVE, ...;"
+                   " Azure: Hot, Cool, Cold, Archive).")
+def tiers_set_backend(tier: str, target: str, storage_class: str | None) -> None:
+    """Put TIER on TARGET: an integration folder (integration:NAME/path/) or a local path.
+
+    The tier must hold no files (move them first with `tiers assign`) and the pool must not be
+    mounted. Objects on an archive class (GLACIER, DEEP_ARCHIVE, Archive) are restored through
+    the store before reading.
+
+    \b
+    Example:
+      darkstorage tiers set-backend cold integration:my-aws-backup/cold/ --storage-class STANDARD_IA
+      darkstorage tiers set-backend archive integration:my-aws-backup/archive/ --storage-class GLACIER
+      darkstorage tiers set-backend warm /mnt/hdd/darkstorage-warm
+    """
+    from pool.errors import BusyError
+    from pool.integrations import set_tier_backend
+    from vfs.mount import read_record
+
+    pool = Pool.open()
+    if read_record(pool) is not None:
+        raise BusyError("the pool is mounted: unmount it before changing a tier's backend")
+    files = pool.catalog.db.execute("SELECT count(*) FROM objects WHERE tier = ?", (tier,)).fetchone()[0]
+    if files:
+        raise BusyError(f"tier {tier} holds {files} file(s): move them to another tier first"
+                        f" (`darkstorage tiers assign BUCKET --tier T --recursive`)")
+    pool.close()
+    url = set_tier_backend(tier, target, storage_class=storage_class)
+    console.print(f"tier {tier} now on {url}" + (f" ({storage_class})" if storage_class else ""))
+
+
 @tiers.command("assign")
 @click.argument("path")
 @click.option("--tier", "tier", type=tier_choice, required=True)

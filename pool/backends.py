@@ -10,10 +10,14 @@ directories, the object file's own mode and mtime, plus a ``user.darkstorage.att
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import secrets
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +25,8 @@ from urllib.parse import urlparse
 
 import fsspec
 
-from .errors import BackendError, ConfigError, IntegrityError, NotFoundError
+from .connectors.ops import RestoreStatus, StoreOps
+from .errors import AuthError, BackendError, ConfigError, DarkstorageError, IntegrityError, NotFoundError
 from .hashing import CHUNK_BYTES, hash_fd, hash_stream, new_hasher
 
 log = logging.getLogger(__name__)
@@ -35,7 +40,46 @@ except OSError:  # pragma: no cover - no libc to load
     _libc = None
 
 TMP_MARK = ".darkstorage-tmp-"
+INTEGRATION_SCHEME = "integration:"
+REFRESH_CHECK_S = 1.0  #: how often an integration-backed tier looks for a credentials change
 ATTRS_XATTR = "user.darkstorage.attrs"
+
+
+def _remote_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """For integration-backed tiers: store exceptions become our errors (AuthError for rejected
+    credentials, BackendError otherwise), and a rejected request is retried once after the
+    credentials were re-read, when they changed (``integrations update``)."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Backend, *args: Any, **kwargs: Any) -> Any:
+        if self.integration is None:
+            return fn(self, *args, **kwargs)
+        from .credentials import redact
+        from .integrations import is_auth_error, store_error
+
+        for attempt in (0, 1):
+            try:
+                return fn(self, *args, **kwargs)
+            except (NotFoundError, IntegrityError):
+                raise
+            except Exception as e:
+                cause = e.__context__ if isinstance(e, BackendError) and e.__context__ is not None else e
+                if isinstance(e, DarkstorageError) and not isinstance(e, BackendError):
+                    raise
+                if not is_auth_error(cause):
+                    if isinstance(e, DarkstorageError):
+                        raise
+                    raise store_error(e, f"tier {self.tier}") from None
+                if attempt == 0 and self.refresh(force=True):
+                    continue
+                raise AuthError(
+                    f"tier {self.tier}: integration {self.integration} rejected the credentials"
+                    f" ({redact(str(cause))}); rotate them with `darkstorage integrations update"
+                    f" {self.integration} ...`"
+                ) from None
+        raise AssertionError("unreachable")
+
+    return wrapper
 
 
 @dataclass(slots=True)
@@ -63,23 +107,92 @@ class Backend:
 
     def __init__(
         self, tier: str, url: str, options: dict[str, Any] | None = None,
-        *, restore_latency_s: float = 0.0,
+        *, restore_latency_s: float = 0.0, home: Path | None = None,
     ) -> None:
         self.tier = tier
         self.url = url
         self.restore_latency_s = restore_latency_s
+        self.home = home
+        self.integration: str | None = None
+        self.ops: StoreOps | None = None
+        self._opened: tuple[int, int] | None = None  #: (config stamp, revision) when opened
+        self._checked_s = 0.0
+        self._reopen_lock = threading.Lock()
+        if url.startswith(INTEGRATION_SCHEME):
+            name, _, sub = url[len(INTEGRATION_SCHEME):].partition("/")
+            self.integration, self._sub = name, sub.strip("/")
+            self.storage_class = (options or {}).get("storage_class")
+            self.local_root: Path | None = None
+            self.restore_latency_s = 0.0  # a remote tier restores through its store, if at all
+            self._open_integration()
+            return
         parsed = urlparse(url)
         protocol = parsed.scheme or "file"
         try:
-            self.fs = fsspec.filesystem(protocol, skip_instance_cache=True, **(options or {}))
+            self._fs = fsspec.filesystem(protocol, skip_instance_cache=True, **(options or {}))
         except (ImportError, ValueError) as e:
             raise ConfigError(f"tier {tier}: cannot use {url}: {e}") from None
         if protocol in ("file", "local"):
-            self.local_root: Path | None = Path(parsed.path)
+            self.local_root = Path(parsed.path)
             self.root = parsed.path.rstrip("/")
         else:
             self.local_root = None
-            self.root = self.fs._strip_protocol(url).rstrip("/")
+            self.root = self._fs._strip_protocol(url).rstrip("/")
+
+    # -- integration-backed tiers: credentials rotation ------------------------------------------
+
+    def _open_integration(self) -> None:
+        from .integrations import config_stamp, open_store
+
+        assert self.integration is not None
+        home = self.home
+        stamp = config_stamp(home) if home is not None else 0
+        fs, base, ops, revision = open_store(self.integration, storage_class=self.storage_class, home=home)
+        self._fs, self.ops = fs, ops
+        self.root = f"{base}/{self._sub}".strip("/") if self._sub else base
+        if base.startswith("/") and not self.root.startswith("/"):
+            self.root = "/" + self.root
+        self._opened = (stamp, revision)
+        self._checked_s = time.monotonic()
+
+    def refresh(self, *, force: bool = False) -> bool:
+        """Reopen an integration-backed tier when its configuration or credentials changed
+        (``integrations update``), checked at most once a second unless *force*.
+
+        Returns:
+            True if the filesystem was reopened.
+        """
+        if self.integration is None or self._opened is None:
+            return False
+        now = time.monotonic()
+        if not force and now - self._checked_s < REFRESH_CHECK_S:
+            return False
+        from .integrations import config_stamp, get_integration
+
+        with self._reopen_lock:
+            self._checked_s = now
+            stamp = config_stamp(self.home) if self.home is not None else 0
+            if stamp == self._opened[0]:
+                return False
+            try:
+                revision = get_integration(self.integration, home=self.home).revision
+            except DarkstorageError as e:
+                log.warning("tier %s: cannot re-read integration %s: %s", self.tier, self.integration, e)
+                return False
+            if revision == self._opened[1]:
+                self._opened = (stamp, revision)
+                return False
+            log.info("tier %s: integration %s changed (revision %d): reconnecting",
+                     self.tier, self.integration, revision)
+            self._open_integration()
+            return True
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        """The tier's filesystem (an integration's is reopened after a credentials change)."""
+        if self.integration is not None:
+            self.refresh()
+        return self._fs
 
     def __repr__(self) -> str:
         return f"Backend({self.tier}, {self.url})"
@@ -99,6 +212,7 @@ class Backend:
 
     # -- reads ------------------------------------------------------------------------------
 
+    @_remote_errors
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         """Bytes ``[offset, offset + length)`` of an object (shorter at its end).
 
@@ -113,6 +227,7 @@ class Backend:
         except OSError as e:
             raise BackendError(f"tier {self.tier}: reading {key}: {e}") from None
 
+    @_remote_errors
     def download_to_fd(self, key: str, fd: int) -> StoredObject:
         """Copy a whole object into *fd* from offset 0, hashing on the way."""
         h, off = new_hasher(), 0
@@ -128,6 +243,7 @@ class Backend:
             raise BackendError(f"tier {self.tier}: reading {key}: {e}") from None
         return StoredObject(off, h.hexdigest())
 
+    @_remote_errors
     def hash_object(self, key: str) -> StoredObject:
         """Read an object back whole and hash it (the write-back verification)."""
         try:
@@ -139,6 +255,7 @@ class Backend:
             raise BackendError(f"tier {self.tier}: reading {key}: {e}") from None
         return StoredObject(n, digest)
 
+    @_remote_errors
     def exists(self, key: str) -> bool:
         try:
             return bool(self.fs.exists(self.path(key)))
@@ -153,6 +270,7 @@ class Backend:
         name = f"{TMP_MARK}{secrets.token_hex(8)}"
         return f"{head}/{name}" if head else name
 
+    @_remote_errors
     def upload_fd(self, fd: int, key: str, attrs: dict[str, int] | None = None,
                   *, durable: bool = True) -> StoredObject:
         """Write the whole of *fd* under a temporary key; returns what was written.
@@ -168,17 +286,15 @@ class Backend:
         path = self.path(key)
         try:
             self.fs.makedirs(self.fs._parent(path), exist_ok=True)
-            with self.fs.open(path, "wb") as f:
+            extra = self.ops.write_kwargs(attrs) if self.ops is not None else {}
+            with self.fs.open(path, "wb", **extra) as f:
                 while chunk := os.pread(fd, CHUNK_BYTES, off):
                     h.update(chunk)
                     f.write(chunk)
                     off += len(chunk)
-                if durable and self.local_root is not None:
-                    f.flush()
-                    os.fsync(f.fileno())
         except OSError as e:
             raise BackendError(f"tier {self.tier}: writing {key}: {e}") from None
-        if attrs is not None:
+        if attrs is not None and not extra:
             self.set_attrs(key, attrs)
         return StoredObject(off, h.hexdigest())
 
@@ -244,6 +360,7 @@ class Backend:
             )
         return got
 
+    @_remote_errors
     def move(self, src_key: str, dst_key: str) -> None:
         """Rename an object (atomic on local roots; copy + delete elsewhere)."""
         src, dst = self.path(src_key), self.path(dst_key)
@@ -251,6 +368,8 @@ class Backend:
             self.fs.makedirs(self.fs._parent(dst), exist_ok=True)
             if self.local_root is not None:
                 os.replace(src, dst)
+            elif self.ops is not None:
+                self.ops.move(src, dst)
             else:
                 self.fs.mv(src, dst)
         except FileNotFoundError:
@@ -258,6 +377,7 @@ class Backend:
         except OSError as e:
             raise BackendError(f"tier {self.tier}: moving {src_key}: {e}") from None
 
+    @_remote_errors
     def delete(self, key: str) -> None:
         """Delete an object; a missing object is not an error. Empty local parents are pruned."""
         try:
@@ -279,6 +399,12 @@ class Backend:
         """Record POSIX attributes (mode, uid, gid, mtime_ns) with the object, best effort."""
         p = self.local_path(key)
         if p is None:
+            if self.ops is not None:
+                try:
+                    if not self.ops.set_attrs(self.path(key), attrs):
+                        log.debug("tier %s keeps no attributes for %s", self.tier, key)
+                except Exception as e:  # best effort: the catalog has them
+                    log.debug("cannot record attributes of %s on tier %s: %s", key, self.tier, e)
             return
         try:
             fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_PATH)
@@ -303,3 +429,44 @@ class Backend:
             os.setxattr(target, ATTRS_XATTR, json.dumps(attrs, sort_keys=True).encode())
         except OSError:
             pass  # filesystem without user xattrs: mode and mtime are still on the file
+
+    # -- store features (integration-backed tiers) ---------------------------------------------
+
+    def get_attrs(self, key: str) -> dict[str, int] | None:
+        """POSIX attributes recorded with the object (None where the backend keeps none)."""
+        p = self.local_path(key)
+        if p is not None:
+            try:
+                raw = json.loads(os.getxattr(p, ATTRS_XATTR))
+                return {k: int(raw[k]) for k in ("mode", "uid", "gid", "mtime_ns")}
+            except (OSError, ValueError, KeyError):
+                return None
+        return self._store_get_attrs(key) if self.ops is not None else None
+
+    @_remote_errors
+    def _store_get_attrs(self, key: str) -> dict[str, int] | None:
+        assert self.ops is not None
+        return self.ops.get_attrs(self.path(key))
+
+    @property
+    def store_restores(self) -> bool:
+        """True when objects on this tier sit in an archive class of the store (S3 GLACIER /
+        DEEP_ARCHIVE, Azure Archive) and need the store's restore before reading."""
+        return self.ops is not None and self.ops.restores
+
+    @_remote_errors
+    def storage_class_of(self, key: str) -> str | None:
+        """The object's storage class / access tier in the store (None where there are none)."""
+        return self.ops.storage_class_of(self.path(key)) if self.ops is not None else None
+
+    @_remote_errors
+    def request_restore(self, key: str, *, expedited: bool = False) -> None:
+        """Ask the store to restore an archived object (S3 RestoreObject, Azure rehydrate)."""
+        assert self.ops is not None
+        self.ops.request_restore(self.path(key), expedited=expedited)
+
+    @_remote_errors
+    def restore_status(self, key: str) -> RestoreStatus:
+        """The store's view of an object's restore (S3 HEAD x-amz-restore, Azure archive status)."""
+        assert self.ops is not None
+        return self.ops.restore_status(self.path(key))

@@ -295,6 +295,60 @@ def tiers_using(name: str, cfg: PoolConfig) -> list[str]:
     ]
 
 
+def tier_url(target: str) -> str:
+    """The config URL of a ``tiers set-backend`` target: ``integration:NAME[/path]`` as given
+    (normalised), a ``file://`` URL, or a local path (absolute after ``~`` expansion).
+
+    Raises:
+        UsageError: an empty integration name or an unsupported URL form.
+    """
+    if target.startswith(INTEGRATION_SCHEME):
+        name, _, sub = target[len(INTEGRATION_SCHEME) :].partition("/")
+        if not name:
+            raise UsageError(f"{target}: give integration:NAME/path")
+        sub = sub.strip("/")
+        return f"{INTEGRATION_SCHEME}{name}/{sub}" if sub else f"{INTEGRATION_SCHEME}{name}"
+    if target.startswith("file://"):
+        return target.rstrip("/")
+    if "://" in target:
+        raise UsageError(f"{target}: use integration:NAME/path for external stores (add one with"
+                         " `darkstorage integrations add`), or a local path")
+    return Path(target).expanduser().absolute().as_uri()
+
+
+def set_tier_backend(tier: str, target: str, *, storage_class: str | None = None,
+                     home: Path | None = None) -> str:
+    """Point *tier* at *target* (see :func:`tier_url`), after building its backend once (the
+    integration opens, the storage class exists, the root can be created). Returns the URL.
+
+    Callers check first that the tier holds no objects and the pool is not mounted.
+
+    Raises:
+        NotFoundError: unknown integration. UsageError: a storage class on a local target or
+        one the store lacks. AuthError / BackendError: the store refused or is unreachable.
+    """
+    from .backends import Backend
+    from .tiers import check_tier
+
+    check_tier(tier)
+    cfg = _config(home)
+    url = tier_url(target)
+    options: dict[str, Any] = {}
+    if storage_class:
+        if not url.startswith(INTEGRATION_SCHEME):
+            raise UsageError("--storage-class needs an integration target (integration:NAME/path)")
+        options["storage_class"] = storage_class
+    if url.startswith(INTEGRATION_SCHEME):
+        get_integration(url[len(INTEGRATION_SCHEME) :].split("/", 1)[0], config=cfg)
+    backend = Backend(tier, url, options, home=cfg.home)
+    backend.ensure_root()
+    from .config import TierConfig
+
+    cfg.tiers[tier] = TierConfig(url=url, options=options)
+    cfg.save()
+    return url
+
+
 def remove_integration(name: str, *, home: Path | None = None) -> None:
     """Forget integration *name* and its stored secrets.
 

@@ -71,7 +71,7 @@ class ObjectStore:
         self.backends: dict[str, Backend] = {}
         for tier, tc in config.tiers.items():
             latency = config.restore_latency_s if TIER_ACCESS[tier] is Access.RESTORE else 0.0
-            self.backends[tier] = Backend(tier, tc.url, tc.options, restore_latency_s=latency)
+            self.backends[tier] = Backend(tier, tc.url, tc.options, restore_latency_s=latency, home=config.home)
         self.lock = ObjectLock(config.home)
 
     def close(self) -> None:

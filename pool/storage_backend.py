@@ -294,7 +294,8 @@ def get_storage_backend(config: dict[str, Any]) -> StorageBackend:
     if not (isinstance(cls, type) and issubclass(cls, StorageBackend)):
         raise UnsupportedError(f"storage backend {name!r} ({eps[0].value}) is not a StorageBackend")
     try:
-        backend: StorageBackend = cls(platform)
+        factory: Any = cls  # a subclass taking the config, as the entry point promises
+        backend: StorageBackend = factory(platform)
     except DarkstorageError:
         raise
     except (KeyError, TypeError, ValueError, OSError) as e:

@@ -12,6 +12,9 @@ from .errors import BusyError, IntegrityError, NotFoundError, RestorePendingErro
 from .objects import ObjectStore
 from .tiers import TIER_ACCESS, TIERS, Access, check_tier
 
+STORE_POLL_S = 1.0  #: how often a pending store restore is polled (HEAD) while a reader waits
+STORE_READY_TRUST_S = 12 * 3600.0  #: how long a restore seen ready is believed without asking
+
 
 @dataclass(slots=True)
 class RestoreState:
@@ -135,14 +138,23 @@ class Tiering(ObjectStore):
     # -- restores ------------------------------------------------------------------------------
 
     def request_restore(self, ino: int, *, expedited: bool = False) -> RestoreState:
-        """Start a restore of an archive/offsite object (local backends simulate the delay:
-        ``restore_latency_s``, a tenth of it when *expedited*). Idempotent while pending."""
+        """Start a restore of an archive/offsite object. Idempotent while pending.
+
+        A tier on an integration whose objects sit in an archive class asks the store (S3
+        RestoreObject, Azure rehydrate to Hot); local backends simulate the delay:
+        ``restore_latency_s``, a tenth of it when *expedited*.
+        """
         obj = self.catalog.object(ino)
         if obj is None:
             raise UsageError("only regular files can be restored")
         st = self.restore_state(ino)
         if st.state in ("pending", "ready", "cached", "not-needed"):
             return st
+        backend = self.backend(obj.tier)
+        if backend.store_restores and obj.key is not None:
+            backend.request_restore(obj.key, expedited=expedited)
+            self.catalog.update_object(ino, restore_requested_ns=now_ns(), restore_ready_ns=None)
+            return self.restore_state(ino)
         latency = self.backend(obj.tier).restore_latency_s * (0.1 if expedited else 1.0)
         t = now_ns()
         self.catalog.update_object(ino, restore_requested_ns=t, restore_ready_ns=t + int(latency * 1e9))
@@ -155,10 +167,26 @@ class Tiering(ObjectStore):
         cached = self.catalog.cache_entry(ino)
         if cached is not None and cached[0]:
             return RestoreState("cached")
+        backend = self.backend(obj.tier)
+        if backend.store_restores and obj.key is not None:
+            return self._store_restore_state(ino, backend, obj.key, obj.restore_ready_ns)
         if obj.restore_ready_ns is None:
             return RestoreState("none")
         left = (obj.restore_ready_ns - now_ns()) / 1e9
         return RestoreState("pending", left) if left > 0 else RestoreState("ready")
+
+    def _store_restore_state(self, ino: int, backend: Backend, key: str, ready_ns: int | None) -> RestoreState:
+        """Restore state from the store (HEAD); a restore seen ready is trusted for
+        :data:`STORE_READY_TRUST_S` (S3 keeps a restored copy ``Days`` = 1 day by default)."""
+        if ready_ns is not None and now_ns() - ready_ns < STORE_READY_TRUST_S * 1e9:
+            return RestoreState("ready")
+        status = backend.restore_status(key)
+        if status.state in ("ready", "not-needed"):
+            self.catalog.update_object(ino, restore_ready_ns=now_ns())
+            return RestoreState("ready")
+        if status.state == "pending":
+            return RestoreState("pending", STORE_POLL_S)
+        return RestoreState("none")
 
     def tier_stats(self, bucket: str | None = None) -> dict[str, tuple[int, int]]:
         """Files and bytes per tier: ``{tier: (files, bytes)}``, optionally for one bucket."""
