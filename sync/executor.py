@@ -1,0 +1,296 @@
+"""Carrying out a plan: parallel transfers, the journal committed per file, crash safety.
+
+Phases run in the order of :mod:`sync.plan`. File copies go through
+:func:`pool.transfers.copy_file` (temporary name + rename, read-back verification, retries with
+backoff, bandwidth limit) on ``options.transfers`` worker threads; the journal is written only by
+the calling thread, one row per finished file.
+
+Before changing a destination the executor re-stats it: if it is no longer what the scan saw, a
+user changed it during the run and the action is skipped (the next run sees both changes). After a
+copy it re-stats the source: if the source changed meanwhile, the journal records the source state
+as scanned, so the next run sees the change and carries it. A run killed at any point leaves every
+journal row true for what both sides hold, so the rerun converges: a copy done but not committed
+looks like "both changed identically" (no conflict), a delete done but not committed like "deleted
+on both sides".
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+
+from pool.errors import AuthError, DarkstorageError
+from pool.transferlog import TransferLog
+from pool.transfers import TransferOptions, copy_file
+
+from .journal import Journal
+from .model import DIR, FILE, LINK, Entry
+from .options import SyncOptions
+from .plan import Chmod, Copy, Delete, Mkdir, Move, Plan
+from .sides import Side
+
+log = logging.getLogger(__name__)
+
+RECORD_BATCH = 1000
+
+
+@dataclass
+class RunResult:
+    """What a run did.
+
+    Attributes:
+        copied, copied_bytes, moved, deleted, mkdirs, rmdirs, chmods: counts (bytes in bytes).
+        conflicts: conflicts resolved.
+        changed_during_run: rels skipped or left for the next run because they changed meanwhile.
+        failures: ``(rel, one-line error)`` of actions that failed.
+    """
+
+    copied: int = 0
+    copied_bytes: int = 0
+    moved: int = 0
+    deleted: int = 0
+    mkdirs: int = 0
+    rmdirs: int = 0
+    chmods: int = 0
+    conflicts: int = 0
+    changed_during_run: list[str] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "copied": self.copied,
+            "copied_bytes": self.copied_bytes,
+            "moved": self.moved,
+            "deleted": self.deleted,
+            "mkdirs": self.mkdirs,
+            "rmdirs": self.rmdirs,
+            "chmods": self.chmods,
+            "conflicts": self.conflicts,
+            "changed_during_run": self.changed_during_run,
+            "failures": [{"path": p, "error": e} for p, e in self.failures],
+        }
+
+
+def same_state(side: Side, now: Entry | None, then: Entry | None) -> bool:
+    """Whether *now* (a fresh stat) is still what the scan saw (*then*), at the side's precision."""
+    if now is None or then is None:
+        return now is None and then is None
+    if now.kind != then.kind:
+        return False
+    if now.kind == DIR:
+        return True
+    if now.kind == LINK:
+        return now.target == then.target
+    if now.size != then.size:
+        return False
+    if now.etag and then.etag:
+        return now.etag == then.etag
+    return abs(now.mtime_ns - then.mtime_ns) < max(side.mtime_precision_ns, 1)
+
+
+class Executor:
+    """Runs plans for one pair.
+
+    Args:
+        sides: ``{1: Side, 2: Side}``.
+        journal: the pair's journal (written from the calling thread only).
+        options: the pair's options (transfers, bandwidth limit).
+        transfer_log: where copies are recorded (None: not recorded).
+        progress: called with ``(files_done_delta, bytes_done_delta)`` as work finishes.
+    """
+
+    def __init__(
+        self,
+        sides: dict[int, Side],
+        journal: Journal,
+        options: SyncOptions,
+        *,
+        transfer_log: TransferLog | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.sides = sides
+        self.journal = journal
+        self.options = options
+        self.tlog = transfer_log
+        self.progress = progress or (lambda files, nbytes: None)
+        self.topts = TransferOptions(transfers=options.transfers, bwlimit_bytes_per_s=options.bwlimit_bytes_per_s)
+        self.result = RunResult()
+
+    def _put(self, key: str, side_n: int, e_side: Entry, e_other: Entry, digest: str | None) -> None:
+        e1, e2 = (e_side, e_other) if side_n == 1 else (e_other, e_side)
+        self.journal.put(key, e1, e2, digest)
+
+    def _fail(self, rel: str, e: BaseException) -> None:
+        msg = str(e) or type(e).__name__
+        log.warning("%s: %s", rel, msg)
+        self.result.failures.append((rel, msg))
+
+    def _changed(self, rel: str) -> None:
+        log.info("%s changed during the run: left for the next run", rel)
+        self.result.changed_during_run.append(rel)
+
+    def run(self, plan: Plan) -> RunResult:
+        """Carry out *plan*. Failures are collected in the result, never raised, except
+        :class:`pool.errors.AuthError` (nothing more can work)."""
+        self._journal_only(plan)
+        for m in plan.moves:
+            self._move(m)
+        for d in plan.mkdirs:
+            self._mkdir(d)
+        self._parallel(plan.copies, self._copy_work, self._copy_commit)
+        for c in plan.chmods:
+            self._chmod(c)
+        self._parallel(plan.deletes, self._delete_work, self._delete_commit)
+        for r in plan.rmdirs:
+            try:
+                if self.sides[r.side].rmdir(r.entry.rel):
+                    self.journal.remove(r.key)
+                    self.result.rmdirs += 1
+            except OSError as e:
+                self._fail(r.entry.rel, e)
+        self.result.conflicts = len(plan.conflicts)
+        return self.result
+
+    def _journal_only(self, plan: Plan) -> None:
+        db = self.journal.db
+        for i in range(0, len(plan.records), RECORD_BATCH):
+            db.execute("BEGIN")
+            for r in plan.records[i : i + RECORD_BATCH]:
+                self.journal.put(r.key, r.e1, r.e2, r.hash)
+            db.execute("COMMIT")
+        db.execute("BEGIN")
+        for f in plan.forgets:
+            self.journal.remove(f.key)
+        db.execute("COMMIT")
+
+    def _move(self, m: Move) -> None:
+        side = self.sides[m.side]
+        if not same_state(side, side.stat(m.entry.rel), m.entry):
+            self._changed(m.entry.rel)
+            return
+        try:
+            side.move(m.entry.rel, m.new_rel)
+        except (OSError, DarkstorageError) as e:
+            if isinstance(e, AuthError):
+                raise
+            self._fail(m.entry.rel, e)
+            return
+        if m.reason == "conflict":
+            self.journal.remove(m.old_key)
+            return
+        after = side.stat(m.new_rel) or m.entry.with_rel(m.new_rel)
+        if m.old_key != m.new_key:
+            self.journal.remove(m.old_key)
+        assert m.other is not None
+        self._put(m.new_key, m.side, after, m.other, m.hash)
+        self.result.moved += 1
+
+    def _mkdir(self, d: Mkdir) -> None:
+        side = self.sides[d.dst]
+        try:
+            now = side.stat(d.dst_rel)
+            if now is not None and now.kind != DIR:
+                if not same_state(side, now, d.dst_before):
+                    self._changed(d.dst_rel)
+                    return
+                side.delete(d.dst_rel)
+            side.makedirs(d.dst_rel, d.src_entry.mode if self.sides[3 - d.dst].has_modes else None)
+        except OSError as e:
+            self._fail(d.dst_rel, e)
+            return
+        after = side.stat(d.dst_rel) or Entry(d.dst_rel, DIR)
+        self._put(d.key, 3 - d.dst, d.src_entry, after, None)
+        self.result.mkdirs += 1
+        self.progress(1, 0)
+
+    def _chmod(self, c: Chmod) -> None:
+        try:
+            self.sides[c.side].chmod(c.rel, c.mode)
+        except OSError as e:
+            self._fail(c.rel, e)
+            return
+        self.journal.put(c.key, c.e1, c.e2, c.hash)
+        self.result.chmods += 1
+
+    # -- parallel phases ----------------------------------------------------------------------
+
+    def _parallel(self, items: list, work: Callable, commit: Callable) -> None:  # type: ignore[type-arg]
+        if not items:
+            return
+        auth: list[AuthError] = []
+        with ThreadPoolExecutor(max_workers=self.options.transfers, thread_name_prefix="sync") as ex:
+            futures: dict[Future[object], object] = {ex.submit(work, it): it for it in items}
+            for fut in as_completed(futures):
+                it = futures[fut]
+                try:
+                    outcome = fut.result()
+                except AuthError as e:
+                    auth.append(e)
+                    for f in futures:
+                        f.cancel()
+                    continue
+                except (OSError, DarkstorageError) as e:
+                    self._fail(getattr(it, "dst_rel", None) or it.entry.rel, e)  # type: ignore[attr-defined]
+                    continue
+                commit(it, outcome)
+        if auth:
+            raise auth[0]
+
+    def _copy_work(self, c: Copy) -> tuple[str, Entry | None, str | None]:
+        """In a worker: pre-check, copy, post-check. Returns ``(status, dst entry, digest)``."""
+        src, dst = self.sides[c.src], self.sides[c.dst]
+        now = dst.stat(c.dst_rel)
+        if not same_state(dst, now, c.dst_before):
+            return "dst-changed", None, None
+        e = c.src_entry
+        if now is not None and now.kind != e.kind:
+            if now.kind == DIR:
+                if not dst.rmdir(c.dst_rel):
+                    return "dst-changed", None, None
+            else:
+                dst.delete(c.dst_rel)
+        digest: str | None
+        if e.kind == LINK:
+            assert e.target is not None
+            dst.symlink(c.dst_rel, e.target)
+            digest = c.hash
+        else:
+            rec = copy_file(src.location, e.rel, dst.location, c.dst_rel, options=self.topts, log=self.tlog)  # type: ignore[arg-type]
+            digest = rec.xxh3_128
+        after = dst.stat(c.dst_rel)
+        if c.verify_source and not same_state(src, src.stat(e.rel), e):
+            return "src-changed", after, digest
+        return "ok", after, digest
+
+    def _copy_commit(self, c: Copy, outcome: tuple[str, Entry | None, str | None]) -> None:
+        status, after, digest = outcome
+        if status == "dst-changed":
+            self._changed(c.dst_rel)
+            return
+        if after is None:
+            self._changed(c.dst_rel)
+            return
+        if status == "src-changed":
+            # the journal keeps the source as scanned: the next run sees it changed and copies again
+            self._changed(c.src_entry.rel)
+        self._put(c.key, c.src, c.src_entry.with_hash(digest), after, digest)
+        self.result.copied += 1
+        self.result.copied_bytes += c.size if c.src_entry.kind == FILE else 0
+        self.progress(1, c.size)
+
+    def _delete_work(self, d: Delete) -> str:
+        side = self.sides[d.side]
+        if not same_state(side, side.stat(d.entry.rel), d.entry):
+            return "changed"
+        side.delete(d.entry.rel)
+        return "ok"
+
+    def _delete_commit(self, d: Delete, outcome: str) -> None:
+        if outcome == "changed":
+            self._changed(d.entry.rel)
+            return
+        self.journal.remove(d.key)
+        self.result.deleted += 1
+        self.progress(1, 0)

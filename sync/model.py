@@ -1,0 +1,58 @@
+"""Plain data shared by the scanner, journal, planner and executor.
+
+Paths inside a root (``rel``) are ``/``-separated and relative, spelled exactly as that side spells
+them. Sides are numbered 1 (the first root, ``path1``) and 2 (``path2``). Two spellings name the
+same file when their **key** is equal: the Unicode NFC form (UAX #15), case-folded as well when
+either side is case-insensitive (:func:`key_of`).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass, replace
+
+FILE, DIR, LINK = "file", "dir", "link"
+TEMP_PREFIX = ".dsync-tmp-"  #: temporary names of transfers in progress (never synced)
+
+
+def key_of(rel: str, *, fold_case: bool) -> str:
+    """The matching key of *rel*: NFC (UAX #15 canonical composition), case-folded if asked."""
+    k = unicodedata.normalize("NFC", rel)
+    return k.casefold() if fold_case else k
+
+
+def parent_of(rel: str) -> str:
+    """``a/b/c`` → ``a/b``; a top-level name → ``""``."""
+    i = rel.rfind("/")
+    return rel[:i] if i >= 0 else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One file, directory or symlink as a side shows it now (or did at the last sync).
+
+    Attributes:
+        rel: path relative to the root, as this side spells it.
+        kind: ``"file"``, ``"dir"`` or ``"link"``.
+        size: bytes (0 for directories, the target's length for links).
+        mtime_ns: modification time in ns since the epoch, at the side's precision.
+        mode: permission bits (``0o7777`` part) where the side has them, else None.
+        hash: XXH3-128 hex digest of the content (of the target for links) when known.
+        etag: remote ETag / version id where the store has one, else None.
+        target: symlink target (links only).
+    """
+
+    rel: str
+    kind: str
+    size: int = 0
+    mtime_ns: int = 0
+    mode: int | None = None
+    hash: str | None = None
+    etag: str | None = None
+    target: str | None = None
+
+    def with_hash(self, digest: str | None) -> Entry:
+        return replace(self, hash=digest)
+
+    def with_rel(self, rel: str) -> Entry:
+        return replace(self, rel=rel)

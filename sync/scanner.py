@@ -1,0 +1,204 @@
+"""Scanning a root: every file, directory and symlink below it, with size, mtime and mode.
+
+Local roots are walked with :func:`os.scandir` (one ``lstat`` per entry, links never followed);
+other roots are listed with the fsspec filesystem's ``find(withdirs=True, detail=True)``.
+Filters use gitignore syntax (pathspec's ``GitIgnoreSpec``, as ``git`` matches ``.gitignore``
+lines: https://git-scm.com/docs/gitignore). Names starting with :data:`sync.model.TEMP_PREFIX`
+(transfers in progress) are never listed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import stat
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pathspec
+
+from pool.errors import UsageError
+from pool.transfers import PARTIAL_MARK, TMP_MARK
+
+from .model import DIR, FILE, LINK, TEMP_PREFIX, Entry
+
+log = logging.getLogger(__name__)
+
+
+def is_temp_name(name: str) -> bool:
+    """Names of transfers in progress (ours and :mod:`pool.transfers`'s): never synced."""
+    return name.startswith(TEMP_PREFIX) or PARTIAL_MARK in name or TMP_MARK in name
+
+
+class Filters:
+    """Include/exclude rules in gitignore syntax: a path matching a rule is excluded, ``!rule``
+    re-includes it (later rules win).
+
+    Args:
+        lines: gitignore-syntax lines (``--exclude`` values and ``--filter-from`` file lines).
+    """
+
+    def __init__(self, lines: Iterable[str] = ()) -> None:
+        self.lines = [ln for ln in (s.rstrip("\n") for s in lines) if ln.strip() and not ln.lstrip().startswith("#")]
+        self._spec = pathspec.GitIgnoreSpec.from_lines(self.lines) if self.lines else None
+
+    @classmethod
+    def from_options(cls, excludes: Iterable[str] = (), filter_files: Iterable[str] = ()) -> Filters:
+        """Rules from ``--exclude PATTERN`` values followed by the lines of ``--filter-from`` files.
+
+        Raises:
+            UsageError: a filter file cannot be read.
+        """
+        lines = list(excludes)
+        for f in filter_files:
+            try:
+                lines += Path(f).expanduser().read_text().splitlines()
+            except OSError as e:
+                raise UsageError(f"cannot read filter file {f}: {e.strerror}") from None
+        return cls(lines)
+
+    def excluded(self, rel: str, *, is_dir: bool = False) -> bool:
+        if self._spec is None:
+            return False
+        return self._spec.match_file(rel + "/" if is_dir else rel)
+
+
+def scan_local(root: str, filters: Filters | None = None) -> dict[str, Entry]:
+    """Every entry below local directory *root*, keyed by ``rel``.
+
+    Symlinks are listed as links (target read with ``readlink``), never followed; sockets, FIFOs
+    and device nodes are skipped. An excluded directory is not descended into.
+
+    Raises:
+        FileNotFoundError: *root* does not exist.
+    """
+    out: dict[str, Entry] = {}
+    stack = [""]
+    use_filters = filters is not None and filters.lines
+    while stack:
+        d = stack.pop()
+        try:
+            it = os.scandir(os.path.join(root, d) if d else root)
+        except (FileNotFoundError, NotADirectoryError):
+            if not d:
+                raise
+            continue  # removed while scanning: the next run sees it
+        with it:
+            for de in it:
+                name = de.name
+                if is_temp_name(name):
+                    continue
+                rel = f"{d}/{name}" if d else name
+                try:
+                    st = de.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                m = st.st_mode
+                if stat.S_ISREG(m):
+                    if use_filters and filters.excluded(rel):  # type: ignore[union-attr]
+                        continue
+                    out[rel] = Entry(rel, FILE, st.st_size, st.st_mtime_ns, stat.S_IMODE(m))
+                elif stat.S_ISDIR(m):
+                    if use_filters and filters.excluded(rel, is_dir=True):  # type: ignore[union-attr]
+                        continue
+                    out[rel] = Entry(rel, DIR, 0, st.st_mtime_ns, stat.S_IMODE(m))
+                    stack.append(rel)
+                elif stat.S_ISLNK(m):
+                    if use_filters and filters.excluded(rel):  # type: ignore[union-attr]
+                        continue
+                    try:
+                        target = os.readlink(de.path)
+                    except OSError:
+                        continue
+                    out[rel] = Entry(rel, LINK, len(target), st.st_mtime_ns, None, target=target)
+                else:
+                    log.info("skipping %s: not a file, directory or symlink", de.path)
+    return out
+
+
+def mtime_ns_of(info: dict[str, Any]) -> int:
+    """Modification time in ns of an fsspec ``info`` dict (``mtime_ns``, ``mtime``, ``LastModified``...)."""
+    if isinstance(info.get("mtime_ns"), int):
+        return int(info["mtime_ns"])
+    for k in ("mtime", "LastModified", "last_modified", "updated", "modified", "created"):
+        v = info.get(k)
+        if v is None:
+            continue
+        if isinstance(v, dt.datetime):
+            if v.tzinfo is None:
+                v = v.replace(tzinfo=dt.UTC)
+            return int(v.timestamp()) * 1_000_000_000 + v.microsecond * 1000
+        if isinstance(v, (int, float)):
+            return int(round(float(v) * 1e9)) if v < 1e12 else int(v)
+        if isinstance(v, str):
+            try:
+                return mtime_ns_of({"mtime": dt.datetime.fromisoformat(v.replace("Z", "+00:00"))})
+            except ValueError:
+                continue
+    return 0
+
+
+def etag_of(info: dict[str, Any]) -> str | None:
+    """The remote version id or ETag of an fsspec ``info`` dict, if the store gives one."""
+    for k in ("VersionId", "version_id", "ETag", "etag", "md5Hash"):
+        v = info.get(k)
+        if v:
+            return str(v).strip('"')
+    return None
+
+
+def entry_from_info(rel: str, info: dict[str, Any], *, with_modes: bool) -> Entry | None:
+    """An :class:`Entry` from an fsspec ``info`` dict, or None for other kinds (sockets, ...)."""
+    t = info.get("type")
+    perms = info.get("permissions", info.get("mode"))
+    mode = stat.S_IMODE(int(perms)) if with_modes and isinstance(perms, int) else None
+    if t == "directory":
+        return Entry(rel, DIR, 0, mtime_ns_of(info), mode)
+    if t == "link" or info.get("islink"):
+        target = str(info.get("destination") or "")
+        return Entry(rel, LINK, len(target), mtime_ns_of(info), None, target=target) if target else None
+    if t == "file":
+        return Entry(rel, FILE, int(info.get("size") or 0), mtime_ns_of(info), mode, etag=etag_of(info))
+    return None
+
+
+def scan_fs(
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    filters: Filters | None = None,
+    *,
+    with_dirs: bool = True,
+    with_modes: bool = False,
+) -> dict[str, Entry]:
+    """Every entry below *root* of fsspec filesystem *fs*, keyed by ``rel``.
+
+    Object stores have no real directories: pass ``with_dirs=False`` there (prefixes are implied).
+
+    Raises:
+        FileNotFoundError: *root* does not exist (stores where a prefix always exists return {}).
+    """
+    found = fs.find(root, withdirs=True, detail=True)
+    base = root.rstrip("/") + "/"
+    out: dict[str, Entry] = {}
+    for name, info in found.items():
+        name = name.rstrip("/")
+        if not name.startswith(base):
+            continue
+        rel = name[len(base) :]
+        parts = rel.split("/")
+        if not rel or any(is_temp_name(p) for p in parts):
+            continue
+        e = entry_from_info(rel, info, with_modes=with_modes)
+        if e is None or (e.kind == DIR and not with_dirs):
+            continue
+        if filters is not None and filters.lines:
+            # an excluded directory excludes everything below it (gitignore semantics)
+            if filters.excluded(rel, is_dir=e.kind == DIR) or any(
+                filters.excluded("/".join(parts[:i]), is_dir=True) for i in range(1, len(parts))
+            ):
+                continue
+        out[rel] = e
+    return out
