@@ -178,7 +178,7 @@ def resolve_location(spec: str, *, destination: bool = False, home: Path | None 
     if not text:
         raise UsageError("empty location: give a bucket path, a local folder or integration:NAME/path")
     if text.startswith(INTEGRATION_PREFIX):
-        rest = text[len(INTEGRATION_PREFIX) :].lstrip("/")
+        rest = text[len(INTEGRATION_PREFIX) :]
         name, _, rel = rest.partition("/")
         if not name or not _NAME_RE.match(name):
             raise UsageError(f"bad integration path {mask_secrets(spec)!r}: expected integration:NAME/path")

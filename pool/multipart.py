@@ -84,9 +84,13 @@ def multipart_upload(
     tlog: TransferLog | None,
     take: Callable[[int], None],
     progress: Callable[[int], None] | None = None,
+    counters: Any = None,
 ) -> MultipartResult:
     """Upload the open source file *src* (read sequentially from 0) to S3 *path* in parts,
     continuing an upload the transfer log kept for *path* from the same *source_id*.
+
+    *counters*, when given, has ``parts_sent`` and ``resumed_bytes`` attributes that are
+    increased as each part is sent or found already stored (so a failed attempt still counts).
 
     Raises:
         IntegrityError: the completed object's ETag is not the one its parts give.
@@ -135,6 +139,8 @@ def multipart_upload(
         prior = done.get(number)
         if prior is not None and prior.md5 == md5 and prior.size_bytes == len(data):
             resumed += len(data)
+            if counters is not None:
+                counters.resumed_bytes += len(data)
             etags.append({"PartNumber": number, "ETag": prior.etag})
             if progress is not None:
                 progress(len(data))
@@ -146,6 +152,8 @@ def multipart_upload(
                 tlog.multipart_part_done(upload_id, Part(number, etag, len(data), md5))
             etags.append({"PartNumber": number, "ETag": etag})
             sent += 1
+            if counters is not None:
+                counters.parts_sent += 1
             if progress is not None:
                 progress(len(data))
         if len(data) < part_size_bytes:

@@ -31,7 +31,7 @@ from typing import Any
 import tenacity
 import xxhash
 
-from .errors import AuthError, DarkstorageError, IntegrityError, TransferError, UsageError
+from .errors import AuthError, DarkstorageError, IntegrityError, NotFoundError, TransferError, UsageError
 from .fsattrs import FileAttrs, apply_attrs, fs_kind, renames_cheaply, s3_metadata, source_attrs, write_kwargs
 from .hashing import CHUNK_BYTES, hash_stream, new_hasher
 from .locations import Location, mask_secrets
@@ -405,12 +405,12 @@ def plan_tree(src: Location, dst: Location) -> list[tuple[str, str, int]]:
     ``rclone copy`` does); a folder copies its contents, recursively.
 
     Raises:
-        TransferError: the source does not exist or cannot be listed.
+        NotFoundError: the source does not exist. TransferError: it cannot be listed.
     """
     try:
         info = src.fs.info(src.root)
     except FileNotFoundError:
-        raise TransferError(f"{src.display}: no such file or folder") from None
+        raise NotFoundError(f"{src.display}: no such file or folder") from None
     except OSError as e:
         if is_auth_error(e):
             raise AuthError(f"{src.display}: {_one_line(e)}") from None
