@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 MOUNT ?= $(if $(DARKSTORAGE_MOUNT),$(DARKSTORAGE_MOUNT),./mnt)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_RUN := fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc
-APT_TEST := git sqlite3
+APT_TEST := git sqlite3 openssh-server
+NPM_DIR := .cache/npm
 
 .PHONY: install run test test-deps lint typecheck bench clean
 
@@ -30,7 +31,14 @@ run: install
 	mkdir -p $(MOUNT)
 	$(BIN)/darkstorage mount $(MOUNT) --foreground
 
-$(VENV)/.test-deps: pyproject.toml $(BIN)/darkstorage
+# Azurite (the Azure Blob emulator the tests start) from npm, into a project-local folder.
+$(NPM_DIR)/.azurite:
+	@command -v npm >/dev/null || { echo "installing: nodejs npm"; $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm >/dev/null; }
+	npm install --prefix $(NPM_DIR) --no-audit --no-fund --loglevel=error 'azurite@^3.35'
+	touch $@
+
+$(VENV)/.test-deps: pyproject.toml $(BIN)/darkstorage $(NPM_DIR)/.azurite
 	$(call apt_install,$(APT_TEST))
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@

@@ -1,0 +1,43 @@
+"""Real storage servers for the tests, started on 127.0.0.1 on free ports (pytest plugin, loaded by
+``pytest_plugins = ["tests.servers.fixtures"]`` in tests/conftest.py).
+
+Usage note for test authors
+---------------------------
+Session-scoped fixtures, each yielding a ``StoreServer`` (tests/servers/base.py):
+
+=================  =====================================  ========  ==========================
+fixture            server                                 protocol  ``fresh_root()`` returns
+=================  =====================================  ========  ==========================
+``s3_server``      SeaweedFS ``weed server -s3``          s3        ``"bucket"``
+``moto_server``    moto (storage classes, RestoreObject)  s3        ``"bucket"``
+``azure_server``   Azurite blob (devstoreaccount1)        abfs      ``"container"``
+``gcs_server``     fake-gcs-server (no auth checks)       gcs       ``"bucket"``
+``sftp_server``    OpenSSH sshd, key login                sftp      ``"/abs/local/path"``
+``ftp_server``     pyftpdlib                              ftp       ``"/name"``
+``ftps_server``    pyftpdlib, AUTH TLS, self-signed       ftp       ``"/name"``
+``webdav_server``  WsgiDAV on cheroot, basic auth         webdav    ``"name"``
+=================  =====================================  ========  ==========================
+
+Every server object has:
+
+- ``host``, ``port``, ``endpoint`` (URL for HTTP stores, ``host:port`` otherwise), ``user``,
+  ``secret`` (valid credentials), ``wrong_secret`` (rejected); ``checks_credentials`` is False only
+  for fake-gcs-server. sshd logs in ``user`` with the key file ``client_key``; ``wrong_key`` is refused.
+- ``fresh_root()``: a new empty bucket / container / folder per call, returned as a path in the
+  filesystem; write files under ``f"{root}/..."``.
+- ``filesystem(wrong=False)`` and ``fsspec_kwargs(wrong=False)``: a new fsspec filesystem
+  (``skip_instance_cache=True``) with short connect timeouts and few retries.
+- ``stop(kill=False)`` / ``start()`` / ``restart()``: same port, same data (moto excepted: it is in
+  memory, comes back empty with new keys in ``user``/``secret``). Use ``stop(kill=True)`` to crash it
+  mid-transfer. A test that stops a session server must ``start()`` it again before it ends.
+- ``log_path`` / ``log_tail()``: the server log, appended to the report of any failed test using it.
+- Extras: S3 ``boto3_client()`` and ``region``; Azure ``connection_string(wrong=False)`` and
+  ``blob_service()``; folder servers (sftp/ftp/webdav) ``files`` (exported dir) and ``local_path(root)``.
+
+``SERVER_FIXTURES`` in ``tests.servers.fixtures`` names them all, for suites parametrized over every
+server (``request.getfixturevalue(name)``). Mark such tests ``@pytest.mark.server``.
+"""
+
+from tests.servers.cloud import disable_gcsfs_zonal_probe
+
+disable_gcsfs_zonal_probe()
