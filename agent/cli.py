@@ -149,6 +149,10 @@ main.add_command(transfers_cmd)
 from .integrations_cmd import integrations  # noqa: E402
 
 main.add_command(integrations)
+from .sync_cmd import replicate, sync  # noqa: E402
+
+main.add_command(sync)
+main.add_command(replicate)
 
 
 def run() -> None:
