@@ -185,21 +185,12 @@ def _copy_stream(
             if progress is not None:
                 progress(done)
     try:
-        with src.fs.open(src_path, "rb") as fin:
-            if done:
-                fin.seek(done)
-            mode = "ab" if done else "wb"
-            with fs.open(target, mode, **(write_kwargs(fs, attrs) if mode == "wb" else {})) as fout:
-                while data := fin.read(chunk):
-                    take(len(data))
-                    h.update(data)
-                    fout.write(data)
-                    done += len(data)
-                    if progress is not None:
-                        progress(len(data))
-                if resumable:
-                    fout.flush()
-                    os.fsync(fout.fileno())
+        if size == 0 and kind == "s3":  # s3fs writes an empty object without its metadata
+            fs.pipe_file(target, b"", **write_kwargs(fs, attrs))
+        else:
+            done = _stream(
+                src, src_path, fs, target, done, write_kwargs(fs, attrs), take, chunk, h, progress, fsync=resumable
+            )
         if done != size:
             raise IntegrityError(
                 f"{dst_path}: read {done} bytes from a {size}-byte source (it changed during the copy)"
@@ -216,6 +207,40 @@ def _copy_stream(
         if not resumable:
             _discard(fs, target, dst_path)
         raise
+
+
+def _stream(
+    src: Location,
+    src_path: str,
+    fs: Any,
+    target: str,
+    done: int,
+    kwargs: dict[str, Any],
+    take: Callable[[int], None],
+    chunk: int,
+    h: Any,
+    progress: Progress | None,
+    *,
+    fsync: bool,
+) -> int:
+    """Copy the source from byte *done* on to *target* (appending when *done* > 0), hashing
+    into *h*. Returns the bytes now in *target*."""
+    with src.fs.open(src_path, "rb") as fin:
+        if done:
+            fin.seek(done)
+        mode = "ab" if done else "wb"
+        with fs.open(target, mode, **(kwargs if mode == "wb" else {})) as fout:
+            while data := fin.read(chunk):
+                take(len(data))
+                h.update(data)
+                fout.write(data)
+                done += len(data)
+                if progress is not None:
+                    progress(len(data))
+            if fsync:
+                fout.flush()
+                os.fsync(fout.fileno())
+    return done
 
 
 def _hash_prefix(f: Any, h: Any, n: int) -> tuple[str, int]:
