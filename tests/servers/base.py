@@ -123,6 +123,12 @@ class StoreServer:
         """One readiness probe: True once the server serves requests."""
         return port_open(self.port, self.host)
 
+    def settle(self) -> None:
+        """Wait until everything acknowledged so far would survive ``stop(kill=True)``.
+
+        A no-op for servers that write through to disk; Azurite saves its metadata every 5 s.
+        """
+
     def after_start(self) -> None:
         """Work to do once the server answers (for example creating users)."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ NPM_BIN = ROOT / ".cache" / "npm" / "node_modules" / ".bin"
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 """The well-known development account and key every Azurite accepts (Microsoft's Azurite docs)."""
+AUTOSAVE_S = 5.0
+"""Azurite's LokiJS metadata autosave interval (LokiBlobMetadataStore)."""
 
 
 @dataclass
@@ -61,6 +64,17 @@ class AzuriteServer(StoreServer):
             "--location", str(self.workdir / "data"),
             "--skipApiVersionCheck", "--loose", "--disableTelemetry",
         ]  # fmt: skip
+
+    def settle(self) -> None:
+        # Azurite keeps blob metadata in LokiJS, saved to __azurite_db_blob*.json every 5 s
+        # (autosaveInterval) and on a clean stop; a SIGKILL loses what changed since the last save.
+        start = time.time()
+        deadline = time.monotonic() + AUTOSAVE_S + 1
+        dbs = [self.workdir / "data" / n for n in ("__azurite_db_blob__.json", "__azurite_db_blob_extent__.json")]
+        while time.monotonic() < deadline:
+            if all(p.exists() and p.stat().st_mtime > start for p in dbs):
+                return
+            time.sleep(0.05)
 
     def ready(self) -> bool:
         # Unsigned listing: 403 once the service is up.
