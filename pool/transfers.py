@@ -225,7 +225,7 @@ def _stream(
 ) -> int:
     """Copy the source from byte *done* on to *target* (appending when *done* > 0), hashing
     into *h*. Returns the bytes now in *target*."""
-    with src.fs.open(src_path, "rb") as fin:
+    with src.fs.open(src_path, "rb", block_size=CHUNK_BYTES) as fin:  # ranged reads of 1 MiB
         if done:
             fin.seek(done)
         mode = "ab" if done else "wb"
@@ -286,9 +286,8 @@ def _copy_multipart(
             tlog=tlog,
             take=take,
             progress=progress,
+            counters=state,
         )
-    state.parts_sent += res.parts_sent
-    state.resumed_bytes += res.resumed_bytes
     state.digest, state.size = res.xxh3_128, res.size
     if options.checksum:
         _check(dst_path, _read_back(dst, dst_path), (res.xxh3_128, res.size))
