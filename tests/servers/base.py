@@ -3,6 +3,7 @@ by polling, stop/start on the same port and data, and the dataclass the fixtures
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import os
@@ -30,6 +31,16 @@ LOG_TAIL_BYTES = 6000
 CONNECT_TIMEOUT_S = 5.0
 """Client connect timeout used by ``fsspec_kwargs``: loopback answers at once or never."""
 READ_TIMEOUT_S = 30.0
+
+
+_LIVE: set[StoreServer] = set()
+"""Servers started and not stopped yet; stopped at interpreter exit if a fixture teardown never ran."""
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    for server in list(_LIVE):
+        server.stop(kill=True)
 
 
 class ServerStartError(RuntimeError):
@@ -79,7 +90,7 @@ def http_status(url: str, timeout_s: float = 2.0) -> int:
         return int(exc.code)
 
 
-@dataclass
+@dataclass(eq=False)
 class StoreServer:
     """A real storage server running on loopback for the tests.
 
@@ -195,6 +206,7 @@ class StoreServer:
                 env={**os.environ, **self.environment()},
                 start_new_session=True,
             )
+        _LIVE.add(self)
         self._wait(self.ready, "answer", timeout_s)
         self.after_start()
 
@@ -211,6 +223,7 @@ class StoreServer:
             if self.proc.poll() is not None:
                 code = self.proc.returncode
                 self.proc = None
+                _LIVE.discard(self)
                 raise ServerStartError(
                     f"{self.name} exited with {code} before it would {what}; log:\n{self.log_tail()}"
                 )
@@ -227,6 +240,7 @@ class StoreServer:
         The data directory is kept: ``start()`` brings the same server back on the same port.
         """
         proc, self.proc = self.proc, None
+        _LIVE.discard(self)
         if proc is None or proc.poll() is not None:
             return
         sig = signal.SIGKILL if kill else signal.SIGTERM

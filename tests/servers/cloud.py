@@ -24,7 +24,7 @@ AUTOSAVE_S = 5.0
 """Azurite's LokiJS metadata autosave interval (LokiBlobMetadataStore)."""
 
 
-@dataclass
+@dataclass(eq=False)
 class AzuriteServer(StoreServer):
     """``azurite-blob`` with on-disk persistence in ``workdir/data``; shared-key auth is checked, so
     a connection string with another key gets 403 (AuthorizationFailure)."""
@@ -105,7 +105,7 @@ def fake_gcs_binary() -> Path:
     return Path(_server._get_binary_path())
 
 
-@dataclass
+@dataclass(eq=False)
 class FakeGcsServer(StoreServer):
     """fake-gcs-server over HTTP with its filesystem backend in ``workdir/data``.
 

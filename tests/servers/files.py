@@ -70,7 +70,7 @@ def write_self_signed(cert_path: Path, key_path: Path, host: str) -> None:
     key_path.chmod(0o600)
 
 
-@dataclass
+@dataclass(eq=False)
 class FolderServer(StoreServer):
     """A server exporting the local folder ``workdir/files``; roots are made there directly."""
 
@@ -92,7 +92,7 @@ class FolderServer(StoreServer):
         return f"/{name}"
 
 
-@dataclass
+@dataclass(eq=False)
 class SftpServer(FolderServer):
     """OpenSSH ``sshd`` on a loopback port with a temporary host key, logging in the current user
     by public key (``client_key``; ``wrong_key`` is a key sshd does not know).
@@ -176,7 +176,7 @@ class SftpServer(FolderServer):
         return Path(root)
 
 
-@dataclass
+@dataclass(eq=False)
 class FtpServer(FolderServer):
     """pyftpdlib with one user over ``files``; ``tls=True`` makes it FTPS (explicit AUTH TLS) with a
     self-signed certificate (``cert_path``). Paths start at the FTP root: a root is ``/name``."""
@@ -217,7 +217,7 @@ class FtpServer(FolderServer):
         return kw
 
 
-@dataclass
+@dataclass(eq=False)
 class WebdavServer(FolderServer):
     """WsgiDAV on cheroot with one basic-auth user over ``files``; webdav4 paths are relative to
     ``endpoint``, so a root is ``name``."""

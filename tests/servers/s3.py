@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import tempfile
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from tests.servers.base import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, StoreServer, f
 REGION = "us-east-1"
 
 
-@dataclass
+@dataclass(eq=False)
 class S3Server(StoreServer):
     """Common part of the S3 servers: s3fs keyword arguments and bucket creation."""
 
@@ -64,7 +65,7 @@ class S3Server(StoreServer):
         return name
 
 
-@dataclass
+@dataclass(eq=False)
 class SeaweedS3Server(S3Server):
     """``weed server -s3`` (master, volume, filer and S3 gateway in one process) with one identity.
 
@@ -111,10 +112,18 @@ class SeaweedS3Server(S3Server):
             "-s3", f"-s3.port={s}", f"-s3.port.grpc={sg}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
             f"-s3.config={self.workdir / 's3.json'}",
+            f"-s3.localSocket={self.workdir / 's3.sock'}", f"-filer.localSocket={self.workdir / 'filer.sock'}",
             "-master.volumeSizeLimitMB=64", "-volume.max=32", "-volume.preStopSeconds=0",
             # A master resuming its raft state waits for an election it alone takes part in.
             "-master.electionTimeout=500ms",
         ]  # fmt: skip
+
+    def stop(self, *, kill: bool = False) -> None:
+        super().stop(kill=kill)
+        # The master and volume servers also listen on /tmp/seaweedfs-<role>-grpc-<port>.sock.
+        for port in self.ports:
+            for sock in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port}.sock"):
+                sock.unlink(missing_ok=True)
 
     def ready(self) -> bool:
         # The S3 port answers before a volume server has joined; a write needs both, so also
@@ -126,7 +135,7 @@ class SeaweedS3Server(S3Server):
         return any(rack.get("DataNodes") for dc in topo.get("DataCenters") or [] for rack in dc.get("Racks") or [])
 
 
-@dataclass
+@dataclass(eq=False)
 class MotoS3Server(S3Server):
     """``moto_server`` with IAM authentication switched on, so a wrong secret is rejected.
 
