@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,49 +15,17 @@ import pytest
 
 from pool.errors import AuthError
 from pool.locations import Location, local_location, resolve_location
-from pool.resilience import reset_breakers
 from pool.transferlog import TransferLog
 from pool.transfers import TransferOptions, copy_file, copy_tree
 from tests.conftest import Mount, cli, pattern
+from tests.unit import test_transfers as unit
 
 pytestmark = pytest.mark.server
 
+_fresh_breakers, tlog = unit._fresh_breakers, unit.tlog  # the unit tests' fixtures
+_tree, _same_tree = unit._tree, unit._same_tree
+
 RETRY = {"retries": 12, "backoff_initial_s": 0.2, "backoff_max_s": 2.0}
-
-
-@pytest.fixture(autouse=True)
-def _fresh_breakers() -> Iterator[None]:
-    reset_breakers()
-    yield
-    reset_breakers()
-
-
-@pytest.fixture
-def tlog(home: Path) -> Iterator[TransferLog]:
-    log = TransferLog(home)
-    yield log
-    log.close()
-
-
-def _tree(root: Path) -> None:
-    (root / "d" / "e").mkdir(parents=True)
-    (root / "a.txt").write_bytes(b"alpha\n")
-    (root / "d" / "b.bin").write_bytes(pattern(11, 200_000))
-    (root / "d" / "e" / "c.bin").write_bytes(b"")
-    os.chmod(root / "a.txt", 0o640)
-    os.chmod(root / "d" / "b.bin", 0o755)
-    os.utime(root / "a.txt", ns=(1_600_000_000_123_456_789,) * 2)
-    os.utime(root / "d" / "b.bin", ns=(1_500_000_000_000_000_001,) * 2)
-
-
-def _same_tree(a: Path, b: Path, *, mtime_unit_ns: int = 1) -> None:
-    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
-    for rel in files:
-        sa, sb = (a / rel).stat(), (b / rel).stat()
-        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
-        assert oct(sa.st_mode) == oct(sb.st_mode), rel
-        assert sa.st_mtime_ns // mtime_unit_ns == sb.st_mtime_ns // mtime_unit_ns, rel
 
 
 def _remote(server: Any, name: str) -> Location:
@@ -188,7 +156,7 @@ def test_cli_push_pull_and_log(home: Path, tmp_path: Path) -> None:
     res = cli("push", str(src), "--to", "b/x/", "--transfers", "2", "--bwlimit", "50M", "--json", home=home)
     assert len(json.loads(res.stdout)["copied"]) == 3
     res = cli("push", str(src), "--to", "b/x/", "--dry-run", "--json", home=home)
-    assert json.loads(res.stdout)["bytes"] == 200_006
+    assert json.loads(res.stdout)["bytes"] == 300_006
     cli("pull", "b/x", "--to", str(tmp_path / "out"), home=home)
     _same_tree(src, tmp_path / "out")
     res = cli("push", str(tmp_path / "nope"), "--to", "b/x/", home=home, check=False)
