@@ -42,52 +42,34 @@ def run_server(make: Callable[[Path], S], tmp: pytest.TempPathFactory, name: str
         server.stop()
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3Server]:
-    """SeaweedFS S3 gateway (real S3 semantics, access keys checked)."""
-    yield from run_server(lambda d: SeaweedS3Server(workdir=d), tmp_path_factory, "seaweedfs")
+def server_fixture(fixture_name: str, make: Callable[[Path], S], doc: str) -> Callable[..., Iterator[S]]:
+    """A session-scoped fixture *fixture_name* running the server *make* builds."""
+
+    def fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S]:
+        yield from run_server(make, tmp_path_factory, fixture_name.removesuffix("_server"))
+
+    fixture.__doc__ = doc
+    return pytest.fixture(scope="session", name=fixture_name)(fixture)
 
 
-@pytest.fixture(scope="session")
-def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3Server]:
-    """moto S3 (storage classes, RestoreObject) with IAM auth on; in memory: a restart empties it."""
-    yield from run_server(lambda d: MotoS3Server(workdir=d), tmp_path_factory, "moto")
-
-
-@pytest.fixture(scope="session")
-def azure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]:
-    """Azurite blob service, account devstoreaccount1."""
-    yield from run_server(lambda d: AzuriteServer(workdir=d), tmp_path_factory, "azurite")
-
-
-@pytest.fixture(scope="session")
-def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGcsServer]:
-    """fake-gcs-server (no credential checks)."""
-    yield from run_server(lambda d: FakeGcsServer(workdir=d), tmp_path_factory, "fake-gcs")
-
-
-@pytest.fixture(scope="session")
-def sftp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SftpServer]:
-    """OpenSSH sshd, public-key login as the current user."""
-    yield from run_server(lambda d: SftpServer(workdir=d), tmp_path_factory, "sshd")
-
-
-@pytest.fixture(scope="session")
-def ftp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FtpServer]:
-    """pyftpdlib, plain FTP, one user."""
-    yield from run_server(lambda d: FtpServer(workdir=d), tmp_path_factory, "ftpd")
-
-
-@pytest.fixture(scope="session")
-def ftps_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FtpServer]:
-    """pyftpdlib with explicit TLS (AUTH TLS) and a self-signed certificate."""
-    yield from run_server(lambda d: FtpServer(workdir=d, tls=True), tmp_path_factory, "ftpsd")
-
-
-@pytest.fixture(scope="session")
-def webdav_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebdavServer]:
-    """WsgiDAV, basic auth, one user."""
-    yield from run_server(lambda d: WebdavServer(workdir=d), tmp_path_factory, "wsgidav")
+s3_server = server_fixture(
+    "s3_server", lambda d: SeaweedS3Server(workdir=d), "SeaweedFS S3 gateway (real S3 semantics, access keys checked)."
+)
+moto_server = server_fixture(
+    "moto_server",
+    lambda d: MotoS3Server(workdir=d),
+    "moto S3 (storage classes, RestoreObject) with IAM auth on; in memory: a restart empties it.",
+)
+azure_server = server_fixture(
+    "azure_server", lambda d: AzuriteServer(workdir=d), "Azurite blob service, devstoreaccount1."
+)
+gcs_server = server_fixture("gcs_server", lambda d: FakeGcsServer(workdir=d), "fake-gcs-server (no credential checks).")
+sftp_server = server_fixture("sftp_server", lambda d: SftpServer(workdir=d), "OpenSSH sshd, key login as this user.")
+ftp_server = server_fixture("ftp_server", lambda d: FtpServer(workdir=d), "pyftpdlib, plain FTP, one user.")
+ftps_server = server_fixture(
+    "ftps_server", lambda d: FtpServer(workdir=d, tls=True), "pyftpdlib, explicit TLS (AUTH TLS), self-signed cert."
+)
+webdav_server = server_fixture("webdav_server", lambda d: WebdavServer(workdir=d), "WsgiDAV, basic auth, one user.")
 
 
 @pytest.hookimpl(hookwrapper=True)
