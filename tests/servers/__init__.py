@@ -30,9 +30,16 @@ Every server object has:
 - ``stop(kill=False)`` / ``start()`` / ``restart()``: same port, same data (moto excepted: it is in
   memory, comes back empty with new keys in ``user``/``secret``). Use ``stop(kill=True)`` to crash it
   mid-transfer. A test that stops a session server must ``start()`` it again before it ends.
+- ``settle()``: wait until what was acknowledged survives ``stop(kill=True)``; only Azurite needs it
+  (it saves its metadata every 5 s), a no-op elsewhere.
 - ``log_path`` / ``log_tail()``: the server log, appended to the report of any failed test using it.
 - Extras: S3 ``boto3_client()`` and ``region``; Azure ``connection_string(wrong=False)`` and
   ``blob_service()``; folder servers (sftp/ftp/webdav) ``files`` (exported dir) and ``local_path(root)``.
+
+Client quirks met while building these (fsspec backends, not the servers): fsspec's FTP does not
+create parent folders on write (``makedirs`` first); sshfs' ``cat_file`` ignores ``start``/``end`` (use
+``open`` + ``seek``); an S3 HEAD refused for a wrong key says only "Forbidden"; a wrong-key error is
+PermissionError (s3fs, sshfs), azure HttpResponseError 403, ftplib.error_perm 530, webdav4 HTTPError 401.
 
 ``SERVER_FIXTURES`` in ``tests.servers.fixtures`` names them all, for suites parametrized over every
 server (``request.getfixturevalue(name)``). Mark such tests ``@pytest.mark.server``.
