@@ -106,8 +106,13 @@ class Backend:
     """
 
     def __init__(
-        self, tier: str, url: str, options: dict[str, Any] | None = None,
-        *, restore_latency_s: float = 0.0, home: Path | None = None,
+        self,
+        tier: str,
+        url: str,
+        options: dict[str, Any] | None = None,
+        *,
+        restore_latency_s: float = 0.0,
+        home: Path | None = None,
     ) -> None:
         self.tier = tier
         self.url = url
@@ -119,7 +124,7 @@ class Backend:
         self._checked_s = 0.0
         self._reopen_lock = threading.Lock()
         if url.startswith(INTEGRATION_SCHEME):
-            name, _, sub = url[len(INTEGRATION_SCHEME):].partition("/")
+            name, _, sub = url[len(INTEGRATION_SCHEME) :].partition("/")
             self.integration, self._sub = name, sub.strip("/")
             self.storage_class = (options or {}).get("storage_class")
             self.local_root: Path | None = None
@@ -182,8 +187,9 @@ class Backend:
             if revision == self._opened[1]:
                 self._opened = (stamp, revision)
                 return False
-            log.info("tier %s: integration %s changed (revision %d): reconnecting",
-                     self.tier, self.integration, revision)
+            log.info(
+                "tier %s: integration %s changed (revision %d): reconnecting", self.tier, self.integration, revision
+            )
             self._open_integration()
             return True
 
@@ -221,7 +227,12 @@ class Backend:
             BackendError: the backend failed.
         """
         try:
-            return bytes(self.fs.cat_file(self.path(key), start=offset, end=offset + length))
+            fs = self.fs
+            if type(fs).__name__ == "SSHFileSystem":  # sshfs's cat_file ignores start/end
+                with fs.open(self.path(key), "rb", block_size=max(length, 1 << 16)) as f:
+                    f.seek(offset)
+                    return bytes(f.read(length))
+            return bytes(fs.cat_file(self.path(key), start=offset, end=offset + length))
         except FileNotFoundError:
             raise NotFoundError(f"object {key} missing from tier {self.tier}") from None
         except OSError as e:
@@ -257,8 +268,16 @@ class Backend:
 
     @_remote_errors
     def exists(self, key: str) -> bool:
-        try:
-            return bool(self.fs.exists(self.path(key)))
+        if self.integration is None:
+            try:
+                return bool(self.fs.exists(self.path(key)))
+            except OSError as e:
+                raise BackendError(f"tier {self.tier}: {e}") from None
+        try:  # fsspec's exists() swallows every error (a rejected key would read as "missing")
+            self.fs.info(self.path(key))
+            return True
+        except FileNotFoundError:
+            return False
         except OSError as e:
             raise BackendError(f"tier {self.tier}: {e}") from None
 
@@ -271,8 +290,9 @@ class Backend:
         return f"{head}/{name}" if head else name
 
     @_remote_errors
-    def upload_fd(self, fd: int, key: str, attrs: dict[str, int] | None = None,
-                  *, durable: bool = True) -> StoredObject:
+    def upload_fd(
+        self, fd: int, key: str, attrs: dict[str, int] | None = None, *, durable: bool = True
+    ) -> StoredObject:
         """Write the whole of *fd* under a temporary key; returns what was written.
 
         With *durable* the object is fsync'ed before returning; without, call :meth:`sync`
@@ -319,8 +339,10 @@ class Backend:
                 wrote = StoredObject(off, h.hexdigest())
                 digest, n = hash_fd(dst)
                 if (n, digest) != (wrote.size, wrote.xxh3_128):
-                    raise IntegrityError(f"tier {self.tier}: {key} reads back as {n} bytes/{digest},"
-                                         f" wrote {wrote.size} bytes/{wrote.xxh3_128}")
+                    raise IntegrityError(
+                        f"tier {self.tier}: {key} reads back as {n} bytes/{digest},"
+                        f" wrote {wrote.size} bytes/{wrote.xxh3_128}"
+                    )
                 if attrs is not None:
                     self._set_fd_attrs(dst, attrs)
                 if durable:

@@ -134,6 +134,8 @@ def _build(integ: Integration, home: Path) -> tuple[fsspec.AbstractFileSystem, s
         raise
     except (ImportError, KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"integration {integ.name}: {redact(str(e))}") from None
+    except Exception as e:  # some backends (sshfs, ftp) connect while being built
+        raise store_error(e, f"integration {integ.name}") from None
     return fs, base.rstrip("/"), secrets
 
 
@@ -311,13 +313,14 @@ def tier_url(target: str) -> str:
     if target.startswith("file://"):
         return target.rstrip("/")
     if "://" in target:
-        raise UsageError(f"{target}: use integration:NAME/path for external stores (add one with"
-                         " `darkstorage integrations add`), or a local path")
+        raise UsageError(
+            f"{target}: use integration:NAME/path for external stores (add one with"
+            " `darkstorage integrations add`), or a local path"
+        )
     return Path(target).expanduser().absolute().as_uri()
 
 
-def set_tier_backend(tier: str, target: str, *, storage_class: str | None = None,
-                     home: Path | None = None) -> str:
+def set_tier_backend(tier: str, target: str, *, storage_class: str | None = None, home: Path | None = None) -> str:
     """Point *tier* at *target* (see :func:`tier_url`), after building its backend once (the
     integration opens, the storage class exists, the root can be created). Returns the URL.
 
