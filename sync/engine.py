@@ -26,8 +26,8 @@ from pool.errors import NotFoundError, SyncAbortedError
 from pool.transferlog import TransferLog
 
 from .executor import Executor, RunResult
-from .journal import Journal
-from .model import FILE
+from .journal import Journal, Synced
+from .model import FILE, Entry, key_of
 from .options import SyncOptions, delete_limit
 from .plan import Plan
 from .planner import SideStats, SideView, plan_sync
@@ -176,9 +176,9 @@ def _run(
     if options.checksum:
         for n in (1, 2):
             _prehash(sides[n], views[n], options.transfers)
-    plan, stats = plan_sync(
-        views[1], views[2], journal.load(), options, first_run=first_run, fold_case=fold_case, host=host
-    )
+    rows = journal.load()
+    _recover_pending(journal, rows, views, fold_case, dry_run)
+    plan, stats = plan_sync(views[1], views[2], rows, options, first_run=first_run, fold_case=fold_case, host=host)
     check_safety(plan, stats, sides, options)
     if dry_run:
         return RunOutcome(plan, None, first_run, stats)
@@ -193,6 +193,39 @@ def _run(
     if not result.failures:
         journal.mark_completed()
     return RunOutcome(plan, result, first_run, stats)
+
+
+def _recover_pending(
+    journal: Journal, rows: dict[str, Synced], views: dict[int, SideView], fold_case: bool, dry_run: bool
+) -> None:
+    """Copies a killed run finished but never committed: where the destination holds a file of
+    the source's size and mtime (within its window), the key counts as synced with those states."""
+    pending = journal.pending()
+    if not pending:
+        return
+    by_key: dict[int, dict[str, Entry]] = {1: {}, 2: {}}
+    wanted = {k for k, _, _ in pending}
+    for n in (1, 2):
+        for rel, e in views[n].scan.items():
+            k = key_of(rel, fold_case=fold_case)
+            if k in wanted:
+                by_key[n][k] = e
+    for key, dst, src in pending:
+        now = by_key[dst].get(key)
+        done = (
+            now is not None
+            and now.kind == FILE
+            and now.size == src.size
+            and abs(now.mtime_ns - src.mtime_ns) <= views[dst].window_ns
+        )
+        if done:
+            assert now is not None
+            e1, e2 = (src, now) if dst == 2 else (now, src)
+            rows[key] = Synced(key, FILE, None, e1, e2)
+            if not dry_run:
+                journal.commit_copy(key, e1, e2, None)
+        elif not dry_run:
+            journal.clear_pending(key)
 
 
 def _journal_files(journal: Journal) -> int:

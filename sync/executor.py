@@ -139,6 +139,7 @@ class Executor:
             self._move(m)
         for d in plan.mkdirs:
             self._mkdir(d)
+        self._begin_copies(plan.copies)
         self._parallel(plan.copies, self._copy_work, self._copy_commit)
         for c in plan.chmods:
             self._chmod(c)
@@ -152,6 +153,14 @@ class Executor:
                 self._fail(r.entry.rel, e)
         self.result.conflicts = len(plan.conflicts)
         return self.result
+
+    def _begin_copies(self, copies: list[Copy]) -> None:
+        db = self.journal.db
+        db.execute("BEGIN")
+        for c in copies:
+            if c.src_entry.kind == FILE:
+                self.journal.begin_copy(c.key, c.dst, c.src_entry)
+        db.execute("COMMIT")
 
     def _journal_only(self, plan: Plan) -> None:
         db = self.journal.db
@@ -266,16 +275,16 @@ class Executor:
 
     def _copy_commit(self, c: Copy, outcome: tuple[str, Entry | None, str | None]) -> None:
         status, after, digest = outcome
-        if status == "dst-changed":
-            self._changed(c.dst_rel)
-            return
-        if after is None:
+        if status == "dst-changed" or after is None:
+            self.journal.clear_pending(c.key)
             self._changed(c.dst_rel)
             return
         if status == "src-changed":
             # the journal keeps the source as scanned: the next run sees it changed and copies again
             self._changed(c.src_entry.rel)
-        self._put(c.key, c.src, c.src_entry.with_hash(digest), after, digest)
+        e_src = c.src_entry.with_hash(digest)
+        e1, e2 = (e_src, after) if c.src == 1 else (after, e_src)
+        self.journal.commit_copy(c.key, e1, e2, digest)
         self.result.copied += 1
         self.result.copied_bytes += c.size if c.src_entry.kind == FILE else 0
         self.progress(1, c.size)

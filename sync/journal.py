@@ -25,6 +25,19 @@ Schema (``PRAGMA user_version`` holds the number of migrations applied)::
         rel2, size2, mtime2_ns, mode2, etag2   -- the same for side 2
         synced_ns  INTEGER NOT NULL   -- when this row was committed, ns since the epoch
     )
+    pending(                          -- copies started but not committed (migration 2)
+        key          TEXT PRIMARY KEY,
+        dst          INTEGER NOT NULL,  -- the side being written (1 or 2)
+        src_rel      TEXT NOT NULL,     -- the source as scanned: name, size, mtime, mode
+        src_size     INTEGER NOT NULL,
+        src_mtime_ns INTEGER NOT NULL,
+        src_mode     INTEGER
+    )
+
+A ``pending`` row is written before a copy starts and removed with the commit of its ``entries``
+row. A run killed between the two leaves it: the next run finds the destination holding a file
+of the source's size and mtime (the copy finished) and treats the key as synced then, so a later
+edit on either side is a one-sided change, not a conflict (see :meth:`Journal.recovered`).
 """
 
 from __future__ import annotations
@@ -51,6 +64,12 @@ MIGRATIONS: list[str] = [
         rel1 TEXT NOT NULL, size1 INTEGER NOT NULL, mtime1_ns INTEGER NOT NULL, mode1 INTEGER, etag1 TEXT,
         rel2 TEXT NOT NULL, size2 INTEGER NOT NULL, mtime2_ns INTEGER NOT NULL, mode2 INTEGER, etag2 TEXT,
         synced_ns INTEGER NOT NULL
+    );
+    """,
+    """
+    CREATE TABLE pending (
+        key TEXT PRIMARY KEY, dst INTEGER NOT NULL, src_rel TEXT NOT NULL,
+        src_size INTEGER NOT NULL, src_mtime_ns INTEGER NOT NULL, src_mode INTEGER
     );
     """,
 ]
@@ -154,6 +173,32 @@ class Journal:
             (key, e1.kind, digest, e1.target, e1.rel, e1.size, e1.mtime_ns, e1.mode, e1.etag,
              e2.rel, e2.size, e2.mtime_ns, e2.mode, e2.etag, time.time_ns()),
         )  # fmt: skip
+
+    def begin_copy(self, key: str, dst: int, src: Entry) -> None:
+        """Note that a copy of *src* onto side *dst* starts (commits at once)."""
+        self.db.execute(
+            "INSERT OR REPLACE INTO pending (key, dst, src_rel, src_size, src_mtime_ns, src_mode) VALUES (?,?,?,?,?,?)",
+            (key, dst, src.rel, src.size, src.mtime_ns, src.mode),
+        )
+
+    def commit_copy(self, key: str, e1: Entry, e2: Entry, digest: str | None) -> None:
+        """Record the finished copy of *key* and drop its pending row, in one transaction."""
+        self.db.execute("BEGIN")
+        try:
+            self.put(key, e1, e2, digest)
+            self.db.execute("DELETE FROM pending WHERE key = ?", (key,))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def pending(self) -> list[tuple[str, int, Entry]]:
+        """Copies a killed run started and never committed: ``(key, dst side, source as scanned)``."""
+        rows = self.db.execute("SELECT key, dst, src_rel, src_size, src_mtime_ns, src_mode FROM pending")
+        return [(k, dst, Entry(rel, "file", size, mtime, mode)) for k, dst, rel, size, mtime, mode in rows]
+
+    def clear_pending(self, key: str) -> None:
+        self.db.execute("DELETE FROM pending WHERE key = ?", (key,))
 
     def remove(self, key: str) -> None:
         self.db.execute("DELETE FROM entries WHERE key = ?", (key,))

@@ -92,6 +92,7 @@ class Side:
         try:
             if self.is_local:
                 return scan_local(self.root, filters)
+            self.fs.invalidate_cache()  # listings cached by an earlier run of this filesystem
             return scan_fs(self.fs, self.root, filters, with_dirs=self.has_dirs, with_modes=self.has_modes)
         except FileNotFoundError:
             return {}

@@ -1,0 +1,494 @@
+"""Sync scenarios against real roots: local folder <-> local folder, SeaweedFS S3 and OpenSSH SFTP.
+
+Side 1 is always a local folder; side 2 comes from the parametrised ``two`` root factory. Every
+scenario ends by comparing both trees file by file (and, where it matters, the journal).
+
+Run as ``python -m tests.integration.test_sync_scenarios CHILD_JSON`` this module is the child the
+kill test starts and kills with SIGKILL at random points.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pytest
+import xxhash
+
+from pool.errors import BusyError, SyncAbortedError
+from pool.locations import Location, local_location
+from sync.engine import RunOutcome, run_pair
+from sync.journal import Journal
+from sync.options import SyncOptions
+from sync.registry import pair_lock
+
+ROOT = Path(__file__).resolve().parents[2]
+PAST = time.time() - 100_000
+FUTURE = time.time() + 100_000
+
+
+@dataclass
+class Root:
+    """A sync root and a way to look at and change it behind the engine's back."""
+
+    kind: str
+    loc: Location
+    protocol: str = "file"
+    fs_kwargs: dict[str, Any] | None = None
+
+    def p(self, rel: str) -> str:
+        return f"{self.loc.root}/{rel}"
+
+    def write(self, rel: str, data: bytes, mtime: float | None = None) -> None:
+        if self.kind == "local":
+            path = Path(self.p(rel))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            if mtime is not None:
+                os.utime(path, (mtime, mtime))
+        else:
+            assert mtime is None, "remote mtimes are the store's"
+            self.loc.fs.pipe_file(self.p(rel), data)
+
+    def read(self, rel: str) -> bytes:
+        return bytes(self.loc.fs.cat_file(self.p(rel)))
+
+    def rm(self, rel: str) -> None:
+        self.loc.fs.rm_file(self.p(rel))
+
+    def mv(self, a: str, b: str) -> None:
+        if self.kind == "local":
+            Path(self.p(b)).parent.mkdir(parents=True, exist_ok=True)
+            os.rename(self.p(a), self.p(b))
+        else:
+            self.loc.fs.mv(self.p(a), self.p(b))
+
+    def tree(self) -> dict[str, bytes]:
+        """Every regular file below the root: rel -> content."""
+        fs = self.loc.fs
+        fs.invalidate_cache()
+        base = self.loc.root.rstrip("/") + "/"
+        out = {}
+        for name, info in fs.find(self.loc.root, detail=True).items():
+            if info.get("type") == "file" and not info.get("islink"):
+                out[name[len(base) :]] = bytes(fs.cat_file(name))
+        return out
+
+
+def local_root(path: Path) -> Root:
+    path.mkdir(parents=True, exist_ok=True)
+    return Root("local", local_location(path))
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.server), pytest.param("sftp", marks=pytest.mark.server)])
+def two(request: pytest.FixtureRequest, tmp_path: Path) -> Root:
+    """Side 2: a local folder, a fresh SeaweedFS bucket, or a fresh folder on the sshd server."""
+    if request.param == "local":
+        return local_root(tmp_path / "two")
+    server = request.getfixturevalue("s3_server" if request.param == "s3" else "sftp_server")
+    root = server.fresh_root()
+    loc = Location("integration", server.filesystem(), root, f"{request.param}:{root}")
+    return Root(request.param, loc, server.protocol, server.fsspec_kwargs())
+
+
+@pytest.fixture
+def one(tmp_path: Path) -> Root:
+    return local_root(tmp_path / "one")
+
+
+class Pair:
+    def __init__(self, one: Root, two: Root, state: Path) -> None:
+        self.one, self.two, self.state = one, two, state
+
+    def sync(self, dry_run: bool = False, **opts: Any) -> RunOutcome:
+        return run_pair(
+            self.one.loc, self.two.loc, SyncOptions(**opts), name="t", journal_path=self.state / "j.db",
+            lock_path=self.state / "j.lock", dry_run=dry_run, host="testhost",
+        )  # fmt: skip
+
+    def assert_same(self) -> dict[str, bytes]:
+        t1, t2 = self.one.tree(), self.two.tree()
+        assert nfc(t1) == nfc(t2)
+        return t1
+
+    def journal_keys(self) -> dict[str, str | None]:
+        j = Journal(self.state / "j.db")
+        try:
+            return {k: h for k, kind, h in j.rows() if kind == "file"}
+        finally:
+            j.close()
+
+
+def nfc(tree: dict[str, bytes]) -> dict[str, bytes]:
+    return {unicodedata.normalize("NFC", k): v for k, v in tree.items()}
+
+
+@pytest.fixture
+def pair(one: Root, two: Root, tmp_path: Path) -> Pair:
+    (tmp_path / "state").mkdir()
+    return Pair(one, two, tmp_path / "state")
+
+
+BASE = {
+    "a.txt": b"alpha",
+    "b.txt": b"bravo",
+    "c.txt": b"charlie",
+    "d.txt": b"delta",
+    "dir/e.txt": b"echo",
+    "dir/sub/f.txt": b"foxtrot",
+    "name with spaces.txt": b"spaces",
+    unicodedata.normalize("NFD", "café/crème brûlée.txt"): b"unicode",
+}
+
+
+def seed(p: Pair, files: dict[str, bytes] = BASE) -> None:
+    for rel, data in files.items():
+        p.one.write(rel, data, mtime=PAST)
+    out = p.sync()
+    assert out.first_run and out.result is not None and not out.result.failures
+    p.assert_same()
+
+
+def test_first_sync_then_changes_on_each_side_propagate(pair: Pair) -> None:
+    seed(pair)
+    pair.one.write("a.txt", b"alpha v2")
+    pair.two.write("b.txt", b"bravo v2")
+    pair.one.write("new1/n1.txt", b"new on one")
+    pair.two.write("new2/n2.txt", b"new on two")
+    pair.one.rm("c.txt")
+    pair.two.rm("d.txt")
+    out = pair.sync()
+    assert out.result is not None and not out.result.failures and not out.plan.conflicts
+    t = pair.assert_same()
+    assert t["a.txt"] == b"alpha v2" and t["b.txt"] == b"bravo v2"
+    assert "c.txt" not in t and "d.txt" not in t and t["new2/n2.txt"] == b"new on two"
+    again = pair.sync()
+    assert again.plan.changes == 0 and not again.plan.conflicts  # nothing left: mtime precision included
+    assert set(nfc(pair.journal_keys())) == set(nfc(t))
+
+
+@pytest.mark.parametrize("policy", ["newest", "oldest", "larger", "smaller", "path1", "path2", "keep-both"])
+def test_changed_on_both_sides_each_policy(pair: Pair, policy: str) -> None:
+    seed(pair)
+    pair.one.write("a.txt", b"one: the longer edit", mtime=PAST + 50)  # older than side 2's (now)
+    pair.two.write("a.txt", b"two: short")
+    out = pair.sync(conflict_resolution=policy)
+    [c] = out.plan.conflicts
+    winner = {"newest": 2, "oldest": 1, "larger": 1, "smaller": 2, "path1": 1, "path2": 2, "keep-both": 2}[policy]
+    assert c.winner == winner
+    t = pair.assert_same()
+    win, lose = (b"one: the longer edit", b"two: short") if winner == 1 else (b"two: short", b"one: the longer edit")
+    assert t["a.txt"] == win
+    assert c.copy_rel is not None and c.copy_rel.startswith("a.conflict-testhost-") and t[c.copy_rel] == lose
+    assert pair.sync().plan.changes == 0
+
+
+def test_no_conflict_copies_when_user_chose_so(pair: Pair) -> None:
+    seed(pair)
+    pair.one.write("a.txt", b"one", mtime=FUTURE)
+    pair.two.write("a.txt", b"two")
+    pair.sync(conflict_copies=False)
+    t = pair.assert_same()
+    assert t["a.txt"] == b"one" and not [k for k in t if "conflict" in k]
+
+
+def test_identical_changes_are_not_conflicts(pair: Pair) -> None:
+    seed(pair)
+    pair.one.write("a.txt", b"the same new text")
+    pair.two.write("a.txt", b"the same new text")
+    out = pair.sync()
+    assert not out.plan.conflicts and not out.plan.copies
+    assert pair.assert_same()["a.txt"] == b"the same new text"
+
+
+def test_modify_vs_delete_keeps_the_modification(pair: Pair) -> None:
+    seed(pair)
+    pair.one.rm("a.txt")
+    pair.two.write("a.txt", b"modified while the other side deleted it")
+    pair.one.write("b.txt", b"modified on one")
+    pair.two.rm("b.txt")
+    out = pair.sync()
+    assert not out.plan.deletes
+    t = pair.assert_same()
+    assert t["a.txt"] == b"modified while the other side deleted it" and t["b.txt"] == b"modified on one"
+
+
+def test_moves_are_carried_out_as_moves(pair: Pair) -> None:
+    seed(pair)
+    pair.one.mv("dir/e.txt", "moved/e-renamed.txt")
+    pair.one.mv("dir/sub/f.txt", "moved/f.txt")
+    ino = os.stat(pair.two.p("dir/e.txt")).st_ino if pair.two.kind == "local" else None
+    out = pair.sync()
+    assert {(m.entry.rel, m.new_rel) for m in out.plan.moves} == {
+        ("dir/e.txt", "moved/e-renamed.txt"),
+        ("dir/sub/f.txt", "moved/f.txt"),
+    }
+    assert not out.plan.copies and not out.plan.deletes
+    t = pair.assert_same()
+    assert t["moved/e-renamed.txt"] == b"echo"
+    if ino is not None:
+        assert os.stat(pair.two.p("moved/e-renamed.txt")).st_ino == ino  # renamed, not rewritten
+
+
+def test_case_only_rename(pair: Pair) -> None:
+    seed(pair)
+    pair.one.mv("a.txt", "A.TXT")
+    out = pair.sync()
+    assert [(m.entry.rel, m.new_rel) for m in out.plan.moves] == [("a.txt", "A.TXT")]
+    t = pair.assert_same()
+    assert "A.TXT" in t and "a.txt" not in t
+
+
+def test_max_delete_aborts_and_changes_nothing(pair: Pair) -> None:
+    seed(pair)
+    for rel in ("a.txt", "b.txt", "c.txt", "d.txt", "dir/e.txt"):
+        pair.one.rm(rel)
+    before = pair.two.tree()
+    with pytest.raises(SyncAbortedError, match="max-delete"):
+        pair.sync()
+    assert pair.two.tree() == before
+    with pytest.raises(SyncAbortedError):
+        pair.sync(max_delete="4")
+    out = pair.sync(max_delete="5")
+    assert out.result is not None and out.result.deleted == 5
+    pair.assert_same()
+
+
+def test_empty_or_missing_side_aborts(pair: Pair, tmp_path: Path) -> None:
+    seed(pair)
+    before = pair.two.tree()
+    os.rename(pair.one.loc.root, tmp_path / "unmounted")
+    with pytest.raises(SyncAbortedError, match="missing"):
+        pair.sync()
+    os.makedirs(pair.one.loc.root)
+    with pytest.raises(SyncAbortedError, match="empty"):
+        pair.sync()
+    assert pair.two.tree() == before
+
+
+def test_every_file_changed_at_once_aborts(pair: Pair) -> None:
+    seed(pair, {f"f{i:02}.txt": b"x%d" % i for i in range(12)})
+    for i in range(12):
+        pair.one.write(f"f{i:02}.txt", b"encrypted %d" % i)
+    with pytest.raises(SyncAbortedError, match="every one"):
+        pair.sync()
+    assert pair.sync(force=True).result is not None
+    pair.assert_same()
+
+
+def test_dry_run_changes_nothing(pair: Pair) -> None:
+    seed(pair)
+    pair.one.write("a.txt", b"changed")
+    pair.two.rm("b.txt")
+    pair.two.write("x.txt", b"new")
+    t1, t2 = pair.one.tree(), pair.two.tree()
+    journal = (pair.state / "j.db").read_bytes()
+    out = pair.sync(dry_run=True)
+    assert out.result is None and len(out.plan.copies) == 2 and len(out.plan.deletes) == 1
+    assert pair.one.tree() == t1 and pair.two.tree() == t2
+    assert (pair.state / "j.db").read_bytes() == journal
+
+
+def test_files_changing_during_a_run_are_left_for_the_next_run(pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    seed(pair)
+    pair.one.write("a.txt", b"version 1")
+    import sync.executor as ex
+
+    real = ex.copy_file
+
+    def copy_then_edit(src: Location, src_rel: str, *a: Any, **kw: Any) -> Any:
+        rec = real(src, src_rel, *a, **kw)
+        if src_rel == "a.txt":
+            pair.one.write("a.txt", b"version 2, written during the copy")
+        return rec
+
+    monkeypatch.setattr(ex, "copy_file", copy_then_edit)
+    out = pair.sync()
+    assert out.result is not None and out.result.changed_during_run == ["a.txt"]
+    monkeypatch.setattr(ex, "copy_file", real)
+    out = pair.sync()
+    assert not out.plan.conflicts
+    assert pair.assert_same()["a.txt"] == b"version 2, written during the copy"
+
+
+def test_lock_per_pair(pair: Pair) -> None:
+    with pair_lock(pair.state / "j.lock", "t"), pytest.raises(BusyError, match="already running"):
+        pair.sync()
+    seed(pair)  # the lock is free again
+
+
+# -- local <-> local only: links, empty folders, permissions, filters, one-way, mtime precision ---
+
+
+def test_links_empty_dirs_permissions_and_filters(tmp_path: Path) -> None:
+    p = Pair(local_root(tmp_path / "1"), local_root(tmp_path / "2"), tmp_path)
+    one = Path(p.one.loc.root)
+    (one / "empty" / "deeper").mkdir(parents=True)
+    (one / "script.sh").write_bytes(b"#!/bin/sh\n")
+    os.chmod(one / "script.sh", 0o750)
+    os.symlink("script.sh", one / "link")
+    os.symlink("/nonexistent/target", one / "dangling")
+    (one / "build").mkdir()
+    (one / "build" / "out.o").write_bytes(b"obj")
+    (one / "keep.log").write_bytes(b"log")
+    p.sync(excludes=["build/", "*.log"])
+    two = Path(p.two.loc.root)
+    assert (two / "empty" / "deeper").is_dir()
+    assert os.readlink(two / "link") == "script.sh" and os.readlink(two / "dangling") == "/nonexistent/target"
+    assert os.stat(two / "script.sh").st_mode & 0o777 == 0o750
+    assert not (two / "build").exists() and not (two / "keep.log").exists()
+    os.chmod(two / "script.sh", 0o700)  # a permission change on side 2 comes back
+    os.rmdir(one / "empty" / "deeper")  # an empty folder removed on side 1 goes
+    p.sync(excludes=["build/", "*.log"])
+    assert os.stat(one / "script.sh").st_mode & 0o777 == 0o700
+    assert not (two / "empty" / "deeper").exists()
+
+
+def test_one_way_mirror(tmp_path: Path) -> None:
+    p = Pair(local_root(tmp_path / "src"), local_root(tmp_path / "dst"), tmp_path)
+    for rel, data in BASE.items():
+        p.one.write(rel, data)
+    p.sync(direction="one-way")
+    p.two.write("extra-on-destination.txt", b"mine")
+    p.two.write("a.txt", b"edited on the destination")
+    p.one.rm("b.txt")
+    out = p.sync(direction="one-way")
+    t2 = p.two.tree()
+    assert t2["a.txt"] == b"alpha" and "b.txt" not in t2 and t2["extra-on-destination.txt"] == b"mine"
+    assert [v for k, v in t2.items() if ".conflict-" in k] == [b"edited on the destination"]
+    assert "extra-on-destination.txt" not in p.one.tree() and out.result is not None
+
+
+def test_mtime_precision_differences(tmp_path: Path) -> None:
+    """Side 2 rounds mtimes to whole seconds (FAT, SFTP, many NAS): no copies, no conflicts."""
+    p = Pair(local_root(tmp_path / "1"), local_root(tmp_path / "2"), tmp_path)
+    for rel, data in BASE.items():
+        p.one.write(rel, data, mtime=PAST + 0.123456789)
+        p.two.write(rel, data, mtime=float(int(PAST)))  # the same files, already there, truncated
+    out = p.sync(modify_window_ns=1_000_000_000)
+    assert out.plan.changes == 0 and not out.plan.conflicts
+    for rel in BASE:
+        os.utime(p.two.p(rel), (int(PAST) + 1, int(PAST) + 1))  # re-stamped by a copy tool
+    out = p.sync(modify_window_ns=1_000_000_000)
+    assert out.plan.changes == 0 and not out.plan.conflicts  # hashed: same content, journal refreshed
+
+
+# -- killed runs ---------------------------------------------------------------------------------
+
+
+def child_main(spec: dict[str, Any]) -> None:
+    """Run one sync of the pair in *spec* (the kill test's child process)."""
+    if spec["protocol"] == "file":
+        loc2 = local_location(spec["root2"])
+    else:
+        fs = fsspec.filesystem(spec["protocol"], skip_instance_cache=True, **spec["fs_kwargs"])
+        loc2 = Location("integration", fs, spec["root2"], "remote")
+    state = Path(spec["state"])
+    run_pair(local_location(spec["root1"]), loc2, SyncOptions(), name="t", journal_path=state / "j.db",
+             lock_path=state / "j.lock", host="testhost")  # fmt: skip
+
+
+def _mutate(p: Pair, rng: random.Random, i: int, expected: dict[str, bytes]) -> None:
+    """A few random changes on both sides between runs (never two on the same file), applied to
+    the *expected* final tree too."""
+    names = sorted(expected)
+    rng.shuffle(names)
+    edit = next(n for n in names if os.path.exists(p.one.p(n)))  # edit on one what is there already
+    p.one.write(edit, b"edited on one %d" % i)
+    expected[edit] = b"edited on one %d" % i
+    for gone in names:
+        synced = p.two.loc.fs.exists(p.two.p(gone)) and os.path.exists(p.one.p(gone))
+        if gone != edit and synced and p.two.read(gone) == p.one.read(gone) == expected[gone]:  # in sync: delete on two
+            p.two.rm(gone)
+            del expected[gone]
+            break
+    new1, new2 = f"new/{i}/one-{i}.bin", f"new-two-{i}.txt"
+    expected[new1] = os.urandom(rng.randrange(1, 300_000))
+    expected[new2] = b"two %d" % i
+    p.one.write(new1, expected[new1])
+    p.two.write(new2, expected[new2])
+
+
+@pytest.mark.slow
+def test_killed_at_random_points_then_rerun_converges(pair: Pair) -> None:
+    rng = random.Random(20261123)
+    expected: dict[str, bytes] = {}
+    for i in range(40):
+        expected[f"start/{i:03}.bin"] = os.urandom(rng.randrange(1, 50_000))
+        pair.one.write(f"start/{i:03}.bin", expected[f"start/{i:03}.bin"], mtime=PAST)
+    spec = {
+        "protocol": pair.two.protocol,
+        "fs_kwargs": pair.two.fs_kwargs or {},
+        "root1": pair.one.loc.root,
+        "root2": pair.two.loc.root,
+        "state": str(pair.state),
+    }
+    cmd = [sys.executable, "-m", "tests.integration.test_sync_scenarios", json.dumps(spec)]
+    iterations = 20 if pair.two.kind == "local" else 8
+    killed = 0
+    for i in range(iterations):
+        _mutate(pair, rng, i, expected)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            proc.wait(timeout=rng.uniform(0.2, 1.6))
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            killed += 1
+        else:
+            assert proc.returncode == 0, proc.stderr.read().decode() if proc.stderr else ""
+        if proc.stderr:
+            proc.stderr.close()
+    assert killed >= iterations // 4, "the child always finished first: the kill points are not random enough"
+    out = pair.sync()
+    assert out.result is not None and not out.result.failures
+    t = pair.assert_same()
+    assert not [k for k in t if ".conflict-" in k], "a killed run made a spurious conflict"
+    assert sorted(t) == sorted(expected), "a file was lost or resurrected"
+    assert t == expected, "a file holds the wrong version"
+    assert pair.sync().plan.changes == 0
+    journal = pair.journal_keys()
+    assert set(nfc(journal)) == set(nfc(t))
+    for rel, h in journal.items():  # every journal hash is what both sides hold
+        if h is not None:
+            assert h == xxhash.xxh3_128_hexdigest(t[rel])
+
+
+def test_cli_dry_run_and_abort_exit_codes(tmp_path: Path) -> None:
+    from tests.conftest import cli
+
+    home = tmp_path / "home"
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    for i in range(4):
+        (a / f"f{i}").write_text(str(i))
+    dry = cli("sync", str(a), "--with", str(b), "--dry-run", home=home)
+    assert "copy" in dry.stdout and "dry run" in dry.stdout and not b.exists()
+    cli("sync", str(a), "--with", str(b), home=home)
+    assert sorted(os.listdir(b)) == ["f0", "f1", "f2", "f3"]
+    for i in range(3):
+        (a / f"f{i}").unlink()
+    res = cli("sync", str(a), "--with", str(b), home=home, check=False)
+    assert res.returncode == 17 and len(res.stderr.strip().splitlines()) == 1 and "max-delete" in res.stderr
+    assert sorted(os.listdir(b)) == ["f0", "f1", "f2", "f3"]
+    listed = json.loads(cli("sync", "list", "--json", home=home).stdout)
+    assert listed[0]["last_result"] == "aborted"
+    res = cli("sync", str(a), "--with", str(b), "--max-delete", "3", "--json", home=home)
+    assert json.loads(res.stdout)["result"]["deleted"] == 3
+
+
+
+
+if __name__ == "__main__":
+    child_main(json.loads(sys.argv[1]))
