@@ -18,7 +18,7 @@ from tests.conftest import pattern
 from tests.servers.base import ServerStartError, StoreServer
 from tests.servers.cloud import AzuriteServer
 from tests.servers.files import FtpServer
-from tests.servers.fixtures import SERVER_FIXTURES
+from tests.servers.fixtures import SERVER_FIXTURES, run_server
 from tests.servers.s3 import MotoS3Server
 
 pytestmark = pytest.mark.server
@@ -167,10 +167,26 @@ def test_a_server_that_cannot_start_fails_with_its_log(tmp_path: Path) -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
-        server = FtpServer(workdir=tmp_path)
-        server.prepare()
-        server._prepared = True
-        server.port = squatter.getsockname()[1]
+        server = FtpServer(workdir=tmp_path, port=squatter.getsockname()[1])
         with pytest.raises(ServerStartError, match=r"(?s)ftpd exited .*Address already in use"):
             server.start(timeout_s=HANG_GUARD_S)
+    assert not server.running
+
+
+def test_a_port_taken_before_the_first_start_is_retried_on_a_new_one(tmp_path_factory: pytest.TempPathFactory) -> None:
+    made: list[FtpServer] = []
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+
+        def make(workdir: Path) -> FtpServer:
+            made.append(FtpServer(workdir=workdir, port=0 if made else taken))
+            return made[-1]
+
+        run = run_server(make, tmp_path_factory, "ftp-retry")
+        server = next(run)
+        assert [s.port == taken for s in made] == [True, False]
+        assert server.filesystem().ls("/", detail=False) == []
+        run.close()
     assert not server.running

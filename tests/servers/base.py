@@ -109,6 +109,7 @@ class StoreServer:
 
     workdir: Path
     port: int = 0
+    """0: a free port is picked at the first start."""
     host: str = LOOPBACK
     user: str = "darkstorage"
     secret: str = "s3cret-Pa55"

@@ -46,7 +46,7 @@ class AzuriteServer(StoreServer):
         return f"DefaultEndpointsProtocol=http;AccountName={self.user};AccountKey={key};BlobEndpoint={self.endpoint};"
 
     def prepare(self) -> None:
-        self.port = free_ports(1)[0]
+        self.port = self.port or free_ports(1)[0]
         (self.workdir / "data").mkdir(parents=True, exist_ok=True)
 
     def command(self) -> Sequence[str]:
@@ -123,7 +123,7 @@ class FakeGcsServer(StoreServer):
         return f"http://{self.host}:{self.port}"
 
     def prepare(self) -> None:
-        self.port = free_ports(1)[0]
+        self.port = self.port or free_ports(1)[0]
         (self.workdir / "data").mkdir(parents=True, exist_ok=True)
 
     def command(self) -> Sequence[str]:

@@ -80,7 +80,7 @@ class FolderServer(StoreServer):
         return self.workdir / "files"
 
     def prepare(self) -> None:
-        self.port = free_ports(1)[0]
+        self.port = self.port or free_ports(1)[0]
         self.files.mkdir(parents=True, exist_ok=True)
 
     def local_path(self, root: str) -> Path:

@@ -29,12 +29,20 @@ SERVER_FIXTURES = (
 """Every server fixture's name, for suites that run against all of them (``request.getfixturevalue``)."""
 
 
-def run_server(make: Callable[[Path], S], tmp: pytest.TempPathFactory, name: str) -> Iterator[S]:
+def run_server(make: Callable[[Path], S], tmp: pytest.TempPathFactory, name: str) -> Generator[S, None, None]:
     """Start the server *make* builds in a fresh tmp dir, yield it, and always stop it."""
     server = make(tmp.mktemp(name, numbered=True))
     try:
         try:
-            server.start()
+            try:
+                server.start()
+            except ServerStartError as exc:
+                # Free ports are picked, released, then bound by the server: another process may
+                # take one in between. Once, start a new instance on new ports.
+                if "address already in use" not in str(exc).lower():
+                    raise
+                server = make(tmp.mktemp(name, numbered=True))
+                server.start()
         except (ServerStartError, FileNotFoundError) as exc:
             pytest.fail(f"{name}: {exc}", pytrace=False)
         yield server

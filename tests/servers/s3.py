@@ -148,7 +148,7 @@ class MotoS3Server(S3Server):
     secret: str = ""
 
     def prepare(self) -> None:
-        self.port = free_ports(1)[0]
+        self.port = self.port or free_ports(1)[0]
 
     def command(self) -> Sequence[str]:
         return [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)]
