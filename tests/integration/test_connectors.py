@@ -148,21 +148,12 @@ class TestLocal(ConnectorContract):
         return ["local", "--path", root]
 
 
-def _s3_args(server: Any, root: str, wrong: bool) -> list[str]:
-    return [
-        "s3",
-        "--bucket",
-        root,
-        "--endpoint",
-        server.endpoint,
-        "--region",
-        server.region,
-        "--path-style",
-        "--access-key",
-        server.user,
-        "--secret-key",
-        server.wrong_secret if wrong else server.secret,
-    ]
+def s3_args(server: Any, root: str, *, wrong: bool = False, secret: list[str] | None = None) -> list[str]:
+    """``integrations add s3`` arguments for an S3 test server; *secret* replaces the
+    ``--secret-key VALUE`` pair (e.g. with ``--secret-key-env VAR``)."""
+    value = server.wrong_secret if wrong else server.secret
+    return ["s3", "--bucket", root, "--endpoint", server.endpoint, "--region", server.region, "--path-style",
+            "--access-key", server.user, *(secret or ["--secret-key", value])]  # fmt: skip
 
 
 @pytest.mark.server
@@ -171,16 +162,12 @@ class TestSeaweedS3(ConnectorContract):
     keeps_metadata = True
 
     def add_args(self, server: Any, root: str, *, wrong: bool = False) -> list[str]:
-        return _s3_args(server, root, wrong)
+        return s3_args(server, root, wrong=wrong)
 
 
 @pytest.mark.server
-class TestMotoS3(ConnectorContract):
+class TestMotoS3(TestSeaweedS3):
     fixture = "moto_server"
-    keeps_metadata = True
-
-    def add_args(self, server: Any, root: str, *, wrong: bool = False) -> list[str]:
-        return _s3_args(server, root, wrong)
 
 
 @pytest.mark.server

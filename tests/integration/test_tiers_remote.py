@@ -25,6 +25,7 @@ import pytest
 from pool.backends import Backend
 from pool.pool import Pool
 from tests.conftest import Mount, cli, pattern, wait_until
+from tests.integration.test_connectors import s3_args
 from tests.integration.test_e2e import STDLIB, _make_extra_tree, _manifest, _stdlib_ignore, sha256_file, state_of
 
 MiB = 1 << 20
@@ -61,27 +62,9 @@ def _drop_local_cache(home: Path) -> int:
         pool.close()
 
 
-def _s3_add(home: Path, server: Any, name: str, bucket: str, *extra: str) -> None:
-    cli(
-        "integrations",
-        "add",
-        "s3",
-        "--name",
-        name,
-        "--bucket",
-        bucket,
-        "--endpoint",
-        server.endpoint,
-        "--region",
-        server.region,
-        "--path-style",
-        "--access-key",
-        server.user,
-        "--secret-key-env",
-        f"{name.upper().replace('-', '_')}_SECRET",
-        *extra,
-        home=home,
-    )
+def _s3_add(home: Path, server: Any, name: str, bucket: str) -> None:
+    var = f"{name.upper().replace('-', '_')}_SECRET"
+    cli("integrations", "add", *s3_args(server, bucket, secret=["--secret-key-env", var]), "--name", name, home=home)
 
 
 def _copy_slice(dst: Path) -> None:
