@@ -19,34 +19,55 @@ ACCESS_TIERS = ("Hot", "Cool", "Cold", "Archive")
 
 
 def connection_string(opts: dict[str, Any], secrets: dict[str, str]) -> str | None:
-    """A connection string from the secrets, or built from ``endpoint`` + account + key."""
+    """The connection string of an azure integration: the stored one, else one built from the
+    account, its key or SAS token and the endpoint (default the public cloud's); None for
+    anonymous access."""
     if secrets.get("connection_string"):
         return secrets["connection_string"]
-    if opts.get("endpoint") and opts.get("account_name") and secrets.get("account_key"):
-        ep = str(opts["endpoint"]).rstrip("/")
-        scheme = ep.split("://", 1)[0] if "://" in ep else "https"
+    account = opts.get("account_name")
+    if not account:
+        return None
+    ep = str(opts.get("endpoint") or f"https://{account}.blob.core.windows.net").rstrip("/")
+    scheme = ep.split("://", 1)[0] if "://" in ep else "https"
+    if secrets.get("account_key"):
         return (
-            f"DefaultEndpointsProtocol={scheme};AccountName={opts['account_name']};"
+            f"DefaultEndpointsProtocol={scheme};AccountName={account};"
             f"AccountKey={secrets['account_key']};BlobEndpoint={ep};"
         )
+    if secrets.get("sas_token"):
+        return f"BlobEndpoint={ep};SharedAccessSignature={secrets['sas_token'].lstrip('?')};"
     return None
+
+
+def _client_kwargs(opts: dict[str, Any], aio: bool) -> dict[str, Any]:
+    """Timeouts and a short retry policy: azure-storage-blob's default (15 s initial back-off,
+    x3 per retry) keeps an unreachable endpoint busy for over a minute."""
+    if aio:
+        from azure.storage.blob.aio import ExponentialRetry as AioRetry
+
+        retry: Any = AioRetry(initial_backoff=1, increment_base=2, retry_total=2, random_jitter_range=1)
+    else:
+        from azure.storage.blob import ExponentialRetry
+
+        retry = ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=2, random_jitter_range=1)
+    timeout = int(float(opts.get("timeout_s") or TIMEOUT.default))
+    return {"retry_policy": retry, "connection_timeout": timeout}
 
 
 def build(opts: dict[str, Any], secrets: dict[str, str]) -> tuple[fsspec.AbstractFileSystem, str]:
     from adlfs import AzureBlobFileSystem
+    from azure.storage.blob.aio import BlobServiceClient as AioBlobServiceClient
 
     timeout = int(float(opts.get("timeout_s") or TIMEOUT.default))
-    kw: dict[str, Any] = {"connection_timeout": timeout, "skip_instance_cache": True}
     cs = connection_string(opts, secrets)
     if cs:
-        kw["connection_string"] = cs
+        fs = AzureBlobFileSystem(connection_string=cs, connection_timeout=timeout, skip_instance_cache=True)
+        # adlfs has no way to pass a retry policy: give it a client built with one
+        fs.service_client = AioBlobServiceClient.from_connection_string(cs, **_client_kwargs(opts, aio=True))
     else:
-        kw["account_name"] = opts.get("account_name")
-        if secrets.get("account_key"):
-            kw["account_key"] = secrets["account_key"]
-        if secrets.get("sas_token"):
-            kw["sas_token"] = secrets["sas_token"]
-    fs = AzureBlobFileSystem(**kw)
+        fs = AzureBlobFileSystem(
+            account_name=opts.get("account_name"), connection_timeout=timeout, skip_instance_cache=True
+        )
     base = "/".join(p.strip("/") for p in (opts.get("container"), opts.get("prefix")) if p)
     return fs, base
 
@@ -72,13 +93,11 @@ class AzureOps(StoreOps):
         opts, secrets = opts or {}, secrets or {}
         cs = connection_string(opts, secrets)
         if cs:
-            self.service = BlobServiceClient.from_connection_string(cs)
+            self.service = BlobServiceClient.from_connection_string(cs, **_client_kwargs(opts, aio=False))
         else:
-            url = f"https://{opts.get('account_name')}.blob.core.windows.net"
-            cred: Any = secrets.get("account_key") or secrets.get("sas_token")
-            if secrets.get("account_key"):
-                cred = {"account_name": opts.get("account_name"), "account_key": secrets["account_key"]}
-            self.service = BlobServiceClient(url, credential=cred)
+            self.service = BlobServiceClient(
+                f"https://{opts.get('account_name')}.blob.core.windows.net", **_client_kwargs(opts, aio=False)
+            )
 
     _META = ATTRS_META.replace("-", "_")
 

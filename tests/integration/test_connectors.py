@@ -269,3 +269,38 @@ def test_add_via_api_rejects_secret_as_option(home: Path) -> None:
 
     with pytest.raises(UsageError):
         add_integration("s3", "x", {"bucket": "b", "secret_key": "oops"}, {}, {}, home=home)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # closed again: nothing listens there
+
+
+@pytest.mark.parametrize("kind", ["s3", "sftp", "ftp", "webdav", "azure"])
+def test_unreachable_store_exits_10(home: Path, kind: str) -> None:
+    port = _closed_port()
+    args = {
+        "s3": ["--bucket", "b", "--endpoint", f"http://127.0.0.1:{port}", "--access-key", "k", "--secret-key", "s"],
+        "sftp": ["--host", "127.0.0.1", "--port", str(port), "--username", "u", "--password", "p"],
+        "ftp": ["--host", "127.0.0.1", "--port", str(port)],
+        "webdav": ["--url", f"http://127.0.0.1:{port}/dav"],
+        "azure": [
+            "--container",
+            "c",
+            "--account-name",
+            "devstoreaccount1",
+            "--account-key",
+            "a2V5",
+            "--endpoint",
+            f"http://127.0.0.1:{port}/devstoreaccount1",
+            "--timeout-s",
+            "2",
+        ],
+    }[kind]
+    cli("integrations", "add", kind, "--name", "gone", *args, home=home)
+    res = cli("integrations", "test", "gone", home=home, check=False, timeout=90)
+    assert res.returncode == ExitCode.BACKEND, res.stderr
+    assert "integration gone" in res.stderr and "Traceback" not in res.stderr
