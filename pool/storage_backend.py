@@ -141,12 +141,12 @@ class FsspecStorage(StorageBackend):
         start = self._path(head) if head else root
         self.fs.invalidate_cache()
         try:
-            found = self._call(f"list {prefix}", self.fs.find, start or "/")
+            found = self._call(f"list {prefix}", lambda: self.fs.find(start or "/", detail=True))
         except NotFoundError:
             return []
         strip = len(self.fs._strip_protocol(root).rstrip("/")) + 1 if root else 0
-        rels = [str(p)[strip:] for p in found]
-        return sorted(r for r in rels if r.startswith(prefix.lstrip("/")))
+        rels = [str(p)[strip:] for p, info in found.items() if info.get("type") != "directory"]
+        return sorted(r for r in rels if r and r.startswith(prefix.lstrip("/")))
 
     def delete_file(self, remote_path: str) -> bool:
         path = self._path(remote_path)

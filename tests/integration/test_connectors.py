@@ -304,3 +304,37 @@ def test_unreachable_store_exits_10(home: Path, kind: str) -> None:
     res = cli("integrations", "test", "gone", home=home, check=False, timeout=90)
     assert res.returncode == ExitCode.BACKEND, res.stderr
     assert "integration gone" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.server
+def test_storage_backend_api_on_s3(s3_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The storage-backend document's S3 configuration (``*_env`` credentials) on SeaweedFS."""
+    from pool.storage_backend import get_storage_backend
+
+    bucket = s3_server.fresh_root()
+    monkeypatch.setenv("BRONZE_S3_ENDPOINT", s3_server.endpoint)
+    monkeypatch.setenv("BRONZE_S3_ACCESS_KEY", s3_server.user)
+    monkeypatch.setenv("BRONZE_S3_SECRET_KEY", s3_server.secret)
+    storage = get_storage_backend(
+        {
+            "platform": {
+                "bronze": {"s3_bucket": bucket, "s3_prefix": "bronze"},
+                "s3_connection": {
+                    "endpoint_url_env": "BRONZE_S3_ENDPOINT",
+                    "access_key_env": "BRONZE_S3_ACCESS_KEY",
+                    "secret_key_env": "BRONZE_S3_SECRET_KEY",
+                    "region": s3_server.region,
+                    "path_style": True,
+                },
+            }
+        }
+    )
+    src = tmp_path / "users.parquet"
+    src.write_bytes(secrets.token_bytes(70_000))
+    assert storage.upload_file(str(src), "system=api/table=users/users.parquet")
+    assert storage.list_files("system=api/table=users/") == ["system=api/table=users/users.parquet"]
+    storage.download_file("system=api/table=users/users.parquet", str(tmp_path / "back.parquet"))
+    assert (tmp_path / "back.parquet").read_bytes() == src.read_bytes()
+    assert s3_server.boto3_client().head_object(Bucket=bucket, Key="bronze/system=api/table=users/users.parquet")
+    assert storage.delete_file("system=api/table=users/users.parquet")
+    assert storage.list_files("") == []
