@@ -182,6 +182,9 @@ def _run(
     check_safety(plan, stats, sides, options)
     if dry_run:
         return RunOutcome(plan, None, first_run, stats)
+    for side in sides.values():
+        if side.remove_temps():
+            log.info("removed temporary files of interrupted transfers on %s", side.display)
     if on_plan is not None:
         on_plan(plan)
     if stored is None:

@@ -66,11 +66,12 @@ class Filters:
         return self._spec.match_file(rel + "/" if is_dir else rel)
 
 
-def scan_local(root: str, filters: Filters | None = None) -> dict[str, Entry]:
+def scan_local(root: str, filters: Filters | None = None, temps: list[str] | None = None) -> dict[str, Entry]:
     """Every entry below local directory *root*, keyed by ``rel``.
 
     Symlinks are listed as links (target read with ``readlink``), never followed; sockets, FIFOs
-    and device nodes are skipped. An excluded directory is not descended into.
+    and device nodes are skipped. An excluded directory is not descended into. Temporary files of
+    transfers (see :func:`is_temp_name`) are not listed but appended to *temps* when given.
 
     Raises:
         FileNotFoundError: *root* does not exist.
@@ -89,9 +90,11 @@ def scan_local(root: str, filters: Filters | None = None) -> dict[str, Entry]:
         with it:
             for de in it:
                 name = de.name
-                if is_temp_name(name):
-                    continue
                 rel = f"{d}/{name}" if d else name
+                if is_temp_name(name):
+                    if temps is not None:
+                        temps.append(rel)
+                    continue
                 try:
                     st = de.stat(follow_symlinks=False)
                 except FileNotFoundError:
@@ -172,6 +175,7 @@ def scan_fs(
     *,
     with_dirs: bool = True,
     with_modes: bool = False,
+    temps: list[str] | None = None,
 ) -> dict[str, Entry]:
     """Every entry below *root* of fsspec filesystem *fs*, keyed by ``rel``.
 
@@ -189,7 +193,11 @@ def scan_fs(
             continue
         rel = name[len(base) :]
         parts = rel.split("/")
-        if not rel or any(is_temp_name(p) for p in parts):
+        if not rel:
+            continue
+        if any(is_temp_name(p) for p in parts):
+            if temps is not None and info.get("type") == "file":
+                temps.append(rel)
             continue
         e = entry_from_info(rel, info, with_modes=with_modes)
         if e is None or (e.kind == DIR and not with_dirs):

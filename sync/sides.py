@@ -70,6 +70,7 @@ class Side:
         self.has_modes = self.is_local
         self.mtime_precision_ns = 1 if self.is_local else 1_000_000_000
         self.fold_case = self._probe_fold_case()
+        self.temps: list[str] = []  # temporary files of transfers found by the last scan
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -89,11 +90,14 @@ class Side:
 
     def scan(self, filters: Filters | None = None) -> dict[str, Entry]:
         """Everything below the root, keyed by rel (see :mod:`sync.scanner`). A missing root is {}."""
+        self.temps = []
         try:
             if self.is_local:
-                return scan_local(self.root, filters)
+                return scan_local(self.root, filters, self.temps)
             self.fs.invalidate_cache()  # listings cached by an earlier run of this filesystem
-            return scan_fs(self.fs, self.root, filters, with_dirs=self.has_dirs, with_modes=self.has_modes)
+            return scan_fs(
+                self.fs, self.root, filters, with_dirs=self.has_dirs, with_modes=self.has_modes, temps=self.temps
+            )
         except FileNotFoundError:
             return {}
 
@@ -142,6 +146,14 @@ class Side:
                 os.chmod(p, mode)
         else:
             self.fs.makedirs(p, exist_ok=True)
+
+    def remove_temps(self) -> int:
+        """Delete the temporary files the last scan found (left by killed transfers; the pair
+        lock is held, so no transfer of this pair is writing them). Returns how many."""
+        for rel in self.temps:
+            self.delete(rel)
+        n, self.temps = len(self.temps), []
+        return n
 
     def makedirs_root(self) -> None:
         """Create the root folder (a first sync into a folder that does not exist yet)."""

@@ -91,7 +91,9 @@ def local_root(path: Path) -> Root:
     return Root("local", local_location(path))
 
 
-@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.server), pytest.param("sftp", marks=pytest.mark.server)])
+@pytest.fixture(
+    params=["local", pytest.param("s3", marks=pytest.mark.server), pytest.param("sftp", marks=pytest.mark.server)]
+)
 def two(request: pytest.FixtureRequest, tmp_path: Path) -> Root:
     """Side 2: a local folder, a fresh SeaweedFS bucket, or a fresh folder on the sshd server."""
     if request.param == "local":
@@ -399,6 +401,14 @@ def child_main(spec: dict[str, Any]) -> None:
              lock_path=state / "j.lock", host="testhost")  # fmt: skip
 
 
+def _completed(state: Path) -> bool:
+    j = Journal(state / "j.db")
+    try:
+        return j.completed
+    finally:
+        j.close()
+
+
 def _mutate(p: Pair, rng: random.Random, i: int, expected: dict[str, bytes]) -> None:
     """A few random changes on both sides between runs (never two on the same file), applied to
     the *expected* final tree too."""
@@ -407,9 +417,13 @@ def _mutate(p: Pair, rng: random.Random, i: int, expected: dict[str, bytes]) -> 
     edit = next(n for n in names if os.path.exists(p.one.p(n)))  # edit on one what is there already
     p.one.write(edit, b"edited on one %d" % i)
     expected[edit] = b"edited on one %d" % i
+    # delete on two a file the journal knows as synced (a file copied by a run killed before its
+    # journal commit, deleted before the next run, comes back: the engine cannot tell it from a
+    # copy that never happened, and keeping data wins)
+    known = p.journal_keys() if (p.state / "j.db").exists() and _completed(p.state) else {}
     for gone in names:
-        synced = p.two.loc.fs.exists(p.two.p(gone)) and os.path.exists(p.one.p(gone))
-        if gone != edit and synced and p.two.read(gone) == p.one.read(gone) == expected[gone]:  # in sync: delete on two
+        synced = gone in known and p.two.loc.fs.exists(p.two.p(gone)) and os.path.exists(p.one.p(gone))
+        if gone != edit and synced and p.two.read(gone) == p.one.read(gone) == expected[gone]:
             p.two.rm(gone)
             del expected[gone]
             break
@@ -486,8 +500,6 @@ def test_cli_dry_run_and_abort_exit_codes(tmp_path: Path) -> None:
     assert listed[0]["last_result"] == "aborted"
     res = cli("sync", str(a), "--with", str(b), "--max-delete", "3", "--json", home=home)
     assert json.loads(res.stdout)["result"]["deleted"] == 3
-
-
 
 
 if __name__ == "__main__":
