@@ -129,6 +129,33 @@ def test_restart_keeps_port_and_data(server: StoreServer, kill: bool) -> None:
     assert server.filesystem().cat_file(f"{root}/kept.bin") == pattern(1, 5000)
 
 
+# The abandoned file object tries its upload again when garbage-collected, and fails again.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_killed_mid_write_fails_promptly_and_comes_back(server: StoreServer) -> None:
+    if server.protocol == "gcs":
+        pytest.skip("gcsfs retries a refused connection 6 times with backoff (~33 s), fixed in gcsfs")
+    root = server.fresh_root()
+    fs = server.filesystem()
+    f = fs.open(f"{root}/big.bin", "wb")
+    f.write(pattern(3, 300_000))
+    server.stop(kill=True)
+
+    def finish() -> BaseException | None:
+        try:
+            f.write(pattern(4, 300_000))
+            f.close()
+        except Exception as exc:
+            return exc
+        return None
+
+    assert within(HANG_GUARD_S, finish) is not None, "a write to a killed server succeeded"
+    server.start()
+    fs = server.filesystem()
+    again = server.fresh_root()
+    fs.pipe_file(f"{again}/after.bin", b"back")
+    assert fs.cat_file(f"{again}/after.bin") == b"back"
+
+
 def test_moto_restart_comes_back_empty(moto_server: MotoS3Server) -> None:
     root = moto_server.fresh_root()
     old_key = moto_server.user

@@ -4,6 +4,7 @@ by polling, stop/start on the same port and data, and the dataclass the fixtures
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import logging
 import os
@@ -31,6 +32,8 @@ LOG_TAIL_BYTES = 6000
 CONNECT_TIMEOUT_S = 5.0
 """Client connect timeout used by ``fsspec_kwargs``: loopback answers at once or never."""
 READ_TIMEOUT_S = 30.0
+RETRIES = 2
+"""Client retry budget used by ``fsspec_kwargs`` where the client takes one."""
 
 
 _LIVE: set[StoreServer] = set()
@@ -68,6 +71,38 @@ def port_open(port: int, host: str = LOOPBACK) -> bool:
             return True
     except OSError:
         return False
+
+
+def descendants(pid: int) -> list[int]:
+    """The pids of all processes below *pid* (children, grandchildren, ...), from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])  # fields after "(comm)": state, ppid
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def signal_all(group: int, pids: list[int], sig: signal.Signals) -> None:
+    """Send *sig* once to the process group *group* and to each of *pids* outside it (gone ones are
+    skipped). Once only: a second SIGTERM makes some servers (Azurite) exit without saving."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, sig)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            if os.getpgid(pid) != group:
+                os.kill(pid, sig)
 
 
 def tail(path: Path, size: int = LOG_TAIL_BYTES) -> str:
@@ -244,16 +279,15 @@ class StoreServer:
         _LIVE.discard(self)
         if proc is None or proc.poll() is not None:
             return
-        sig = signal.SIGKILL if kill else signal.SIGTERM
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
+        # sshd runs each session in a new session (setsid): not in the server's process group,
+        # so the tree is collected from /proc first and every member is signalled.
+        tree = [proc.pid, *descendants(proc.pid)]
+        signal_all(proc.pid, tree, signal.SIGKILL if kill else signal.SIGTERM)
         try:
             proc.wait(self.stop_grace_s)
         except subprocess.TimeoutExpired:
             log.info("%s still running %ss after SIGTERM; killing it", self.name, self.stop_grace_s)
-            os.killpg(proc.pid, signal.SIGKILL)
+            signal_all(proc.pid, tree, signal.SIGKILL)
             proc.wait()
         # Let the port be reusable before a restart binds it again.
         self._wait_port_closed()

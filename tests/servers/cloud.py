@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from tests.servers.base import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, StoreServer, free_ports, http_status
+import fsspec
+
+from tests.servers.base import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, RETRIES, StoreServer, free_ports, http_status
 
 ROOT = Path(__file__).resolve().parents[2]
 NPM_BIN = ROOT / ".cache" / "npm" / "node_modules" / ".bin"
@@ -87,15 +89,31 @@ class AzuriteServer(StoreServer):
             "read_timeout": int(READ_TIMEOUT_S),
         }
 
+    def filesystem(self, *, wrong: bool = False) -> fsspec.AbstractFileSystem:
+        fs = super().filesystem(wrong=wrong)
+        # adlfs takes no retry settings; azure-core's default retries a refused connection for
+        # ~80 s, which would turn every fault test against a stopped Azurite into a long wait.
+        fast_retries(fs.service_client._config.retry_policy)
+        return fs
+
     def blob_service(self, *, wrong: bool = False) -> Any:
         """An ``azure.storage.blob.BlobServiceClient`` (for access tiers and rehydration)."""
         from azure.storage.blob import BlobServiceClient
 
-        return BlobServiceClient.from_connection_string(self.connection_string(wrong=wrong), retry_total=1)
+        client = BlobServiceClient.from_connection_string(self.connection_string(wrong=wrong))
+        fast_retries(client._config.retry_policy)
+        return client
 
     def make_root(self, name: str) -> str:
         self.blob_service().create_container(name)
         return name
+
+
+def fast_retries(policy: Any) -> None:
+    """Make an azure-storage-blob ``ExponentialRetry`` policy retry ``RETRIES`` times, 0.1-0.3 s apart
+    (its default backoff is 15 s + 3**n with up to 10 retries)."""
+    policy.total_retries = policy.connect_retries = policy.read_retries = policy.status_retries = RETRIES
+    policy.initial_backoff, policy.increment_base, policy.random_jitter_range = 0.2, 0, 0.1
 
 
 def fake_gcs_binary() -> Path:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from tests.servers.base import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, StoreServer, free_ports, http_status
+from tests.servers.base import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, RETRIES, StoreServer, free_ports, http_status
 
 REGION = "us-east-1"
 
@@ -41,7 +41,7 @@ class S3Server(StoreServer):
             "config_kwargs": {
                 "connect_timeout": CONNECT_TIMEOUT_S,
                 "read_timeout": READ_TIMEOUT_S,
-                "retries": {"max_attempts": 2, "mode": "standard"},
+                "retries": {"max_attempts": RETRIES, "mode": "standard"},
             },
         }
 
@@ -96,6 +96,12 @@ class SeaweedS3Server(S3Server):
             ]
         }
         (self.workdir / "s3.json").write_text(json.dumps(identities))
+        # Every bucket is a collection, and a new collection grows 7 volumes by default: with a
+        # volume limit the server runs out after a few buckets. weed reads master.toml from its
+        # working directory (the workdir): grow one volume at a time.
+        (self.workdir / "master.toml").write_text(
+            "[master.volume_growth]\ncopy_1 = 1\ncopy_2 = 2\ncopy_3 = 3\ncopy_other = 1\n"
+        )
 
     def command(self) -> Sequence[str]:
         weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
@@ -113,7 +119,7 @@ class SeaweedS3Server(S3Server):
             "-s3.port.iceberg=0", "-s3.port.lance=0",
             f"-s3.config={self.workdir / 's3.json'}",
             f"-s3.localSocket={self.workdir / 's3.sock'}", f"-filer.localSocket={self.workdir / 'filer.sock'}",
-            "-master.volumeSizeLimitMB=64", "-volume.max=32", "-volume.preStopSeconds=0",
+            "-master.volumeSizeLimitMB=64", "-volume.max=2000", "-volume.preStopSeconds=0",
             # A master resuming its raft state waits for an election it alone takes part in.
             "-master.electionTimeout=500ms",
         ]  # fmt: skip
