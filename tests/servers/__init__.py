@@ -45,6 +45,12 @@ PermissionError (s3fs, sshfs), azure HttpResponseError 403, ftplib.error_perm 53
 server (``request.getfixturevalue(name)``). Mark such tests ``@pytest.mark.server``.
 """
 
+import os
+
 from tests.servers.cloud import disable_gcsfs_zonal_probe
 
 disable_gcsfs_zonal_probe()
+
+# The servers are on loopback: an http(s)_proxy from the environment must not catch their traffic.
+for _var in ("NO_PROXY", "no_proxy"):
+    os.environ[_var] = ",".join(filter(None, [os.environ.get(_var, ""), "127.0.0.1", "localhost"]))

@@ -116,10 +116,19 @@ def tail(path: Path, size: int = LOG_TAIL_BYTES) -> str:
         return ""
 
 
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+"""Loopback probes never go through an http_proxy from the environment."""
+
+
+def urlopen_direct(url: str, timeout_s: float = 2.0) -> Any:
+    """``urllib.request.urlopen`` without proxies; raises HTTPError on error statuses."""
+    return _DIRECT.open(url, timeout=timeout_s)
+
+
 def http_status(url: str, timeout_s: float = 2.0) -> int:
     """The HTTP status of a GET of *url* (error statuses included); raises OSError if nothing answers."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+        with urlopen_direct(url, timeout_s) as resp:
             return int(resp.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)

@@ -7,13 +7,20 @@ import json
 import shutil
 import sys
 import tempfile
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from tests.servers.base import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, RETRIES, StoreServer, free_ports, http_status
+from tests.servers.base import (
+    CONNECT_TIMEOUT_S,
+    READ_TIMEOUT_S,
+    RETRIES,
+    StoreServer,
+    free_ports,
+    http_status,
+    urlopen_direct,
+)
 
 REGION = "us-east-1"
 
@@ -136,7 +143,7 @@ class SeaweedS3Server(S3Server):
         # ask the master whether a volume server is registered.
         if http_status(f"{self.endpoint}/") not in (200, 403):
             return False
-        with urllib.request.urlopen(f"http://{self.host}:{self.ports[0]}/dir/status", timeout=2) as resp:
+        with urlopen_direct(f"http://{self.host}:{self.ports[0]}/dir/status") as resp:
             topo = json.load(resp).get("Topology", {})
         return any(rack.get("DataNodes") for dc in topo.get("DataCenters") or [] for rack in dc.get("Racks") or [])
 
