@@ -153,6 +153,9 @@ from .sync_cmd import replicate, sync  # noqa: E402
 
 main.add_command(sync)
 main.add_command(replicate)
+from .daemon import agent  # noqa: E402
+
+main.add_command(agent)
 
 
 def run() -> None:
