@@ -32,7 +32,8 @@ Every server object has:
   mid-transfer. A test that stops a session server must ``start()`` it again before it ends.
 - ``settle()``: wait until what was acknowledged survives ``stop(kill=True)``; only Azurite needs it
   (it saves its metadata every 5 s), a no-op elsewhere.
-- ``log_path`` / ``log_tail()``: the server log, appended to the report of any failed test using it.
+- ``log_path`` / ``log_tail()``: the server log. What each server wrote during a failed test is
+  appended to its report, however the test reached the server (argument or getfixturevalue).
 - Extras: S3 ``boto3_client()`` and ``region``; Azure ``connection_string(wrong=False)`` and
   ``blob_service()``; folder servers (sftp/ftp/webdav) ``files`` (exported dir) and ``local_path(root)``.
 

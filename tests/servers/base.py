@@ -38,6 +38,8 @@ RETRIES = 2
 
 _LIVE: set[StoreServer] = set()
 """Servers started and not stopped yet; stopped at interpreter exit if a fixture teardown never ran."""
+STARTED: list[StoreServer] = []
+"""Every server started in this process, in order (for failure reports)."""
 
 
 @atexit.register
@@ -208,9 +210,16 @@ class StoreServer:
         """The server's combined stdout/stderr; kept in the test tmp dir and appended across restarts."""
         return self.workdir / f"{self.name}.log"
 
-    def log_tail(self) -> str:
-        """The end of the server log, for failure reports."""
-        return tail(self.log_path)
+    def log_size(self) -> int:
+        """The current length of the log in bytes (0 before the first start)."""
+        try:
+            return self.log_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def log_tail(self, since: int = 0) -> str:
+        """The end of the server log (at most ``LOG_TAIL_BYTES``), from byte *since* on."""
+        return tail(self.log_path, min(LOG_TAIL_BYTES, max(0, self.log_size() - since)))
 
     def filesystem(self, *, wrong: bool = False) -> fsspec.AbstractFileSystem:
         """A new fsspec filesystem for this server (never a cached instance)."""
@@ -252,6 +261,8 @@ class StoreServer:
                 start_new_session=True,
             )
         _LIVE.add(self)
+        if self not in STARTED:
+            STARTED.append(self)
         self._wait(self.ready, "answer", timeout_s)
         self.after_start()
 

@@ -9,7 +9,7 @@ from typing import TypeVar
 
 import pytest
 
-from tests.servers.base import ServerStartError, StoreServer
+from tests.servers.base import STARTED, ServerStartError, StoreServer
 from tests.servers.cloud import AzuriteServer, FakeGcsServer
 from tests.servers.files import FtpServer, SftpServer, WebdavServer
 from tests.servers.s3 import MotoS3Server, SeaweedS3Server
@@ -80,15 +80,26 @@ ftps_server = server_fixture(
 webdav_server = server_fixture("webdav_server", lambda d: WebdavServer(workdir=d), "WsgiDAV, basic auth, one user.")
 
 
+LOG_OFFSETS = pytest.StashKey[dict[int, int]]()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Note where each running server's log stands when the test starts."""
+    item.stash[LOG_OFFSETS] = {id(server): server.log_size() for server in STARTED}
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, None]:
-    """On a failed test, append the log tail of each server fixture it used to the report."""
+    """On a failure, append what each server wrote to its log during the test (servers started by
+    the test: the whole log) to the report."""
     outcome = yield
     report = outcome.get_result()
     if not report.failed:
         return
-    for value in getattr(item, "funcargs", {}).values():
-        if isinstance(value, StoreServer):
-            report.sections.append((f"{value.name} log ({value.log_path})", value.log_tail()))
+    offsets = item.stash.get(LOG_OFFSETS, {})
+    for server in STARTED:
+        text = server.log_tail(since=offsets.get(id(server), 0))
+        if text:
+            report.sections.append((f"{server.name} log ({server.log_path})", text))
