@@ -178,8 +178,9 @@ class SftpServer(FolderServer):
 
 @dataclass(eq=False)
 class FtpServer(FolderServer):
-    """pyftpdlib with one user over ``files``; ``tls=True`` makes it FTPS (explicit AUTH TLS) with a
-    self-signed certificate (``cert_path``). Paths start at the FTP root: a root is ``/name``."""
+    """pyftpdlib with one user over ``files``; ``tls=True`` makes it FTPS (explicit AUTH TLS, required
+    on the control and data channels) with a self-signed certificate (``cert_path``). Paths start at
+    the FTP root: a root is ``/name``."""
 
     name: ClassVar[str] = "ftpd"
     protocol: ClassVar[str] = "ftp"

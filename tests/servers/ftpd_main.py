@@ -1,4 +1,4 @@
-"""Run a pyftpdlib FTP server (FTPS too when given a certificate) until it is killed (SIGTERM ends it at once; the files are on disk).
+"""Run a pyftpdlib FTP server (FTPS, TLS required on control and data, when given a certificate) until it is killed (SIGTERM ends it at once; the files are on disk).
 
 Usage: ``python ftpd_main.py HOST PORT ROOT USER PASSWORD [CERTFILE KEYFILE]``. Run by path by
 ``tests.servers.files.FtpServer``; standalone so it needs no package import.
@@ -23,6 +23,7 @@ def main(argv: list[str]) -> None:
         from pyftpdlib.handlers import TLS_FTPHandler
 
         TLS_FTPHandler.certfile, TLS_FTPHandler.keyfile = tls
+        TLS_FTPHandler.tls_control_required = TLS_FTPHandler.tls_data_required = True
         handler = TLS_FTPHandler
     handler.authorizer = authorizer
     handler.auth_failed_timeout = 0.05  # default 3 s pause after a wrong password
