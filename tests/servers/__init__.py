@@ -42,6 +42,11 @@ create parent folders on write (``makedirs`` first); sshfs' ``cat_file`` ignores
 ``open`` + ``seek``); an S3 HEAD refused for a wrong key says only "Forbidden"; a wrong-key error is
 PermissionError (s3fs, sshfs), azure HttpResponseError 403, ftplib.error_perm 530, webdav4 HTTPError 401.
 
+Archive behaviour: moto refuses GetObject on GLACIER / DEEP_ARCHIVE objects (InvalidObjectState)
+until RestoreObject, which completes at once (``x-amz-restore: ongoing-request="false"``); Azurite
+refuses to read an Archive blob (409 BlobArchived) and rehydrates at once when the tier is set back.
+Neither shows a pending restore.
+
 ``SERVER_FIXTURES`` in ``tests.servers.fixtures`` names them all, for suites parametrized over every
 server (``request.getfixturevalue(name)``). Mark such tests ``@pytest.mark.server``.
 """
