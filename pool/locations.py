@@ -18,7 +18,9 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import fsspec
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 
 INTEGRATION_PREFIX = "integration:"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+_RECONNECT_LOCK = threading.Lock()
 _SECRET_RE = re.compile(r"(?i)((?:secret|password|token|key)=)[^&\s]+|(//[^:/@\s]+:)[^@/\s]+@")
 
 
@@ -44,6 +47,8 @@ class Location:
         root: path inside *fs* without a trailing slash; a file below it is ``f"{root}/{rel}"``.
         display: what the user wrote, secrets masked (for messages and the transfer log).
         integration: the integration name when ``kind == "integration"``.
+        reopen: builds a fresh filesystem for this side (a new connection); None where a
+            connection cannot drop (local folders, the pool).
     """
 
     kind: str
@@ -51,6 +56,20 @@ class Location:
     root: str
     display: str
     integration: str | None = None
+    reopen: Callable[[], fsspec.AbstractFileSystem] | None = field(default=None, compare=False, repr=False)
+
+    def reconnect(self, failed: fsspec.AbstractFileSystem) -> bool:
+        """Replace the filesystem *failed* (whose connection dropped: SFTP and FTP sessions do
+        not come back by themselves) with a fresh one. However many transfers saw the same
+        failure, only the first reconnects. Returns whether this side has a fresh filesystem.
+        Errors from reconnecting propagate (the caller's retry sees them)."""
+        if self.reopen is None:
+            return False
+        with _RECONNECT_LOCK:
+            if self.fs is failed:
+                object.__setattr__(self, "fs", self.reopen())
+                log.info("%s: reconnected", self.display)
+        return True
 
     def path(self, rel: str) -> str:
         """The full path of *rel* (a ``/``-separated relative path; ``""`` is the root itself)."""
@@ -142,7 +161,14 @@ def integration_location(name: str, rel: str, *, home: Path | None = None, displ
     parts = _split_rel(rel, f"integration path {display or name}")
     base = base.rstrip("/")
     root = "/".join([base, *parts]) if base else "/".join(parts)
-    return Location("integration", fs, root, mask_secrets(display or f"{INTEGRATION_PREFIX}{name}/{rel}"), name)
+    return Location(
+        "integration",
+        fs,
+        root,
+        mask_secrets(display or f"{INTEGRATION_PREFIX}{name}/{rel}"),
+        name,
+        reopen=lambda: open_integration(name, home=home)[0],
+    )
 
 
 def bucket_location(bucket: str, parts: list[str], *, home: Path, display: str) -> Location:

@@ -40,6 +40,9 @@ _TRANSIENT_NAMES = (
     # botocore / aiobotocore, aiohttp, asyncssh, paramiko, requests/urllib3, httpx: connection
     # level failures and timeouts, by class name so no client library needs importing here
     "EndpointConnectionError",
+    "ConnectionLost",  # asyncssh: the SSH connection dropped
+    "SFTPNoConnection",  # asyncssh: a request on a dropped SFTP session
+    "SFTPConnectionLost",
     "ConnectionClosedError",
     "ReadTimeoutError",
     "ConnectTimeoutError",

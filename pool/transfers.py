@@ -89,6 +89,8 @@ class _Attempt:
     parts_sent: int = 0
     size: int = 0
     digest: str | None = None
+    #: temporary names a failed attempt could not remove (its connection was gone)
+    leftovers: list[str] = field(default_factory=list)
 
 
 def _display(loc: Location, rel: str) -> str:
@@ -201,11 +203,11 @@ def _copy_stream(
         if target != dst_path:
             fs.mv(target, dst_path)
     except IntegrityError:
-        _discard(fs, target, dst_path)
+        _discard(fs, target, dst_path, state)
         raise
     except BaseException:
         if not resumable:
-            _discard(fs, target, dst_path)
+            _discard(fs, target, dst_path, state)
         raise
 
 
@@ -251,13 +253,30 @@ def _hash_prefix(f: Any, h: Any, n: int) -> tuple[str, int]:
     return h.hexdigest(), n - left
 
 
-def _discard(fs: Any, target: str, final: str) -> None:
+def _discard(fs: Any, target: str, final: str, state: _Attempt) -> None:
+    """Remove the temporary *target*; when that fails too (the connection dropped), remember
+    it so a later attempt, on a fresh connection, removes it."""
     if target == final:
         return
     try:
         fs.rm_file(target)
-    except OSError:
+    except FileNotFoundError:
         pass
+    except Exception as e:
+        log.debug("cannot remove %s now: %s", target, e)
+        state.leftovers.append(target)
+
+
+def _remove_leftovers(fs: Any, state: _Attempt) -> None:
+    for target in list(state.leftovers):
+        try:
+            fs.rm_file(target)
+        except FileNotFoundError:
+            pass
+        except Exception as e:
+            log.warning("could not remove the temporary %s: %s", target, _one_line(e))
+            continue
+        state.leftovers.remove(target)
 
 
 def _copy_multipart(
@@ -354,6 +373,7 @@ def copy_file(
     rec = tlog.start(what_src, what_dst) if tlog is not None else TransferRecord(0, what_src, what_dst)
     breakers = _breakers(src, dst, opts, tlog)
     state = _Attempt()
+    stale: list[tuple[Location, Any]] = []  # sides whose filesystem failed with a transient error
     retrying = tenacity.Retrying(
         stop=tenacity.stop_after_attempt(opts.retries + 1),
         wait=tenacity.wait_random_exponential(multiplier=opts.backoff_initial_s, max=opts.backoff_max_s),
@@ -368,12 +388,20 @@ def copy_file(
                 rec.attempts = attempt.retry_state.attempt_number
                 for b in breakers:
                     b.before()
+                used = (src.fs, dst.fs)
                 try:
+                    while stale:  # a connection dropped last time: this attempt gets a new one
+                        loc, failed = stale[-1]
+                        loc.reconnect(failed)
+                        stale.pop()
+                    _remove_leftovers(dst.fs, state)
                     _copy_once(src, src_path, dst, dst_path, opts, state, tlog, progress)
                 except Exception as e:
                     if is_transient(e):
                         for b in breakers:
                             b.failure()
+                        if not stale and not _is_integrity(e):
+                            stale = [(loc, fs) for loc, fs in ((src, used[0]), (dst, used[1])) if loc.reopen]
                     raise
                 for b in breakers:
                     b.success()
@@ -396,6 +424,14 @@ def copy_file(
             raise AuthError(message) from None
         raise TransferError(message) from None
     return rec
+
+
+def _is_integrity(e: BaseException) -> bool:
+    while e is not None:
+        if isinstance(e, IntegrityError):
+            return True
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    return False
 
 
 def _log_retry(what: str, rs: tenacity.RetryCallState) -> None:

@@ -30,7 +30,9 @@ RETRY = {"retries": 12, "backoff_initial_s": 0.2, "backoff_max_s": 2.0}
 
 def _remote(server: Any, name: str) -> Location:
     """An integration location on *server* (built from the fixture's filesystem)."""
-    return Location("integration", server.filesystem(), server.fresh_root(), f"integration:{name}", name)
+    return Location(
+        "integration", server.filesystem(), server.fresh_root(), f"integration:{name}", name, reopen=server.filesystem
+    )
 
 
 def _restart_after(server: Any, threshold_bytes: int) -> tuple[Callable[[int], None], list[bool]]:
@@ -89,6 +91,36 @@ def test_sftp_push_pull_keeps_bytes_modes_mtimes(sftp_server: Any, tmp_path: Pat
     out = tmp_path / "out"
     copy_tree(remote, local_location(out), log=tlog)
     _same_tree(src, out, mtime_unit_ns=10**9)  # SFTP v3 keeps whole seconds
+
+
+@pytest.mark.parametrize("direction", ["upload", "download"])
+def test_sftp_transfer_reconnects_after_server_restart(
+    sftp_server: Any, tmp_path: Path, tlog: TransferLog, direction: str
+) -> None:
+    """sshd killed mid-transfer (its sessions die with it) and started again: the dropped SFTP
+    connection is replaced by a new one and the copy completes with exact bytes."""
+    data = pattern(14, 6 << 20)
+    remote = _remote(sftp_server, "ssh")
+    local = local_location(tmp_path / "local")
+    (tmp_path / "local").mkdir()
+    if direction == "upload":
+        (tmp_path / "local" / "big").write_bytes(data)
+        src, dst = local, remote
+    else:
+        remote.fs.pipe_file(f"{remote.root}/big", data)
+        src, dst = remote, local
+    first_fs = remote.fs
+    progress, fired = _restart_after(sftp_server, 1 << 20)
+    rec = copy_file(src, "big", dst, "big", log=tlog, options=TransferOptions(**RETRY), progress=progress)
+    assert fired[0] and rec.status == "ok" and rec.attempts >= 2
+    assert remote.fs is not first_fs  # a new connection was made
+    got = (
+        (tmp_path / "local" / "big").read_bytes()
+        if direction == "download"
+        else (Path(remote.root) / "big").read_bytes()
+    )
+    assert got == data
+    assert not [p for p in Path(remote.root).iterdir() if ".darkstorage-" in p.name]
 
 
 @pytest.mark.slow
