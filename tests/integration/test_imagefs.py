@@ -78,3 +78,30 @@ def test_image_view_mount(tmp_path: Path) -> None:
         subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True)
         proc.wait(timeout=30)
     assert proc.returncode == 0
+
+
+def test_bucket_source_through_running_and_temporary_mounts(mounts, home: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from agent.sources import source_tree
+    from pool.errors import NotFoundError
+
+    m = mounts()
+    (m.path / "b" / "docs").mkdir()
+    (m.path / "b" / "docs" / "a.txt").write_bytes(b"hello")
+    with source_tree("b/docs") as folder:  # the running mount is used as it is
+        assert folder == m.path / "b" / "docs"
+        assert (folder / "a.txt").read_bytes() == b"hello"
+    assert m.stop() == 0
+    with source_tree("b") as folder:  # not mounted: a temporary read-only mount
+        assert os.path.ismount(folder.parent)
+        assert (folder / "docs" / "a.txt").read_bytes() == b"hello"
+        with pytest.raises(OSError) as e:
+            (folder / "new").write_bytes(b"x")
+        assert e.value.errno == errno.EROFS
+        temp_root = folder.parent
+    assert not temp_root.exists()
+    for bad in ("nosuchbucket", "b/nosuchdir", str(tmp_path / "missing")):
+        with pytest.raises(NotFoundError):
+            with source_tree(bad):
+                pass
+    with source_tree(str(tmp_path)) as folder:
+        assert folder == tmp_path
