@@ -137,11 +137,14 @@ def bucket_remove(name: str, force: bool) -> None:
 
 from .mount_cmd import mount, status, umount  # noqa: E402
 from .tiers_cmd import tiers  # noqa: E402
+from .iso_cmd import bucket2iso, iso  # noqa: E402
 
 main.add_command(mount)
 main.add_command(umount)
 main.add_command(status)
 main.add_command(tiers)
+main.add_command(bucket2iso)
+main.add_command(iso)
 
 
 def run() -> None:

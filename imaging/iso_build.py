@@ -270,6 +270,8 @@ class _Builder:
                 px = chunk.rock_ridge.dr_entries.px_record if chunk.rock_ridge else None
                 if px is not None:
                     px.posix_user_id, px.posix_group_id = entry.uid, entry.gid
+                    if entry.kind == "symlink":
+                        px.posix_file_mode = entry.mode
             if entry.kind == "file" and rec.inode is not None:
                 self.layout.inodes[entry.rel] = rec.inode
         if udf:

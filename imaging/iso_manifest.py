@@ -68,14 +68,18 @@ def digest_image(fd: int, layout: Any, volume_bytes: int, *, progress: Callable[
     view = memoryview(buf)
     by_inode: dict[int, list[str]] = {}
     spans: list[tuple[int, int, int]] = []
+    digests: dict[str, str] = {}
+    empty = hashlib.sha256().hexdigest()
     for rel in layout.sources:
-        ino = layout.inodes[rel]
+        ino = layout.inodes.get(rel)
+        if ino is None or ino.get_data_length() == 0:  # no extent at all
+            digests[rel] = empty
+            continue
         if id(ino) not in by_inode:
             by_inode[id(ino)] = []
             spans.append((ino.extent_location() * BLOCK, ino.get_data_length(), id(ino)))
         by_inode[id(ino)].append(rel)
     spans.sort()
-    digests: dict[str, str] = {}
     cursor = 0
 
     def feed(start: int, stop: int, file_hash: Any) -> None:
@@ -93,10 +97,8 @@ def digest_image(fd: int, layout: Any, volume_bytes: int, *, progress: Callable[
 
     for start, length, key in spans:
         stop = start + length
-        if start < cursor:  # zero-length files may share an extent with the next one
-            stop = max(stop, cursor)
-            h = hashlib.sha256()
-            h.update(os.pread(fd, length, start) if length else b"")
+        if start < cursor:  # overlapping extents (not written by us): hash the file on its own
+            h = hashlib.sha256(os.pread(fd, length, start))
         else:
             feed(cursor, start, None)
             h = hashlib.sha256()

@@ -52,8 +52,9 @@ class WriteResult:
     changed: list[str] = field(default_factory=list)
 
 
-def copy_range(src_fd: int, dst_fd: int, dst_offset: int, length: int, *, progress: Callable[[int], None] | None = None) -> int:
-    """Copy *length* bytes from the start of *src_fd* to *dst_offset* of *dst_fd* in the kernel.
+def copy_range(src_fd: int, dst_fd: int, dst_offset: int, length: int, *, src_offset: int = 0,
+               progress: Callable[[int], None] | None = None) -> int:
+    """Copy *length* bytes from *src_offset* of *src_fd* to *dst_offset* of *dst_fd* in the kernel.
 
     Tries ``copy_file_range`` (server-side/reflink where the filesystem can), then ``sendfile``,
     then a ``pread``/``pwrite`` loop. Returns the bytes copied (less than *length* only when the
@@ -66,14 +67,14 @@ def copy_range(src_fd: int, dst_fd: int, dst_offset: int, length: int, *, progre
         want = min(_STEP_BYTES, length - done)
         try:
             if method == "copy_file_range":
-                n = os.copy_file_range(src_fd, dst_fd, want, done, dst_offset + done)
+                n = os.copy_file_range(src_fd, dst_fd, want, src_offset + done, dst_offset + done)
             elif method == "sendfile":
                 os.lseek(dst_fd, dst_offset + done, os.SEEK_SET)
-                n = os.sendfile(dst_fd, src_fd, done, want)
+                n = os.sendfile(dst_fd, src_fd, src_offset + done, want)
             else:
                 if buf is None:
                     buf = bytearray(1 << 20)
-                n = os.preadv(src_fd, [memoryview(buf)[: min(want, len(buf))]], done)
+                n = os.preadv(src_fd, [memoryview(buf)[: min(want, len(buf))]], src_offset + done)
                 if n:
                     os.pwrite(dst_fd, memoryview(buf)[:n], dst_offset + done)
         except OSError as e:
@@ -166,7 +167,7 @@ def write_image(layout: IsoLayout, output: Path, *, hybrid: bool = False, hybrid
 
     names = {id(ino): rel for rel, ino in layout.inodes.items()}
     writer = _DataWriter(-1, names)
-    iso.inodes.sort(key=lambda i: i.extent_location())
+    iso.inodes.sort(key=lambda i: i.extent_location() if i.get_data_length() else 0)
     with open(part, "w+b", buffering=0) as out:
         writer.out_fd = out.fileno()
         iso.inode_writer = writer
