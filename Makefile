@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 MOUNT ?= $(if $(DARKSTORAGE_MOUNT),$(DARKSTORAGE_MOUNT),./mnt)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_RUN := fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc
-APT_TEST := git sqlite3
+APT_TEST := git sqlite3 7zip dmg2img hfsplus
 
 .PHONY: install run test test-deps lint typecheck bench clean
 

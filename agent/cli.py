@@ -146,6 +146,11 @@ main.add_command(tiers)
 main.add_command(bucket2iso)
 main.add_command(iso)
 
+from .dmg_cmd import bucket2dmg, dmg  # noqa: E402
+
+main.add_command(bucket2dmg)
+main.add_command(dmg)
+
 
 def run() -> None:
     """Console entry point: run the CLI, turning our errors into one line and an exit code."""

@@ -52,9 +52,18 @@ CHUNK_LZMA = 0x80000008  #: an xz stream (7-Zip names it XZ)
 CHUNK_COMMENT = 0x7FFFFFFE
 CHUNK_END = 0xFFFFFFFF
 
-CHUNK_NAMES = {CHUNK_ZERO: "zero", CHUNK_RAW: "raw", CHUNK_IGNORE: "ignore", CHUNK_ADC: "adc",
-               CHUNK_ZLIB: "zlib", CHUNK_BZIP2: "bzip2", CHUNK_LZFSE: "lzfse", CHUNK_LZMA: "lzma",
-               CHUNK_COMMENT: "comment", CHUNK_END: "end"}
+CHUNK_NAMES = {
+    CHUNK_ZERO: "zero",
+    CHUNK_RAW: "raw",
+    CHUNK_IGNORE: "ignore",
+    CHUNK_ADC: "adc",
+    CHUNK_ZLIB: "zlib",
+    CHUNK_BZIP2: "bzip2",
+    CHUNK_LZFSE: "lzfse",
+    CHUNK_LZMA: "lzma",
+    CHUNK_COMMENT: "comment",
+    CHUNK_END: "end",
+}
 
 #: image format → the chunk type its data chunks use
 FORMATS = {"UDZO": CHUNK_ZLIB, "UDBZ": CHUNK_BZIP2, "ULFO": CHUNK_LZFSE, "ULMO": CHUNK_LZMA, "UDRO": CHUNK_RAW}
@@ -123,27 +132,68 @@ def mish_table(runs: list[ChunkRun], sector_count: int, crc: int, *, descriptor:
     """Serialise a ``mish`` block table for one partition starting at sector 0 of the disk."""
     entries = [*runs, ChunkRun(CHUNK_END, sector_count, 0, runs[-1].offset + runs[-1].length if runs else 0, 0)]
     buffers = max((r.sector_count for r in runs if r.chunk_type not in (CHUNK_ZERO, CHUNK_IGNORE)), default=0)
-    head = MISH_HEADER.pack(MISH_MAGIC, 1, 0, sector_count, 0, max(buffers, CHUNK_SECTORS) + 8, descriptor,
-                            bytes(24), CHECKSUM_CRC32, 32, checksum_field(crc), len(entries))
-    body = b"".join(MISH_CHUNK.pack(r.chunk_type, 0, r.first_sector, r.sector_count, r.offset, r.length)
-                    for r in entries)
+    head = MISH_HEADER.pack(
+        MISH_MAGIC,
+        1,
+        0,
+        sector_count,
+        0,
+        max(buffers, CHUNK_SECTORS) + 8,
+        descriptor,
+        bytes(24),
+        CHECKSUM_CRC32,
+        32,
+        checksum_field(crc),
+        len(entries),
+    )
+    body = b"".join(
+        MISH_CHUNK.pack(r.chunk_type, 0, r.first_sector, r.sector_count, r.offset, r.length) for r in entries
+    )
     return head + body
 
 
 def plist_xml(partition_name: str, mish: bytes, *, descriptor: int) -> bytes:
     """The XML property list with one ``blkx`` resource (keys sorted, ``Name`` after ``Data``
     as dmg2img's text parser expects)."""
-    entry = {"Attributes": "0x0050", "CFName": partition_name, "Data": mish, "ID": str(descriptor),
-             "Name": partition_name}
+    entry = {
+        "Attributes": "0x0050",
+        "CFName": partition_name,
+        "Data": mish,
+        "ID": str(descriptor),
+        "Name": partition_name,
+    }
     doc = {"resource-fork": {"blkx": [entry]}}
     return plistlib.dumps(doc, fmt=plistlib.FMT_XML, sort_keys=True)
 
 
 def koly_trailer(res: UdifResult, xml_offset: int, xml_length: int, segment_id: bytes) -> bytes:
     """The 512-byte ``koly`` trailer (version 4, flattened image, one segment)."""
-    return KOLY.pack(KOLY_MAGIC, 4, 512, 1, 0, 0, res.data_fork_bytes, 0, 0, 1, 1, segment_id,
-                     CHECKSUM_CRC32, 32, checksum_field(res.data_crc32), xml_offset, xml_length, bytes(120),
-                     CHECKSUM_CRC32, 32, checksum_field(res.master_crc32), 1, res.sector_count, bytes(12))
+    return KOLY.pack(
+        KOLY_MAGIC,
+        4,
+        512,
+        1,
+        0,
+        0,
+        res.data_fork_bytes,
+        0,
+        0,
+        1,
+        1,
+        segment_id,
+        CHECKSUM_CRC32,
+        32,
+        checksum_field(res.data_crc32),
+        xml_offset,
+        xml_length,
+        bytes(120),
+        CHECKSUM_CRC32,
+        32,
+        checksum_field(res.master_crc32),
+        1,
+        res.sector_count,
+        bytes(12),
+    )
 
 
 class _Sink:
@@ -184,9 +234,16 @@ def _executor(chunk_type: int, workers: int) -> cf.Executor:
     return cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="udif")
 
 
-def write_udif(out: BinaryIO, blocks: Iterable[bytes | int], *, fmt: str, partition_name: str,
-               segment_id: bytes, workers: int | None = None,
-               progress: Callable[[int], None] | None = None) -> UdifResult:
+def write_udif(
+    out: BinaryIO,
+    blocks: Iterable[bytes | int],
+    *,
+    fmt: str,
+    partition_name: str,
+    segment_id: bytes,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> UdifResult:
     """Write a UDIF image of the disk whose bytes *blocks* yields, as one partition.
 
     Args:
@@ -282,9 +339,15 @@ def write_udif(out: BinaryIO, blocks: Iterable[bytes | int], *, fmt: str, partit
         drain(0)
 
     data_fork_bytes = sink.offset
-    res = UdifResult(sector_count=sector, data_fork_bytes=data_fork_bytes, file_bytes=0, data_crc32=sink.crc,
-                     partition_crc32=part_crc, master_crc32=zlib.crc32(struct.pack(">I", part_crc)),
-                     chunk_counts=dict(counts))
+    res = UdifResult(
+        sector_count=sector,
+        data_fork_bytes=data_fork_bytes,
+        file_bytes=0,
+        data_crc32=sink.crc,
+        partition_crc32=part_crc,
+        master_crc32=zlib.crc32(struct.pack(">I", part_crc)),
+        chunk_counts=dict(counts),
+    )
     xml = plist_xml(partition_name, mish_table(runs, sector, part_crc, descriptor=0), descriptor=0)
     sink.write(xml, in_data_fork=False)
     sink.write(koly_trailer(res, data_fork_bytes, len(xml), segment_id), in_data_fork=False)

@@ -103,8 +103,9 @@ def decompress_chunk(run: ChunkRun, payload: bytes, where: str) -> bytes:
 def _parse_mish(raw: bytes, where: str) -> tuple[int, int, int | None, list[ChunkRun]]:
     if len(raw) < MISH_HEADER.size:
         raise ImageCorruptError(f"{where}: mish table truncated")
-    (magic, version, first, count, _data_off, _bufs, _desc, _r, ck_type, ck_bits, ck_data,
-     n_runs) = MISH_HEADER.unpack_from(raw)
+    (magic, version, first, count, _data_off, _bufs, _desc, _r, ck_type, ck_bits, ck_data, n_runs) = (
+        MISH_HEADER.unpack_from(raw)
+    )
     if magic != MISH_MAGIC or version != 1:
         raise ImageCorruptError(f"{where}: bad mish signature")
     if len(raw) != MISH_HEADER.size + n_runs * MISH_CHUNK.size:
@@ -157,9 +158,32 @@ class UdifImage:
         f = KOLY.unpack(tail)
         if f[0] != KOLY_MAGIC:
             raise ImageCorruptError(f"{self.path.name}: no koly trailer (not a UDIF image)")
-        (_m, self.version, _hs, _flags, _running, self.data_fork_offset, self.data_fork_bytes, _ro, _rl,
-         _sn, _sc, self.segment_id, dtype, dbits, dck, self.xml_offset, self.xml_bytes, _r1,
-         mtype, mbits, mck, _variant, self.sector_count, _r2) = f
+        (
+            _m,
+            self.version,
+            _hs,
+            _flags,
+            _running,
+            self.data_fork_offset,
+            self.data_fork_bytes,
+            _ro,
+            _rl,
+            _sn,
+            _sc,
+            self.segment_id,
+            dtype,
+            dbits,
+            dck,
+            self.xml_offset,
+            self.xml_bytes,
+            _r1,
+            mtype,
+            mbits,
+            mck,
+            _variant,
+            self.sector_count,
+            _r2,
+        ) = f
         self.data_crc32 = struct.unpack_from(">I", dck)[0] if dtype == CHECKSUM_CRC32 and dbits == 32 else None
         self.master_crc32 = struct.unpack_from(">I", mck)[0] if mtype == CHECKSUM_CRC32 and mbits == 32 else None
         end = self.file_bytes - 512
@@ -182,7 +206,9 @@ class UdifImage:
             self.partitions.append(Partition(i, name, first, count, crc, runs))
             sector += count
         if sector != self.sector_count:
-            raise ImageCorruptError(f"{self.path.name}: partitions hold {sector} sectors, trailer says {self.sector_count}")
+            raise ImageCorruptError(
+                f"{self.path.name}: partitions hold {sector} sectors, trailer says {self.sector_count}"
+            )
         self._starts: list[int] = []
         self._index: list[tuple[int, int]] = []
         for p in self.partitions:
@@ -253,7 +279,7 @@ class UdifImage:
                 out += bytes(take)
             else:
                 data = self._chunk(k)
-                out += data[offset - base: offset - base + take]
+                out += data[offset - base : offset - base + take]
             offset += take
             size -= take
         return bytes(out)
@@ -321,10 +347,14 @@ class UdifImage:
         if -1 not in failed:
             for p in self.partitions:
                 if p.crc32 is not None and crcs[p.index] != p.crc32:
-                    problems.append(f"blkx {p.index} ({p.name}): CRC-32 {crcs[p.index]:08x} of its sectors does not"
-                                    f" match the recorded {p.crc32:08x}")
+                    problems.append(
+                        f"blkx {p.index} ({p.name}): CRC-32 {crcs[p.index]:08x} of its sectors does not"
+                        f" match the recorded {p.crc32:08x}"
+                    )
         if self.master_crc32 is not None and all(p.crc32 is not None for p in self.partitions):
             master = zlib.crc32(b"".join(struct.pack(">I", p.crc32 or 0) for p in self.partitions))
             if master != self.master_crc32:
-                problems.append(f"koly master checksum: {master:08x} does not match the recorded {self.master_crc32:08x}")
+                problems.append(
+                    f"koly master checksum: {master:08x} does not match the recorded {self.master_crc32:08x}"
+                )
         return problems
