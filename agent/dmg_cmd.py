@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from pool.errors import ImageCorruptError, NotFoundError, UsageError
+from pool.errors import ImageCorruptError, NotFoundError, UnsafePathError, UsageError
 from pool.units import format_size, parse_size
 
 from .console import console, emit_json
@@ -284,6 +284,13 @@ def dmg_mount(image: Path, mountpoint: Path, foreground: bool, allow_other: bool
     )
 
 
+def _dir_target(dest: Path, path: str) -> Path:
+    """*dest* for a folder member: refuse a symlink already standing there (it could lead out)."""
+    if dest.is_symlink():
+        raise UnsafePathError(f"refusing to extract folder {path!r} over a symlink in the target")
+    return dest
+
+
 def _copy_out(volume: Any, e: Any, dest: Path) -> None:
     """Write entry *e* of *volume* to *dest* (file or symlink), with its mode and times."""
     if e.kind == "symlink":
@@ -329,6 +336,7 @@ def dmg_extract(image: Path, patterns: tuple[str, ...], output: Path, as_json: b
                 continue
             dest = safe_join(output, path)
             if e.kind == "dir":
+                _dir_target(dest, path)
                 if not patterns:
                     dest.mkdir(parents=True, exist_ok=True)
                 continue
@@ -379,6 +387,7 @@ def dmg_sync(image: Path, bucket: str, dry_run: bool, as_json: bool) -> None:
         for path, e in vol.walk():
             dest = safe_join(target, path)
             if e.kind == "dir":
+                _dir_target(dest, path)
                 if not dry_run:
                     dest.mkdir(parents=True, exist_ok=True)
                 continue

@@ -13,7 +13,7 @@ from imaging.udif import CHUNK_BYTES, FORMATS, write_udif
 from imaging.udif_read import UdifImage
 from pool.errors import ImageCorruptError, UsageError
 
-DISK = os.urandom(CHUNK_BYTES + 4096) + bytes(3 * CHUNK_BYTES) + (b"text " * 300_000)[: CHUNK_BYTES] + bytes(1024)
+DISK = os.urandom(CHUNK_BYTES + 4096) + bytes(3 * CHUNK_BYTES) + (b"text " * 300_000)[:CHUNK_BYTES] + bytes(1024)
 
 
 def write(path: Path, fmt: str, blocks: list[bytes | int]) -> None:
@@ -24,11 +24,11 @@ def write(path: Path, fmt: str, blocks: list[bytes | int]) -> None:
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 def test_roundtrip(tmp_path: Path, fmt: str) -> None:
     p = tmp_path / "x.dmg"
-    write(p, fmt, [DISK[:7777 * 512], DISK[7777 * 512:], 2 * CHUNK_BYTES + 512])
+    write(p, fmt, [DISK[: 7777 * 512], DISK[7777 * 512 :], 2 * CHUNK_BYTES + 512])
     with UdifImage(p) as img:
         assert img.size_bytes == len(DISK) + 2 * CHUNK_BYTES + 512
         assert img.read(0, img.size_bytes) == DISK + bytes(2 * CHUNK_BYTES + 512)
-        assert img.read(CHUNK_BYTES - 3, 10) == (DISK + bytes(10))[CHUNK_BYTES - 3: CHUNK_BYTES + 7]
+        assert img.read(CHUNK_BYTES - 3, 10) == (DISK + bytes(10))[CHUNK_BYTES - 3 : CHUNK_BYTES + 7]
         assert img.verify() == []
 
 
@@ -64,7 +64,7 @@ def test_not_a_dmg(tmp_path: Path) -> None:
     raw = bytearray(p.read_bytes())
     koly = len(raw) - 512
     xml_off = struct.unpack_from(">Q", raw, koly + 0xD8)[0]
-    raw[xml_off + 10: xml_off + 20] = b"#" * 10
+    raw[xml_off + 10 : xml_off + 20] = b"#" * 10
     p.write_bytes(bytes(raw))
     with pytest.raises(ImageCorruptError, match="property list"):
         UdifImage(p)

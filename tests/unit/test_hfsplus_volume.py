@@ -19,7 +19,7 @@ def make_tree(root: Path) -> dict[str, bytes]:
     files = {
         "a.txt": b"hello\n",
         "empty": b"",
-        "café ü.txt": "accents".encode(),
+        "café ü.txt": b"accents",
         "😀 emoji.md": b"emoji",
         "sub/deeper/rand.bin": os.urandom(200_000),
         "x:y.txt": b"colon",
@@ -42,7 +42,7 @@ def build(root: Path, **kw: object) -> tuple[bytes, HfsPlusWriter]:
 
 
 def volume(data: bytes) -> HfsVolume:
-    return HfsVolume(lambda o, s: data[o:o + s], len(data))
+    return HfsVolume(lambda o, s: data[o : o + s], len(data))
 
 
 @pytest.mark.parametrize("max_extent_blocks", [0xFFFFFFFF, 1])
@@ -54,8 +54,13 @@ def test_roundtrip_every_file(tmp_path: Path, max_extent_blocks: int) -> None:
     assert v.check() == []
     assert v.volume_name == "Vol" and not v.case_sensitive and v.signature == b"H+"
     if max_extent_blocks == 1:  # 49 blocks of rand.bin: 8 in the catalog, 41 in overflow records
-        assert sum(len(ext) for _, ext in v.overflow[(v.lookup(v.lookup(v.lookup(1, b"sub"), b"deeper"),
-                                                               b"rand.bin") + 1, 0)]) == 41
+        assert (
+            sum(
+                len(ext)
+                for _, ext in v.overflow[(v.lookup(v.lookup(v.lookup(1, b"sub"), b"deeper"), b"rand.bin") + 1, 0)]
+            )
+            == 41
+        )
     seen = {}
     for path, e in v.walk():
         if e.kind == "file":
