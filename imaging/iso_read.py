@@ -164,64 +164,95 @@ class IsoReader:
         ident = rec.file_identifier().split(b";")[0]
         return ident[:-1] if ident.endswith(b".") else ident
 
-    def _node(self, rec: Any, rel: str, path: str) -> IsoNode:
+    def _udf_runs(self, rec: Any) -> list[tuple[int, int]]:
+        part_start = self.iso.udf_main_descs.partitions[0].part_start_location
+        return [((part_start + d.log_block_num) * 2048 + d.offset, d.extent_length) for d in rec.alloc_descs]
+
+    def _node(self, group: list[Any], rel: str) -> IsoNode:
+        rec = group[0]
         if self.tree == "udf":
             kind = "dir" if rec.is_dir() else "symlink" if rec.is_symlink() else "file"
             node = IsoNode(rel=rel, mode=_udf_mode(rec.perms, kind), uid=rec.uid if rec.uid != 0xFFFFFFFF else 0,
                            gid=rec.gid if rec.gid != 0xFFFFFFFF else 0, mtime_ns=_udf_time_ns(rec.mod_time))
-        elif self.tree == "rr" and rec.rock_ridge is not None:
-            rr = rec.rock_ridge
-            node = IsoNode(rel=rel, mode=rr.get_file_mode(), mtime_ns=_dr_time_ns(rec))
-            px = rr.dr_entries.px_record
-            if px is not None:
-                node.uid, node.gid, node.nlink = px.posix_user_id, px.posix_group_id, px.posix_file_links
-            if rr.is_symlink():
-                node.mode = stat.S_IFLNK | stat.S_IMODE(node.mode)
-                node.target = bytes(rr.symlink_path())
-        elif rec.rock_ridge is not None and rec.rock_ridge.is_symlink():  # plain tree of a Rock Ridge image
-            node = IsoNode(rel=rel, mode=stat.S_IFLNK | 0o777, mtime_ns=_dr_time_ns(rec),
-                           target=bytes(rec.rock_ridge.symlink_path()))
+            if kind == "file":
+                node.extents = self._udf_runs(rec)
+            elif kind == "symlink":
+                node.target = _udf_symlink_target(b"".join(os.pread(self._fd, n, o) for o, n in self._udf_runs(rec)))
         else:
-            node = IsoNode(rel=rel, mode=(stat.S_IFDIR | 0o555) if rec.is_dir() else (stat.S_IFREG | 0o444),
-                           mtime_ns=_dr_time_ns(rec))
+            rr = rec.rock_ridge if self.tree in ("rr", "iso") else None
+            if rr is not None and rr.is_symlink():
+                node = IsoNode(rel=rel, mode=stat.S_IFLNK | 0o777, mtime_ns=_dr_time_ns(rec), target=bytes(rr.symlink_path()))
+            elif self.tree == "rr" and rr is not None:
+                node = IsoNode(rel=rel, mode=rr.get_file_mode(), mtime_ns=_dr_time_ns(rec))
+            else:
+                node = IsoNode(rel=rel, mode=(stat.S_IFDIR | 0o555) if rec.is_dir() else (stat.S_IFREG | 0o444),
+                               mtime_ns=_dr_time_ns(rec))
+            if self.tree == "rr" and rr is not None:
+                px = rr.dr_entries.px_record
+                if px is not None:
+                    node.uid, node.gid, node.nlink = px.posix_user_id, px.posix_group_id, px.posix_file_links
+                    if not node.target:
+                        node.mode = px.posix_file_mode
+                if node.target:
+                    node.mode = stat.S_IFLNK | stat.S_IMODE(node.mode)
+                elif rr.child_link_record_exists() or rr.cl_to_moved_dr is not None:
+                    node.mode = stat.S_IFDIR | stat.S_IMODE(node.mode)
+            if node.kind == "file":  # multi-extent files: one record per chunk, in order
+                node.extents = [(r.extent_location() * 2048, r.get_data_length()) for r in group]
         if node.kind == "file":
-            node.extents = [(int(o), int(n)) for o, n in self.iso.get_file_byte_extents(**{self._key: path})]
             node.size = sum(n for _, n in node.extents)
-        elif node.kind == "symlink" and self.tree == "udf":
-            part_start = self.iso.udf_main_descs.partitions[0].part_start_location
-            data = b"".join(os.pread(self._fd, d.extent_length, (part_start + d.log_block_num) * 2048 + d.offset)
-                            for d in rec.alloc_descs)
-            node.target = _udf_symlink_target(data)
-        if node.kind == "symlink":
+        elif node.kind == "symlink":
             node.size = len(node.target)
         return node
 
+    def _kids(self, rec: Any) -> Iterator[Any]:
+        if self.tree == "udf":
+            for fi in rec.fi_descs.values():
+                if not fi.is_parent() and fi.file_entry is not None:
+                    yield fi.file_entry
+            return
+        for child in rec.children:
+            if child is None or child.is_dot() or child.is_dotdot():
+                continue
+            rr = child.rock_ridge
+            if self.tree == "rr" and rr is not None and rr.relocated_record():
+                continue  # shown where its CL entry is
+            yield child
+
+    def _dir_of(self, rec: Any) -> Any:
+        rr = rec.rock_ridge if self.tree == "rr" else None
+        return rr.cl_to_moved_dr if rr is not None and rr.cl_to_moved_dr is not None else rec
+
     def _load(self) -> None:
         root = self.nodes[0]
-        root_rec = self.iso.get_record(**{self._key: "/"})
-        if self.tree == "rr" and root_rec.rock_ridge is None and root_rec.children:
-            root_rec = root_rec.children[0]
-        real_root = self._node(root_rec, "", "/")
-        root.mode, root.uid, root.gid, root.mtime_ns = real_root.mode, real_root.uid, real_root.gid, real_root.mtime_ns
+        if self.tree == "udf":
+            root_rec = self.iso.udf_root
+        elif self.tree == "joliet":
+            root_rec = self.iso.joliet_vd.root_directory_record()
+        else:
+            root_rec = self.iso.pvd.root_directory_record()
+        dot = root_rec.children[0] if self.tree != "udf" and root_rec.children else root_rec
+        real_root = self._node([dot], "")
+        root.mode = stat.S_IFDIR | stat.S_IMODE(real_root.mode)
+        root.uid, root.gid, root.mtime_ns = real_root.uid, real_root.gid, real_root.mtime_ns
         self.nodes.append(root)  # inode 1
-        stack: list[tuple[int, str]] = [(ROOT_INO, "/")]
+        stack: list[tuple[int, Any]] = [(ROOT_INO, root_rec)]
         while stack:
-            ino, path = stack.pop()
+            ino, rec = stack.pop()
             parent = self.nodes[ino]
-            for rec in self.iso.list_children(**{self._key: path}):
-                if rec is None or (self.tree != "udf" and (rec.is_dot() or rec.is_dotdot())):
-                    continue
-                name = self._name(rec)
-                if not name or name in parent.children:  # multi-extent chunks repeat the name
-                    continue
+            groups: dict[bytes, list[Any]] = {}
+            for child in self._kids(rec):
+                name = self._name(child)
+                if name:
+                    groups.setdefault(name, []).append(child)
+            for name, group in groups.items():
                 shown = name.decode("utf-8", "surrogateescape")
-                child_path = path.rstrip("/") + "/" + (shown if self.tree != "iso" else rec.file_identifier().decode())
                 rel = f"{parent.rel}/{shown}" if parent.rel else shown
-                node = self._node(rec, rel, child_path)
+                node = self._node(group, rel)
                 self.nodes.append(node)
                 parent.children[name] = len(self.nodes) - 1
                 if node.kind == "dir":
-                    stack.append((len(self.nodes) - 1, child_path))
+                    stack.append((len(self.nodes) - 1, self._dir_of(group[0])))
 
     # -- ImageView -----------------------------------------------------------------------------
     def _get(self, ino: int) -> IsoNode:
