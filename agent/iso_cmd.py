@@ -23,16 +23,30 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON i
 def _progress(description: str, total: int) -> Any:
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-    progress = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                        TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=True)
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
     return progress, progress.add_task(description, total=total)
 
 
 @click.command("bucket2iso")
 @click.argument("source")
-@click.option("--output", "-o", type=click.Path(path_type=Path, dir_okay=False), required=True, help="The .iso to write.")
-@click.option("--format", "fmt", type=click.Choice(["iso9660", "rock-ridge", "joliet", "udf"]), default=None,
-              help="Only this tree next to ISO 9660 (default: Rock Ridge + Joliet + UDF together).")
+@click.option(
+    "--output", "-o", type=click.Path(path_type=Path, dir_okay=False), required=True, help="The .iso to write."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["iso9660", "rock-ridge", "joliet", "udf"]),
+    default=None,
+    help="Only this tree next to ISO 9660 (default: Rock Ridge + Joliet + UDF together).",
+)
 @click.option("--volume-name", default="DARKSTORAGE", show_default=True, help="Volume label.")
 @click.option("--publisher", default="", help="Publisher identifier (PVD).")
 @click.option("--application", default="DARKSTORAGE", show_default=True, help="Application identifier (PVD).")
@@ -48,15 +62,40 @@ def _progress(description: str, total: int) -> Any:
 @click.option("--compress", type=click.Choice(["gzip"]), default=None, help="Compress the image (standard gzip).")
 @click.option("--encrypt", is_flag=True, help="Encrypt the image in the age format (passphrase).")
 @click.option("--password", is_flag=True, help="Ask for the passphrase (or read DARKSTORAGE_ISO_PASSWORD).")
-@click.option("--source-date-epoch", type=int, envvar="SOURCE_DATE_EPOCH", default=None,
-              help="Build time in seconds since the epoch: same tree + options give the same bytes.")
+@click.option(
+    "--source-date-epoch",
+    type=int,
+    envvar="SOURCE_DATE_EPOCH",
+    default=None,
+    help="Build time in seconds since the epoch: same tree + options give the same bytes.",
+)
 @click.option("--multi-session", is_flag=True, help="An image sessions can be appended to (no UDF tree).")
 @click.option("--append", is_flag=True, help="With --multi-session: add SOURCE as a new session to --output.")
 @json_option
-def bucket2iso(source: str, output: Path, fmt: str | None, volume_name: str, publisher: str, application: str,
-               copyright_: str, abstract: str, bootable: bool, boot_image: str | None, uefi: bool, efi_image: str | None,
-               hybrid: bool, bios: bool, split_bytes: int | None, compress: str | None, encrypt: bool, password: bool,
-               source_date_epoch: int | None, multi_session: bool, append: bool, as_json: bool) -> None:
+def bucket2iso(
+    source: str,
+    output: Path,
+    fmt: str | None,
+    volume_name: str,
+    publisher: str,
+    application: str,
+    copyright_: str,
+    abstract: str,
+    bootable: bool,
+    boot_image: str | None,
+    uefi: bool,
+    efi_image: str | None,
+    hybrid: bool,
+    bios: bool,
+    split_bytes: int | None,
+    compress: str | None,
+    encrypt: bool,
+    password: bool,
+    source_date_epoch: int | None,
+    multi_session: bool,
+    append: bool,
+    as_json: bool,
+) -> None:
     """Write an ISO image of SOURCE (a bucket name, a bucket path or a folder).
 
     \b
@@ -86,22 +125,38 @@ def bucket2iso(source: str, output: Path, fmt: str | None, volume_name: str, pub
     if append and not multi_session:
         raise UsageError("--append needs --multi-session")
     if multi_session and (fmt == "udf" or compress or encrypt or split_bytes or hybrid):
-        raise UsageError("--multi-session images are plain .iso files with Rock Ridge/Joliet (no UDF, gzip, age, split, hybrid)")
+        raise UsageError(
+            "--multi-session images are plain .iso files with Rock Ridge/Joliet (no UDF, gzip, age, split, hybrid)"
+        )
     if split_bytes is not None and split_bytes < 2048:
         raise UsageError("--split needs at least 2048 bytes per chunk")
     passphrase = _passphrase() if encrypt else None
     started = time.monotonic()
     with source_tree(source) as root:
         if append:
-            digest = append_session(output, root, volume_name=volume_name, joliet=fmt in (None, "joliet"),
-                                    source_date_epoch=source_date_epoch)
-            _report({"image": str(output), "sha256": digest, "appended": True,
-                     "size_bytes": output.stat().st_size}, as_json)
+            digest = append_session(
+                output,
+                root,
+                volume_name=volume_name,
+                joliet=fmt in (None, "joliet"),
+                source_date_epoch=source_date_epoch,
+            )
+            _report(
+                {"image": str(output), "sha256": digest, "appended": True, "size_bytes": output.stat().st_size}, as_json
+            )
             return
         tree = walk_tree(root)
-        opts = IsoOptions.for_format(fmt, volume_name=volume_name, publisher=publisher, application=application,
-                                     copyright=copyright_, abstract=abstract, boot_image=boot_image,
-                                     efi_image=efi_image, source_date_epoch=source_date_epoch)
+        opts = IsoOptions.for_format(
+            fmt,
+            volume_name=volume_name,
+            publisher=publisher,
+            application=application,
+            copyright=copyright_,
+            abstract=abstract,
+            boot_image=boot_image,
+            efi_image=efi_image,
+            source_date_epoch=source_date_epoch,
+        )
         if multi_session:  # xorriso extends Rock Ridge and Joliet, not UDF
             opts = dataclasses.replace(opts, udf=False)
         layout = build_layout(tree, opts)
@@ -109,14 +164,34 @@ def bucket2iso(source: str, output: Path, fmt: str | None, volume_name: str, pub
         staged = output if not (compress or encrypt or split_bytes) else output.with_name(output.name + ".raw")
         progress, task = _progress(f"writing {output.name}", 1)
         with progress:
-            result = write_image(layout, staged, hybrid=hybrid, hybrid_bios=bios,
-                                 progress=lambda d, t: progress.update(task, completed=d, total=t))
-        paths = post_process(staged, output, gzip_level=6 if compress else None, passphrase=passphrase,
-                             split_bytes=split_bytes, mtime_s=layout.build_time_s)
-    _report({"image": str(paths[0]) if len(paths) == 1 else [str(p) for p in paths], "sha256": result.sha256,
-             "size_bytes": result.size_bytes, "files": result.files, "skipped": tree.skipped + layout.skipped,
-             "changed_while_copied": result.changed, "generated": layout.generated,
-             "elapsed_s": round(time.monotonic() - started, 3)}, as_json)
+            result = write_image(
+                layout,
+                staged,
+                hybrid=hybrid,
+                hybrid_bios=bios,
+                progress=lambda d, t: progress.update(task, completed=d, total=t),
+            )
+        paths = post_process(
+            staged,
+            output,
+            gzip_level=6 if compress else None,
+            passphrase=passphrase,
+            split_bytes=split_bytes,
+            mtime_s=layout.build_time_s,
+        )
+    _report(
+        {
+            "image": str(paths[0]) if len(paths) == 1 else [str(p) for p in paths],
+            "sha256": result.sha256,
+            "size_bytes": result.size_bytes,
+            "files": result.files,
+            "skipped": tree.skipped + layout.skipped,
+            "changed_while_copied": result.changed,
+            "generated": layout.generated,
+            "elapsed_s": round(time.monotonic() - started, 3),
+        },
+        as_json,
+    )
 
 
 def _passphrase() -> str:
@@ -179,8 +254,16 @@ def iso_verify(image: Path, checksum: str, as_json: bool) -> None:
         raise NotFoundError(f"no such image: {image}")
     report = verify_image(image, checksum=checksum)
     if as_json:
-        emit_json({"image": str(image), "ok": report.ok, "problems": report.problems,
-                   "files_checked": report.files_checked, "sidecar": report.sidecar, "manifest": report.manifest})
+        emit_json(
+            {
+                "image": str(image),
+                "ok": report.ok,
+                "problems": report.problems,
+                "files_checked": report.files_checked,
+                "sidecar": report.sidecar,
+                "manifest": report.manifest,
+            }
+        )
     else:
         for p in report.problems:
             console.print(f"[red]bad[/] {p}")
@@ -189,8 +272,10 @@ def iso_verify(image: Path, checksum: str, as_json: bool) -> None:
             files = f"{report.files_checked} file digests ok" if report.manifest else "no per-file manifest"
             console.print(f"{image.name}: ok ({sidecar}, {files})")
     if not report.ok:
-        raise ImageCorruptError(f"{image.name}: {report.problems[0]}" + (
-            f" (+{len(report.problems) - 1} more)" if len(report.problems) > 1 else ""))
+        raise ImageCorruptError(
+            f"{image.name}: {report.problems[0]}"
+            + (f" (+{len(report.problems) - 1} more)" if len(report.problems) > 1 else "")
+        )
 
 
 @iso.command("ls")
@@ -209,8 +294,21 @@ def iso_ls(image: Path, long_: bool, as_json: bool) -> None:
     with IsoReader(image) as reader:
         rows = [node for _, node in reader.walk()]
     if as_json:
-        emit_json([{"path": n.rel, "kind": n.kind, "size": n.size, "mode": n.mode, "uid": n.uid, "gid": n.gid,
-                    "mtime_ns": n.mtime_ns, "target": n.target.decode("utf-8", "surrogateescape")} for n in rows])
+        emit_json(
+            [
+                {
+                    "path": n.rel,
+                    "kind": n.kind,
+                    "size": n.size,
+                    "mode": n.mode,
+                    "uid": n.uid,
+                    "gid": n.gid,
+                    "mtime_ns": n.mtime_ns,
+                    "target": n.target.decode("utf-8", "surrogateescape"),
+                }
+                for n in rows
+            ]
+        )
         return
     for n in rows:
         name = n.rel + ("/" if n.kind == "dir" else "")
@@ -241,8 +339,10 @@ def iso_extract(image: Path, pattern: str | None, output: Path, as_json: bool) -
     if as_json:
         emit_json({"files": r.files, "dirs": r.dirs, "symlinks": r.symlinks, "bytes": r.bytes, "output": str(output)})
     else:
-        console.print(f"extracted {r.files} file(s), {r.dirs} folder(s), {r.symlinks} symlink(s) "
-                      f"({format_size(r.bytes)}) into {output}")
+        console.print(
+            f"extracted {r.files} file(s), {r.dirs} folder(s), {r.symlinks} symlink(s) "
+            f"({format_size(r.bytes)}) into {output}"
+        )
 
 
 @iso.command("mount")
@@ -262,9 +362,18 @@ def iso_mount(image: Path, mountpoint: Path, foreground: bool, allow_other: bool
 
     from .sources import run_image_mount
 
-    argv = ["iso", "mount", str(image.absolute()), str(mountpoint.absolute())] + (["--allow-other"] if allow_other else [])
-    run_image_mount(lambda p: IsoReader(p), image, mountpoint, foreground=foreground, fsname=f"darkstorage-iso:{image.name}",
-                    allow_other=allow_other, argv=argv)
+    argv = ["iso", "mount", str(image.absolute()), str(mountpoint.absolute())] + (
+        ["--allow-other"] if allow_other else []
+    )
+    run_image_mount(
+        lambda p: IsoReader(p),
+        image,
+        mountpoint,
+        foreground=foreground,
+        fsname=f"darkstorage-iso:{image.name}",
+        allow_other=allow_other,
+        argv=argv,
+    )
 
 
 __all__ = ["bucket2iso", "iso"]

@@ -22,7 +22,7 @@ import random
 import stat
 import sys
 import time as _time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,7 +127,7 @@ def pinned_clock(now: float, seed: int | None) -> Iterator[_Clock]:
     clock = _Clock(now)
     for m in modules:
         m.time = clock  # type: ignore[attr-defined]
-    pycdlib.udf.random = random.Random(seed)  # type: ignore[attr-defined]
+    pycdlib.udf.random = random.Random(seed)  # type: ignore[attr-defined,assignment]
     try:
         yield clock
     finally:
@@ -159,7 +159,7 @@ class IsoImage(pycdlib.PyCdlib):
 
     inode_writer: Callable[[Any, Any], Iterator[int]] | None = None
 
-    def _output_file_data(self, outfp: Any, blocksize: int, ino: Any) -> Iterator[int]:
+    def _output_file_data(self, outfp: Any, blocksize: int, ino: Any) -> Generator[Any, None, None]:
         if self.inode_writer is None:
             yield from super()._output_file_data(outfp, blocksize, ino)  # type: ignore[misc]
         else:
@@ -205,8 +205,13 @@ class _Builder:
         self.clock.now = entry.mtime_ns / 1e9
         mode = stat.S_IMODE(entry.mode)
         if entry.kind == "dir":
-            self.iso.add_directory(iso_path=iso_path, rr_name=rr, joliet_path=joliet, udf_path=udf,
-                                   file_mode=(stat.S_IFDIR | mode) if rr else None)
+            self.iso.add_directory(
+                iso_path=iso_path,
+                rr_name=rr,
+                joliet_path=joliet,
+                udf_path=udf,
+                file_mode=(stat.S_IFDIR | mode) if rr else None,
+            )
             self.iso_paths[entry.rel] = iso_path
             self._dir_owner(self.iso.get_record(iso_path=iso_path) if rr else None, entry)
             if joliet:
@@ -222,17 +227,27 @@ class _Builder:
                 log.warning("skipping symlink %r: its target is not UTF-8", entry.rel)
                 self.layout.skipped.append(entry.rel)
                 return
-            self.iso.add_symlink(symlink_path=iso_path if rr else None, rr_symlink_name=rr,
-                                 rr_path=entry.target if rr else None, udf_symlink_path=udf,
-                                 udf_target=entry.target if udf else None)
+            self.iso.add_symlink(
+                symlink_path=iso_path if rr else None,
+                rr_symlink_name=rr,
+                rr_path=entry.target if rr else None,
+                udf_symlink_path=udf,
+                udf_target=entry.target if udf else None,
+            )
         else:
             key = (entry.dev, entry.ino)
             first = self.links.get(key) if entry.nlink > 1 and entry.size <= 0xFFFFF800 else None
             if first is not None:
                 self._hard_link(first, iso_path, rr, joliet, udf)
             else:
-                self.iso.add_file(str(entry.path), iso_path=iso_path, rr_name=rr, joliet_path=joliet, udf_path=udf,
-                                  file_mode=(stat.S_IFREG | mode) if rr else None)
+                self.iso.add_file(
+                    str(entry.path),
+                    iso_path=iso_path,
+                    rr_name=rr,
+                    joliet_path=joliet,
+                    udf_path=udf,
+                    file_mode=(stat.S_IFREG | mode) if rr else None,
+                )
                 if entry.nlink > 1:
                     self.links[key] = iso_path
             self.layout.sources.append(entry.rel)
@@ -257,6 +272,7 @@ class _Builder:
             self.iso.add_hard_link(iso_old_path=first, udf_new_path=udf)
 
     def _owners(self, entry: TreeEntry, iso_path: str, udf: str | None) -> None:
+        rec: Any
         if not self.opts.rock_ridge and entry.kind == "file":
             rec = self.iso.get_record(iso_path=iso_path)
             if rec.inode is not None:
@@ -275,7 +291,7 @@ class _Builder:
             if entry.kind == "file" and rec.inode is not None:
                 self.layout.inodes[entry.rel] = rec.inode
         if udf:
-            fe = self.iso.get_record(udf_path=udf)
+            fe: Any = self.iso.get_record(udf_path=udf)
             fe.uid, fe.gid = entry.uid, entry.gid
             fe.perms = udf_perms(entry.mode)
 
@@ -293,10 +309,15 @@ class _Builder:
         entry_name = default_name
         names = self.names.setdefault("", DirNames())
         iso_name = names.iso(entry_name, is_dir=False)
-        self.iso.add_fp(buf, len(data), iso_path=f"/{iso_name}", rr_name=entry_name if self.opts.rock_ridge else None,
-                        joliet_path=f"/{names.joliet(entry_name)}" if self.opts.joliet else None,
-                        udf_path=f"/{entry_name}" if self.opts.udf else None,
-                        file_mode=0o100444 if self.opts.rock_ridge else None)
+        self.iso.add_fp(
+            buf,
+            len(data),
+            iso_path=f"/{iso_name}",
+            rr_name=entry_name if self.opts.rock_ridge else None,
+            joliet_path=f"/{names.joliet(entry_name)}" if self.opts.joliet else None,
+            udf_path=f"/{entry_name}" if self.opts.udf else None,
+            file_mode=0o100444 if self.opts.rock_ridge else None,
+        )
         self.layout.generated.append(entry_name)
         return iso_name.split(";")[0]
 
@@ -313,7 +334,10 @@ class _Builder:
                 raise NotFoundError(f"{what} {rel!r} is not a file in the source tree")
             assert cat is not None
             kw: dict[str, Any] = {
-                "bootcatfile": cat[0], "rr_bootcatname": cat[1], "joliet_bootcatfile": cat[2], "udf_bootcatfile": cat[3],
+                "bootcatfile": cat[0],
+                "rr_bootcatname": cat[1],
+                "joliet_bootcatfile": cat[2],
+                "udf_bootcatfile": cat[3],
             }
             self.clock.now = self.layout.build_time_s
             if efi:
@@ -330,11 +354,17 @@ class _Builder:
             name = f"boot{n}.cat"
             n += 1
         iso = "/" + names.iso(name, is_dir=False)
-        return (iso, name if self.opts.rock_ridge else None, "/" + names.joliet(name) if self.opts.joliet else None,
-                "/" + name if self.opts.udf else None)
+        return (
+            iso,
+            name if self.opts.rock_ridge else None,
+            "/" + names.joliet(name) if self.opts.joliet else None,
+            "/" + name if self.opts.udf else None,
+        )
 
 
-def build_layout(tree: SourceTree, opts: IsoOptions, *, on_entry: Callable[[TreeEntry], None] | None = None) -> IsoLayout:
+def build_layout(
+    tree: SourceTree, opts: IsoOptions, *, on_entry: Callable[[TreeEntry], None] | None = None
+) -> IsoLayout:
     """Lay out the image of *tree*: every entry added to a new pycdlib image, extents assigned.
 
     Args:
@@ -352,14 +382,21 @@ def build_layout(tree: SourceTree, opts: IsoOptions, *, on_entry: Callable[[Tree
         b = _Builder(tree, opts, clock)
         b.layout.build_time_s = build_time
         b.layout.seed = seed
-        b.iso.new(interchange_level=3, vol_ident=_volume_id(opts.volume_name), sys_ident="LINUX",
-                  pub_ident_str=opts.publisher[:128], app_ident_str=opts.application[:128],
-                  preparer_ident_str="DARKSTORAGE", vol_set_ident=_volume_id(opts.volume_name),
-                  rock_ridge="1.12" if opts.rock_ridge else None, joliet=3 if opts.joliet else None,
-                  udf="2.60" if opts.udf else None)
+        b.iso.new(
+            interchange_level=3,
+            vol_ident=_volume_id(opts.volume_name),
+            sys_ident="LINUX",
+            pub_ident_str=opts.publisher[:128],
+            app_ident_str=opts.application[:128],
+            preparer_ident_str="DARKSTORAGE",
+            vol_set_ident=_volume_id(opts.volume_name),
+            rock_ridge="1.12" if opts.rock_ridge else None,
+            joliet=3 if opts.joliet else None,
+            udf="2.60" if opts.udf else None,
+        )
         if opts.joliet and b.iso.joliet_vd is not None:
             name = opts.volume_name[:16].encode("utf-16-be")
-            b.iso.joliet_vd.volume_identifier = name + (b"\x00 " * 16)[len(name):]
+            b.iso.joliet_vd.volume_identifier = name + (b"\x00 " * 16)[len(name) :]
         if opts.rock_ridge:
             b._dir_owner(b.iso.pvd.root_dir_record, tree.entries[0])
         for entry in tree.entries[1:]:

@@ -92,8 +92,14 @@ def plan_hybrid(iso: Any, *, bios: bool, seed: float) -> HybridPlan:
     if efi_entry is not None:
         efi_lba = efi_entry.inode.extent_location() * 4
         efi_sectors = max(1, -(-efi_entry.inode.get_data_length() // SECTOR))
-    return HybridPlan(bios=bios, efi_lba=efi_lba if efi_entry is not None else None, efi_sectors=efi_sectors,
-                      disk_guid=_guid(seed, "disk"), part_guid=_guid(seed, "esp"), disk_signature=signature)
+    return HybridPlan(
+        bios=bios,
+        efi_lba=efi_lba if efi_entry is not None else None,
+        efi_sectors=efi_sectors,
+        disk_guid=_guid(seed, "disk"),
+        part_guid=_guid(seed, "esp"),
+        disk_signature=signature,
+    )
 
 
 def _chs(lba: int) -> bytes:
@@ -105,15 +111,36 @@ def _chs(lba: int) -> bytes:
 
 
 def _mbr_entry(active: bool, ptype: int, start: int, count: int) -> bytes:
-    return (bytes([0x80 if active else 0]) + _chs(start) + bytes([ptype]) + _chs(start + count - 1)
-            + struct.pack("<II", start, count))
+    return (
+        bytes([0x80 if active else 0])
+        + _chs(start)
+        + bytes([ptype])
+        + _chs(start + count - 1)
+        + struct.pack("<II", start, count)
+    )
 
 
-def _gpt_header(plan: HybridPlan, *, current: int, backup: int, entries_lba: int, last_usable: int, entries_crc: int) -> bytes:
+def _gpt_header(
+    plan: HybridPlan, *, current: int, backup: int, entries_lba: int, last_usable: int, entries_crc: int
+) -> bytes:
     def pack(crc: int) -> bytes:
-        return struct.pack("<8sIIIIQQQQ16sQIII", b"EFI PART", 0x00010000, 92, crc, 0, current, backup,
-                           2 + _ENTRY_SECTORS, last_usable, plan.disk_guid.bytes_le, entries_lba,
-                           GPT_ENTRIES, GPT_ENTRY_BYTES, entries_crc)
+        return struct.pack(
+            "<8sIIIIQQQQ16sQIII",
+            b"EFI PART",
+            0x00010000,
+            92,
+            crc,
+            0,
+            current,
+            backup,
+            2 + _ENTRY_SECTORS,
+            last_usable,
+            plan.disk_guid.bytes_le,
+            entries_lba,
+            GPT_ENTRIES,
+            GPT_ENTRY_BYTES,
+            entries_crc,
+        )
 
     return pack(zlib.crc32(pack(0))).ljust(SECTOR, b"\0")
 
@@ -145,15 +172,22 @@ def write_hybrid(fd: int, plan: HybridPlan, volume_bytes: int, end_bytes: int) -
     if gpt:
         assert plan.efi_lba is not None
         name = "EFI boot".encode("utf-16-le").ljust(72, b"\0")
-        entry = (ESP_TYPE.bytes_le + plan.part_guid.bytes_le
-                 + struct.pack("<QQQ", plan.efi_lba, plan.efi_lba + plan.efi_sectors - 1, 0) + name)
+        entry = (
+            ESP_TYPE.bytes_le
+            + plan.part_guid.bytes_le
+            + struct.pack("<QQQ", plan.efi_lba, plan.efi_lba + plan.efi_sectors - 1, 0)
+            + name
+        )
         entries = entry.ljust(GPT_ENTRIES * GPT_ENTRY_BYTES, b"\0")
         crc = zlib.crc32(entries)
         last_usable = sectors - 2 - _ENTRY_SECTORS
         backup_entries = sectors - 1 - _ENTRY_SECTORS
-        primary = _gpt_header(plan, current=1, backup=sectors - 1, entries_lba=2, last_usable=last_usable, entries_crc=crc)
-        secondary = _gpt_header(plan, current=sectors - 1, backup=1, entries_lba=backup_entries,
-                                last_usable=last_usable, entries_crc=crc)
+        primary = _gpt_header(
+            plan, current=1, backup=sectors - 1, entries_lba=2, last_usable=last_usable, entries_crc=crc
+        )
+        secondary = _gpt_header(
+            plan, current=sectors - 1, backup=1, entries_lba=backup_entries, last_usable=last_usable, entries_crc=crc
+        )
         os.pwrite(fd, primary + entries, SECTOR)
         os.pwrite(fd, entries + secondary, backup_entries * SECTOR)
     os.ftruncate(fd, total)

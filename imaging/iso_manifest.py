@@ -56,7 +56,9 @@ def manifest_size(layout: Any) -> int:
     return BLOCK + _round(body)
 
 
-def digest_image(fd: int, layout: Any, volume_bytes: int, *, progress: Callable[[int], None] | None = None) -> tuple[Any, dict[str, str]]:
+def digest_image(
+    fd: int, layout: Any, volume_bytes: int, *, progress: Callable[[int], None] | None = None
+) -> tuple[Any, dict[str, str]]:
     """Hash the volume ``[0, volume_bytes)`` of the image open at *fd* in one sequential pass.
 
     Returns:

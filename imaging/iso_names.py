@@ -42,7 +42,9 @@ class DirNames:
             base, dot, extension = upper.rpartition(".")
             if not dot or not base:
                 base, extension = upper, ""
-            stem, ext = _fit(_NOT_D_CHAR.sub("_", base.replace(".", "_")) or "_", _NOT_D_CHAR.sub("_", extension), ISO_FILE_MAX)
+            stem, ext = _fit(
+                _NOT_D_CHAR.sub("_", base.replace(".", "_")) or "_", _NOT_D_CHAR.sub("_", extension), ISO_FILE_MAX
+            )
         limit = ISO_DIR_MAX if is_dir else ISO_FILE_MAX
         candidate = self._join(stem, ext)
         n = 1

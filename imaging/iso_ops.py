@@ -64,7 +64,9 @@ def _check_gpt(fd: int, report: VerifyReport) -> None:
             report.problems.append(f"GPT: {label} partition entries CRC32 mismatch")
 
 
-def verify_image(image: Path, *, checksum: str = "SHA256", progress: Callable[[int], None] | None = None) -> VerifyReport:
+def verify_image(
+    image: Path, *, checksum: str = "SHA256", progress: Callable[[int], None] | None = None
+) -> VerifyReport:
     """Check *image*: sidecar digest, every directory tree, hybrid GPT, each file's SHA-256.
 
     Raises:
@@ -84,8 +86,11 @@ def verify_image(image: Path, *, checksum: str = "SHA256", progress: Callable[[i
         return report
     with reader:
         for tree in ("joliet", "udf", "iso"):
-            if tree == reader.tree or (tree == "joliet" and not reader.iso.has_joliet()) or (
-                    tree == "udf" and not reader.iso.has_udf()):
+            if (
+                tree == reader.tree
+                or (tree == "joliet" and not reader.iso.has_joliet())
+                or (tree == "udf" and not reader.iso.has_udf())
+            ):
                 continue
             try:
                 IsoReader(image, tree=tree).close()
@@ -135,8 +140,13 @@ def extract(image: Path, output: Path, *, pattern: str | None = None) -> Extract
     """
     result = ExtractResult()
     with IsoReader(image) as reader:
-        chosen = [(ino, node) for ino, node in reader.walk()
-                  if pattern is None or fnmatch.fnmatch(node.rel, pattern) or fnmatch.fnmatch(node.rel.rsplit("/", 1)[-1], pattern)]
+        chosen = [
+            (ino, node)
+            for ino, node in reader.walk()
+            if pattern is None
+            or fnmatch.fnmatch(node.rel, pattern)
+            or fnmatch.fnmatch(node.rel.rsplit("/", 1)[-1], pattern)
+        ]
         for _, node in chosen:  # refuse the whole extraction before writing when a name is unsafe
             safe_join(output, node.rel)
         output.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ import hashlib
 import hmac
 import os
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, cast
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -60,7 +60,8 @@ class AgeWriter:
         file_key = os.urandom(16)
         salt = os.urandom(16)
         wrap_key = Scrypt(salt=b"age-encryption.org/v1/scrypt" + salt, length=32, n=1 << log_n, r=8, p=1).derive(
-            passphrase.encode())
+            passphrase.encode()
+        )
         body = ChaCha20Poly1305(wrap_key).encrypt(bytes(12), file_key, None)
         header = f"age-encryption.org/v1\n-> scrypt {_b64(salt)} {log_n}\n{_b64(body)}\n---".encode()
         mac = hmac.new(_hkdf(file_key, b"", b"header"), header, hashlib.sha256).digest()
@@ -138,8 +139,15 @@ def split_file(src: Path, base: Path, chunk_bytes: int) -> list[Path]:
     return paths
 
 
-def post_process(image: Path, output: Path, *, gzip_level: int | None = None, passphrase: str | None = None,
-                 split_bytes: int | None = None, mtime_s: float = 0.0) -> list[Path]:
+def post_process(
+    image: Path,
+    output: Path,
+    *,
+    gzip_level: int | None = None,
+    passphrase: str | None = None,
+    split_bytes: int | None = None,
+    mtime_s: float = 0.0,
+) -> list[Path]:
     """Turn the written *image* into the final file(s) named after *output*; removes *image*.
 
     Args:
@@ -171,8 +179,13 @@ def post_process(image: Path, output: Path, *, gzip_level: int | None = None, pa
         age = AgeWriter(sink, passphrase) if passphrase is not None else None
         if age is not None:
             chain.append(age)
-        gz = gzip.GzipFile(filename="", mode="wb", fileobj=chain[-1], compresslevel=gzip_level, mtime=int(mtime_s)) \
-            if gzip_level is not None else None  # type: ignore[arg-type]
+        gz = (
+            gzip.GzipFile(
+                filename="", mode="wb", fileobj=cast(Any, chain[-1]), compresslevel=gzip_level, mtime=int(mtime_s)
+            )
+            if gzip_level is not None
+            else None
+        )
         head: _Sink = gz if gz is not None else chain[-1]
         with open(image, "rb", buffering=0) as src:
             buf = bytearray(_READ_BYTES)

@@ -140,8 +140,15 @@ class IsoReader:
             self.close()
             raise ImageCorruptError(f"{self.path.name}: damaged ISO structure: {e}") from None
         if tree is None:
-            tree = ("rr" if self.iso.has_rock_ridge() else "udf" if self.iso.has_udf()
-                    else "joliet" if self.iso.has_joliet() else "iso")
+            tree = (
+                "rr"
+                if self.iso.has_rock_ridge()
+                else "udf"
+                if self.iso.has_udf()
+                else "joliet"
+                if self.iso.has_joliet()
+                else "iso"
+            )
         self.tree = tree
         self._key = {"rr": "rr_path", "udf": "udf_path", "joliet": "joliet_path", "iso": "iso_path"}[tree]
         self.nodes: list[IsoNode] = [IsoNode(rel="", mode=stat.S_IFDIR | 0o555)]  # index 0 unused
@@ -158,7 +165,9 @@ class IsoReader:
             return bytes(rec.rock_ridge.name()) if rec.rock_ridge is not None else rec.file_identifier().split(b";")[0]
         if self.tree == "udf":
             fi = rec.file_ident
-            return b"" if fi is None else bytes(fi.fi).decode(fi.encoding or "latin-1").encode("utf-8", "surrogateescape")
+            return (
+                b"" if fi is None else bytes(fi.fi).decode(fi.encoding or "latin-1").encode("utf-8", "surrogateescape")
+            )
         if self.tree == "joliet":
             return rec.file_identifier().decode("utf-16-be").split(";")[0].encode("utf-8", "surrogateescape")
         ident = rec.file_identifier().split(b";")[0]
@@ -172,8 +181,13 @@ class IsoReader:
         rec = group[0]
         if self.tree == "udf":
             kind = "dir" if rec.is_dir() else "symlink" if rec.is_symlink() else "file"
-            node = IsoNode(rel=rel, mode=_udf_mode(rec.perms, kind), uid=rec.uid if rec.uid != 0xFFFFFFFF else 0,
-                           gid=rec.gid if rec.gid != 0xFFFFFFFF else 0, mtime_ns=_udf_time_ns(rec.mod_time))
+            node = IsoNode(
+                rel=rel,
+                mode=_udf_mode(rec.perms, kind),
+                uid=rec.uid if rec.uid != 0xFFFFFFFF else 0,
+                gid=rec.gid if rec.gid != 0xFFFFFFFF else 0,
+                mtime_ns=_udf_time_ns(rec.mod_time),
+            )
             if kind == "file":
                 node.extents = self._udf_runs(rec)
             elif kind == "symlink":
@@ -181,12 +195,17 @@ class IsoReader:
         else:
             rr = rec.rock_ridge if self.tree in ("rr", "iso") else None
             if rr is not None and rr.is_symlink():
-                node = IsoNode(rel=rel, mode=stat.S_IFLNK | 0o777, mtime_ns=_dr_time_ns(rec), target=bytes(rr.symlink_path()))
+                node = IsoNode(
+                    rel=rel, mode=stat.S_IFLNK | 0o777, mtime_ns=_dr_time_ns(rec), target=bytes(rr.symlink_path())
+                )
             elif self.tree == "rr" and rr is not None:
                 node = IsoNode(rel=rel, mode=rr.get_file_mode(), mtime_ns=_dr_time_ns(rec))
             else:
-                node = IsoNode(rel=rel, mode=(stat.S_IFDIR | 0o555) if rec.is_dir() else (stat.S_IFREG | 0o444),
-                               mtime_ns=_dr_time_ns(rec))
+                node = IsoNode(
+                    rel=rel,
+                    mode=(stat.S_IFDIR | 0o555) if rec.is_dir() else (stat.S_IFREG | 0o444),
+                    mtime_ns=_dr_time_ns(rec),
+                )
             if self.tree == "rr" and rr is not None:
                 px = rr.dr_entries.px_record
                 if px is not None:
@@ -225,10 +244,11 @@ class IsoReader:
 
     def _load(self) -> None:
         root = self.nodes[0]
+        root_rec: Any
         if self.tree == "udf":
             root_rec = self.iso.udf_root
         elif self.tree == "joliet":
-            root_rec = self.iso.joliet_vd.root_directory_record()
+            root_rec = self.iso.joliet_vd.root_directory_record()  # type: ignore[union-attr]
         else:
             root_rec = self.iso.pvd.root_directory_record()
         dot = root_rec.children[0] if self.tree != "udf" and root_rec.children else root_rec

@@ -37,8 +37,9 @@ def xorriso_path() -> str:
     return exe
 
 
-def append_session(image: Path, source: Path, *, volume_name: str, joliet: bool = True,
-                   source_date_epoch: int | None = None) -> str:
+def append_session(
+    image: Path, source: Path, *, volume_name: str, joliet: bool = True, source_date_epoch: int | None = None
+) -> str:
     """Append a session holding *source* to *image*; rewrites the sidecar and returns its digest.
 
     Raises:
@@ -50,13 +51,30 @@ def append_session(image: Path, source: Path, *, volume_name: str, joliet: bool 
         raise NotFoundError(f"no image to append to: {image} (build it first with --multi-session)")
     with IsoReader(image) as reader:
         if reader.iso.has_udf():
-            raise UnsupportedError(f"{image.name} has a UDF tree, which xorriso cannot extend: "
-                                   "build images for appending with --multi-session")
+            raise UnsupportedError(
+                f"{image.name} has a UDF tree, which xorriso cannot extend: "
+                "build images for appending with --multi-session"
+            )
     env = dict(os.environ)
     if source_date_epoch is not None:
         env["SOURCE_DATE_EPOCH"] = str(source_date_epoch)
-    cmd = [xorriso_path(), "-abort_on", "FAILURE", "-dev", str(image), "-rockridge", "on",
-           "-joliet", "on" if joliet else "off", "-volid", volume_name[:32], "-update_r", str(source), "/", "-commit"]
+    cmd = [
+        xorriso_path(),
+        "-abort_on",
+        "FAILURE",
+        "-dev",
+        str(image),
+        "-rockridge",
+        "on",
+        "-joliet",
+        "on" if joliet else "off",
+        "-volid",
+        volume_name[:32],
+        "-update_r",
+        str(source),
+        "/",
+        "-commit",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["xorriso failed"])[-1]

@@ -52,8 +52,15 @@ class WriteResult:
     changed: list[str] = field(default_factory=list)
 
 
-def copy_range(src_fd: int, dst_fd: int, dst_offset: int, length: int, *, src_offset: int = 0,
-               progress: Callable[[int], None] | None = None) -> int:
+def copy_range(
+    src_fd: int,
+    dst_fd: int,
+    dst_offset: int,
+    length: int,
+    *,
+    src_offset: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> int:
     """Copy *length* bytes from *src_offset* of *src_fd* to *dst_offset* of *dst_fd* in the kernel.
 
     Tries ``copy_file_range`` (server-side/reflink where the filesystem can), then ``sendfile``,
@@ -137,8 +144,14 @@ def copy_udf_anchor(fd: int, anchor_offset: int, block: int) -> None:
     os.pwrite(fd, bytes(avdp), block * BLOCK)
 
 
-def write_image(layout: IsoLayout, output: Path, *, hybrid: bool = False, hybrid_bios: bool = False,
-                progress: Callable[[int, int], None] | None = None) -> WriteResult:
+def write_image(
+    layout: IsoLayout,
+    output: Path,
+    *,
+    hybrid: bool = False,
+    hybrid_bios: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> WriteResult:
     """Write *layout* to *output* (replaced atomically), with manifest, hybrid tables and sidecar.
 
     Args:

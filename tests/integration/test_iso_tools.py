@@ -64,8 +64,20 @@ def test_independent_tools_read_every_tree(tmp_path: Path, home: Path) -> None:
     need("isoinfo", "xorriso", "7zz", "udfinfo")
     src = make_tree(tmp_path / "src")
     iso = tmp_path / "out.iso"
-    res = cli("bucket2iso", str(src), "--output", str(iso), "--volume-name", "BACKUP2026", "--publisher", "ACME",
-              "--source-date-epoch", EPOCH, "--json", home=home)
+    res = cli(
+        "bucket2iso",
+        str(src),
+        "--output",
+        str(iso),
+        "--volume-name",
+        "BACKUP2026",
+        "--publisher",
+        "ACME",
+        "--source-date-epoch",
+        EPOCH,
+        "--json",
+        home=home,
+    )
     assert json.loads(res.stdout)["files"] == 4
     info = run("isoinfo", "-d", "-i", str(iso)).stdout
     assert "Volume id: BACKUP2026" in info and "Publisher id: ACME" in info
@@ -83,8 +95,19 @@ def test_independent_tools_read_every_tree(tmp_path: Path, home: Path) -> None:
     assert tree_state(out) == tree_state(src)
     # reproducible: the same tree and options give the same bytes
     again = tmp_path / "again.iso"
-    cli("bucket2iso", str(src), "--output", str(again), "--volume-name", "BACKUP2026", "--publisher", "ACME",
-        "--source-date-epoch", EPOCH, home=home)
+    cli(
+        "bucket2iso",
+        str(src),
+        "--output",
+        str(again),
+        "--volume-name",
+        "BACKUP2026",
+        "--publisher",
+        "ACME",
+        "--source-date-epoch",
+        EPOCH,
+        home=home,
+    )
     assert again.read_bytes() == iso.read_bytes()
     assert run("sha256sum", "-c", iso.name + ".sha256", check=False).returncode == 0 or True
     assert subprocess.run(["sha256sum", "-c", iso.name + ".sha256"], cwd=tmp_path, capture_output=True).returncode == 0
@@ -105,7 +128,7 @@ def test_cli_verify_extract_ls_and_corruption(tmp_path: Path, home: Path) -> Non
     from imaging.iso_read import IsoReader
 
     with IsoReader(iso) as r:
-        (offset, _), = next(n for _, n in r.walk() if n.rel == "docs/report.pdf").extents
+        ((offset, _),) = next(n for _, n in r.walk() if n.rel == "docs/report.pdf").extents
     with open(iso, "r+b") as f:
         f.seek(offset + 1234)
         byte = f.read(1)
@@ -156,12 +179,24 @@ def _boot_tree(root: Path) -> Path:
     (root / "isolinux").mkdir(parents=True)
     shutil.copy(ISOLINUX, root / "isolinux" / "isolinux.bin")
     shutil.copy(LDLINUX, root / "isolinux" / "ldlinux.c32")
-    (root / "isolinux" / "isolinux.cfg").write_text("SERIAL 0 115200\nSAY DARKSTORAGE-BIOS-BOOT-OK\nPROMPT 0\nTIMEOUT 1\n")
+    (root / "isolinux" / "isolinux.cfg").write_text(
+        "SERIAL 0 115200\nSAY DARKSTORAGE-BIOS-BOOT-OK\nPROMPT 0\nTIMEOUT 1\n"
+    )
     cfg = root.parent / "grub.cfg"
     cfg.write_text("echo DARKSTORAGE-UEFI-BOOT-OK\nsleep 30\n")
     efi = root.parent / "BOOTX64.EFI"
-    run("grub-mkstandalone", "-O", "x86_64-efi", "-o", str(efi), "--locales=", "--fonts=", "--themes=",
-        "--install-modules=normal echo sleep configfile", f"boot/grub/grub.cfg={cfg}")
+    run(
+        "grub-mkstandalone",
+        "-O",
+        "x86_64-efi",
+        "-o",
+        str(efi),
+        "--locales=",
+        "--fonts=",
+        "--themes=",
+        "--install-modules=normal echo sleep configfile",
+        f"boot/grub/grub.cfg={cfg}",
+    )
     img = root / "boot" / "efiboot.img"
     img.parent.mkdir()
     run("mkfs.vfat", "-C", str(img), "4096")
@@ -177,14 +212,31 @@ def bootable_iso(tmp_path: Path, home: Path) -> Path:
         pytest.skip("needs isolinux, syslinux-common and ovmf (Makefile APT_TEST)")
     src = _boot_tree(tmp_path / "src")
     iso = tmp_path / "boot.iso"
-    cli("bucket2iso", str(src), "--output", str(iso), "--bootable", "--boot-image", "isolinux/isolinux.bin",
-        "--uefi", "--efi-image", "boot/efiboot.img", "--hybrid", "--bios", "--source-date-epoch", EPOCH, home=home)
+    cli(
+        "bucket2iso",
+        str(src),
+        "--output",
+        str(iso),
+        "--bootable",
+        "--boot-image",
+        "isolinux/isolinux.bin",
+        "--uefi",
+        "--efi-image",
+        "boot/efiboot.img",
+        "--hybrid",
+        "--bios",
+        "--source-date-epoch",
+        EPOCH,
+        home=home,
+    )
     return iso
 
 
 def test_el_torito_and_hybrid_tables_are_valid(bootable_iso: Path) -> None:
     need("xorriso", "sgdisk")
-    report = run("xorriso", "-indev", str(bootable_iso), "-report_el_torito", "plain", "-report_system_area", "plain").stdout
+    report = run(
+        "xorriso", "-indev", str(bootable_iso), "-report_el_torito", "plain", "-report_system_area", "plain"
+    ).stdout
     assert "El Torito boot img :   1  BIOS  y   none" in report
     assert "El Torito boot img :   2  UEFI  y   none" in report
     assert "GPT" in report and "CRC" not in report.replace("GPT CRC", "")
@@ -199,12 +251,30 @@ def _boots(args: list[str], marker: str, tmp_path: Path) -> None:
     # TCG, not KVM: OVMF and isolinux stop under this machine's nested KVM (an emulation failure)
     need("qemu-system-x86_64")
     log = tmp_path / f"serial-{len(list(tmp_path.glob('serial-*')))}.log"
-    proc = subprocess.Popen(["qemu-system-x86_64", "-m", "256", "-nographic", "-no-reboot", "-serial",
-                             f"file:{log}", "-monitor", "none", "-display", "none", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            "qemu-system-x86_64",
+            "-m",
+            "256",
+            "-nographic",
+            "-no-reboot",
+            "-serial",
+            f"file:{log}",
+            "-monitor",
+            "none",
+            "-display",
+            "none",
+            *args,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        wait_until(lambda: log.exists() and marker in log.read_text(errors="replace"), timeout=180,
-                   what=f"{marker!r} on the serial console")
+        wait_until(
+            lambda: log.exists() and marker in log.read_text(errors="replace"),
+            timeout=180,
+            what=f"{marker!r} on the serial console",
+        )
     finally:
         proc.kill()
         proc.wait()
@@ -221,8 +291,11 @@ def test_boots_in_qemu_bios_cdrom(bootable_iso: Path, tmp_path: Path) -> None:
 def test_boots_in_qemu_uefi_cdrom_and_usb(bootable_iso: Path, tmp_path: Path) -> None:
     _boots(["-bios", str(OVMF), "-cdrom", str(bootable_iso)], "DARKSTORAGE-UEFI-BOOT-OK", tmp_path)
     # the same file as a disk: the firmware finds the EFI System Partition through our GPT
-    _boots(["-bios", str(OVMF), "-drive", f"file={bootable_iso},format=raw,if=virtio,snapshot=on"],
-           "DARKSTORAGE-UEFI-BOOT-OK", tmp_path)
+    _boots(
+        ["-bios", str(OVMF), "-drive", f"file={bootable_iso},format=raw,if=virtio,snapshot=on"],
+        "DARKSTORAGE-UEFI-BOOT-OK",
+        tmp_path,
+    )
 
 
 def test_multi_session_append_keeps_old_files(tmp_path: Path, home: Path) -> None:

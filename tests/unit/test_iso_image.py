@@ -101,7 +101,7 @@ def test_corrupted_file_is_named(tmp_path: Path) -> None:
     src = make_tree(tmp_path / "src")
     iso = build(src, tmp_path / "a.iso")
     with IsoReader(iso) as r:
-        (offset, _), = next(n for _, n in r.walk() if n.rel == "docs/report.pdf").extents
+        ((offset, _),) = next(n for _, n in r.walk() if n.rel == "docs/report.pdf").extents
     with open(iso, "r+b") as f:
         f.seek(offset + 100)
         f.write(b"\xff")
