@@ -217,7 +217,7 @@ class IsoReader:
                 elif rr.child_link_record_exists() or rr.cl_to_moved_dr is not None:
                     node.mode = stat.S_IFDIR | stat.S_IMODE(node.mode)
             if node.kind == "file":  # multi-extent files: one record per chunk, in order
-                node.extents = [(r.extent_location() * 2048, r.get_data_length()) for r in group]
+                node.extents = [(r.extent_location() * 2048, r.data_length) for r in group]
         if node.kind == "file":
             node.size = sum(n for _, n in node.extents)
         elif node.kind == "symlink":
