@@ -135,9 +135,9 @@ def bucket_remove(name: str, force: bool) -> None:
 
 # -- mounting --------------------------------------------------------------------------------
 
+from .iso_cmd import bucket2iso, iso  # noqa: E402
 from .mount_cmd import mount, status, umount  # noqa: E402
 from .tiers_cmd import tiers  # noqa: E402
-from .iso_cmd import bucket2iso, iso  # noqa: E402
 
 main.add_command(mount)
 main.add_command(umount)

@@ -14,25 +14,10 @@ import click
 from pool.errors import ImageCorruptError, UsageError
 from pool.units import format_size
 
-from .console import console, emit_json
+from .console import console, emit_json, transfer_progress
 from .params import SIZE
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-
-
-def _progress(description: str, total: int) -> Any:
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
-
-    progress = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
-    return progress, progress.add_task(description, total=total)
 
 
 @click.command("bucket2iso")
@@ -162,7 +147,7 @@ def bucket2iso(
         layout = build_layout(tree, opts)
         output.parent.mkdir(parents=True, exist_ok=True)
         staged = output if not (compress or encrypt or split_bytes) else output.with_name(output.name + ".raw")
-        progress, task = _progress(f"writing {output.name}", 1)
+        progress, task = transfer_progress(f"writing {output.name}", 1)
         with progress:
             result = write_image(
                 layout,

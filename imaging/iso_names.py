@@ -5,7 +5,7 @@ identifier is at most 30 characters plus ``;1`` and a directory identifier at mo
 (Microsoft's Joliet specification, 1995) keeps UCS-2 names of up to 64 characters without
 ``* / : ; ? \\``. Rock Ridge (IEEE P1282, RRIP 1.12) and UDF (OSTA UDF 2.60) keep the original
 name, so only the first two need mangling. Mangled names are made unique inside their directory
-with a ``~N`` suffix; the order of siblings is the walk order, so the result is deterministic.
+with a ``_N`` (ISO 9660) or ``~N`` (Joliet) suffix; the order of siblings is the walk order, so the result is deterministic.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class DirNames:
         candidate = self._join(stem, ext)
         n = 1
         while candidate in self._iso:
-            suffix = f"~{n}"
+            suffix = f"_{n}"  # "~" is no d-character
             room = limit - len(suffix) - (len(ext) + 1 if ext else 0)
             candidate = self._join(stem[: max(1, room)] + suffix, ext)
             n += 1

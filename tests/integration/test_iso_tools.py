@@ -64,20 +64,8 @@ def test_independent_tools_read_every_tree(tmp_path: Path, home: Path) -> None:
     need("isoinfo", "xorriso", "7zz", "udfinfo")
     src = make_tree(tmp_path / "src")
     iso = tmp_path / "out.iso"
-    res = cli(
-        "bucket2iso",
-        str(src),
-        "--output",
-        str(iso),
-        "--volume-name",
-        "BACKUP2026",
-        "--publisher",
-        "ACME",
-        "--source-date-epoch",
-        EPOCH,
-        "--json",
-        home=home,
-    )
+    labels = ["--volume-name", "BACKUP2026", "--publisher", "ACME", "--source-date-epoch", EPOCH]
+    res = cli("bucket2iso", str(src), "--output", str(iso), *labels, "--json", home=home)
     assert json.loads(res.stdout)["files"] == 4
     info = run("isoinfo", "-d", "-i", str(iso)).stdout
     assert "Volume id: BACKUP2026" in info and "Publisher id: ACME" in info
@@ -95,21 +83,8 @@ def test_independent_tools_read_every_tree(tmp_path: Path, home: Path) -> None:
     assert tree_state(out) == tree_state(src)
     # reproducible: the same tree and options give the same bytes
     again = tmp_path / "again.iso"
-    cli(
-        "bucket2iso",
-        str(src),
-        "--output",
-        str(again),
-        "--volume-name",
-        "BACKUP2026",
-        "--publisher",
-        "ACME",
-        "--source-date-epoch",
-        EPOCH,
-        home=home,
-    )
+    cli("bucket2iso", str(src), "--output", str(again), *labels, home=home)
     assert again.read_bytes() == iso.read_bytes()
-    assert run("sha256sum", "-c", iso.name + ".sha256", check=False).returncode == 0 or True
     assert subprocess.run(["sha256sum", "-c", iso.name + ".sha256"], cwd=tmp_path, capture_output=True).returncode == 0
 
 
@@ -124,7 +99,6 @@ def test_cli_verify_extract_ls_and_corruption(tmp_path: Path, home: Path) -> Non
     cli("iso", "extract", str(iso), "--pattern", "*.pdf", "--output", str(tmp_path / "x"), home=home)
     assert (tmp_path / "x" / "docs" / "report.pdf").read_bytes() == (src / "docs" / "report.pdf").read_bytes()
     assert not (tmp_path / "x" / "script.sh").exists()
-    listing = run("isoinfo", "-l", "-R", "-i", str(iso)).stdout if shutil.which("isoinfo") else ""
     from imaging.iso_read import IsoReader
 
     with IsoReader(iso) as r:
@@ -137,7 +111,6 @@ def test_cli_verify_extract_ls_and_corruption(tmp_path: Path, home: Path) -> Non
     bad = cli("iso", "verify", str(iso), home=home, check=False)
     assert bad.returncode == 18, bad.stderr
     assert "docs/report.pdf" in bad.stdout + bad.stderr
-    assert listing or True
 
 
 def test_extract_refuses_escaping_names(tmp_path: Path, home: Path) -> None:
