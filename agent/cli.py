@@ -133,29 +133,20 @@ def bucket_remove(name: str, force: bool) -> None:
     console.print(f"removed bucket {name}" + (f" and {n} file(s)" if n else ""))
 
 
-# -- mounting --------------------------------------------------------------------------------
+# -- the other command groups -----------------------------------------------------------------
 
+from .daemon import agent  # noqa: E402
+from .dmg_cmd import bucket2dmg, dmg  # noqa: E402
+from .integrations_cmd import integrations  # noqa: E402
+from .iso_cmd import bucket2iso, iso  # noqa: E402
 from .mount_cmd import mount, status, umount  # noqa: E402
+from .sync_cmd import replicate, sync  # noqa: E402
 from .tiers_cmd import tiers  # noqa: E402
 from .transfer_cmd import pull, push, transfers_cmd  # noqa: E402
 
-main.add_command(mount)
-main.add_command(umount)
-main.add_command(status)
-main.add_command(tiers)
-main.add_command(push)
-main.add_command(pull)
-main.add_command(transfers_cmd)
-from .integrations_cmd import integrations  # noqa: E402
-
-main.add_command(integrations)
-from .sync_cmd import replicate, sync  # noqa: E402
-
-main.add_command(sync)
-main.add_command(replicate)
-from .daemon import agent  # noqa: E402
-
-main.add_command(agent)
+for _command in (mount, umount, status, tiers, integrations, push, pull, transfers_cmd, sync, replicate, agent,
+                 bucket2iso, iso, bucket2dmg, dmg):
+    main.add_command(_command)
 
 
 def run() -> None:

@@ -20,3 +20,19 @@ def emit_json(data: Any) -> None:
 def error_line(message: str) -> None:
     """Print a one-line error on stderr."""
     err_console.print(f"[bold red]darkstorage:[/] {message}", soft_wrap=True)
+
+
+def transfer_progress(description: str, total: int) -> tuple[Any, Any]:
+    """A transient rich progress bar in bytes (size, speed, time left) and its task id."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+    return bar, bar.add_task(description, total=total)

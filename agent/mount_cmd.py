@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from pool.errors import ExitCode, MountError, NotFoundError
+from pool.errors import ExitCode, MountError, NotFoundError, NotInitialisedError
 from pool.pool import Pool
 from pool.tiers import TIERS
 from pool.units import format_size
@@ -119,10 +119,13 @@ def umount(mountpoint: Path, timeout_s: float) -> None:
     """
     from vfs.mount import read_record
 
-    pool = Pool.open()
     mp = mountpoint.expanduser().absolute()
-    rec = read_record(pool)
-    if rec is not None and Path(str(rec["mountpoint"])) == mp:
+    try:
+        pool: Pool | None = Pool.open()
+    except NotInitialisedError:  # an image view can be mounted with no pool at all
+        pool = None
+    rec = read_record(pool) if pool is not None else None
+    if pool is not None and rec is not None and Path(str(rec["mountpoint"])) == mp:
         pid = int(str(rec["pid"]))
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s

@@ -1,0 +1,124 @@
+"""Imaging benchmarks: print ratio tables against native tools.
+
+Run: ``.venv/bin/python bench/imaging.py [--dmg-mib 1024] [--iso-mib 1024 --iso-big-gib 4] [--only iso]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def _copy_usr_subset(dest: Path, limit_bytes: int) -> int:
+    """Copy regular files from /usr until *limit_bytes*; return the bytes copied."""
+    total = 0
+    for dirpath, _dirs, names in os.walk("/usr"):
+        for n in sorted(names):
+            src = Path(dirpath) / n
+            if src.is_symlink() or not src.is_file():
+                continue
+            try:
+                size = src.stat().st_size
+                target = dest / src.relative_to("/usr")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, target)
+            except OSError:
+                continue
+            total += size
+            if total >= limit_bytes:
+                return total
+    return total
+
+
+def bench_dmg(mib: int = 1024) -> None:
+    """UDZO build of a ~*mib* MiB real tree vs single-thread ``gzip -6`` over the same bytes."""
+    from imaging.dmg import build_dmg
+    from imaging.hfsplus import HfsOptions
+
+    with tempfile.TemporaryDirectory(prefix="bench-dmg-") as tmp:
+        root = Path(tmp) / "tree"
+        size = _copy_usr_subset(root, mib << 20)
+        tar = Path(tmp) / "tree.tar"
+        subprocess.run(["tar", "-cf", str(tar), "-C", str(root), "."], check=True)
+        t0 = time.perf_counter()
+        subprocess.run(f"gzip -6 -c {tar} > /dev/null", shell=True, check=True)
+        gzip_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        res = build_dmg(root, Path(tmp) / "x.dmg", fmt="UDZO", opts=HfsOptions(volume_name="bench"))
+        dmg_s = time.perf_counter() - t0
+        print(f"DMG UDZO, {size / 2**20:.0f} MiB tree, {os.cpu_count()} cores (shared machine: noisy)")
+        print(f"{'tool':<28}{'seconds':>10}{'MiB/s':>10}{'size MiB':>10}")
+        print(f"{'gzip -6 (1 thread, tar)':<28}{gzip_s:>10.2f}{size / 2**20 / gzip_s:>10.1f}{'':>10}")
+        print(
+            f"{'darkstorage bucket2dmg':<28}{dmg_s:>10.2f}{size / 2**20 / dmg_s:>10.1f}"
+            f"{res.udif.file_bytes / 2**20:>10.1f}"
+        )
+        print(f"speed-up vs single-thread gzip -6: {gzip_s / dmg_s:.2f}x (goal >= 1.7x on 2 cores)")
+
+
+def _time_iso(tree: Path, out: Path) -> tuple[float, float]:
+    """Seconds for ``xorriso -as mkisofs -R -J`` and for darkstorage (RR+Joliet+UDF, sidecar, manifest)."""
+    from imaging.common import walk_tree
+    from imaging.iso_build import IsoOptions, build_layout
+    from imaging.iso_write import write_image
+
+    t0 = time.perf_counter()
+    subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", "-R", "-J", "-o", str(out), str(tree)], check=True)
+    xorriso_s = time.perf_counter() - t0
+    out.unlink()
+    t0 = time.perf_counter()
+    write_image(build_layout(walk_tree(tree), IsoOptions()), out)
+    ours_s = time.perf_counter() - t0
+    out.unlink()
+    return xorriso_s, ours_s
+
+
+def bench_iso(mib: int = 1024, big_gib: int = 4) -> None:
+    """ISO of a ~*mib* MiB real tree and of one *big_gib* GiB file: darkstorage vs xorriso."""
+    with tempfile.TemporaryDirectory(prefix="bench-iso-") as tmp:
+        root = Path(tmp) / "tree"
+        size = _copy_usr_subset(root, mib << 20)
+        files = sum(len(n) for _, _, n in os.walk(root))
+        big = Path(tmp) / "big"
+        big.mkdir()
+        subprocess.run(
+            ["dd", "if=/dev/urandom", f"of={big / 'big.bin'}", "bs=16M", f"count={big_gib * 64}", "status=none"],
+            check=True,
+        )
+        print(f"ISO build, {os.cpu_count()} cores (shared machine: noisy); darkstorage writes RR+Joliet+UDF,")
+        print("the SHA-256 sidecar and the per-file manifest; xorriso -as mkisofs -R -J writes neither UDF nor digests")
+        print(f"{'case':<34}{'xorriso s':>10}{'ours s':>10}{'MiB/s ours':>12}{'ratio':>8}")
+        for label, tree, nbytes in (
+            (f"tree {size / 2**20:.0f} MiB, {files} files", root, size),
+            (f"one {big_gib} GiB file", big, big_gib << 30),
+        ):
+            xorriso_s, ours_s = _time_iso(tree, Path(tmp) / "out.iso")
+            print(
+                f"{label:<34}{xorriso_s:>10.2f}{ours_s:>10.2f}{nbytes / 2**20 / ours_s:>12.1f}{xorriso_s / ours_s:>8.2f}"
+            )
+        print("ratio = xorriso seconds / darkstorage seconds (goal >= 1.0)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--dmg-mib", type=int, default=1024, help="size of the tree for the DMG bench")
+    ap.add_argument("--iso-mib", type=int, default=1024, help="size of the tree for the ISO bench")
+    ap.add_argument("--iso-big-gib", type=int, default=4, help="size of the single file for the ISO bench")
+    ap.add_argument("--only", choices=["dmg", "iso"], default=None, help="run one bench only")
+    args = ap.parse_args()
+    if args.only in (None, "dmg"):
+        bench_dmg(args.dmg_mib)
+    if args.only in (None, "iso"):
+        bench_iso(args.iso_mib, args.iso_big_gib)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""ISO and DMG image writers and readers, their payload filesystems, checksums, split/encrypt."""

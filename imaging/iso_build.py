@@ -1,0 +1,419 @@
+"""Lay out an ISO image from a source tree with pycdlib: ISO 9660 level 3, Rock Ridge, Joliet, UDF.
+
+pycdlib builds every directory structure (ECMA-119 directory records and path tables, RRIP 1.12
+PX/TF/NM/SL entries, Joliet SVD, UDF 2.60 descriptors, El Torito catalog) and assigns each file
+its extent; :mod:`imaging.iso_write` then writes the bytes. What pycdlib lacks is added here:
+
+* timestamps from the files: pycdlib stamps every record with ``time.time()``, so while a record
+  is created its clock is pinned to the entry's mtime (:class:`_Clock`); the volume dates are the
+  build time, or ``source_date_epoch`` for reproducible builds (reproducible-builds.org spec);
+* reproducible bytes: UDF's random unique id generator is seeded from ``source_date_epoch``;
+* owners: Rock Ridge PX and UDF File Entries carry the source uid/gid and permission bits
+  (pycdlib leaves them 0 / -1);
+* hard links share one extent; files over 4 GiB become ISO 9660 multi-extent records (pycdlib
+  1.22) and single UDF File Entries.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+import stat
+import sys
+import time as _time
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pycdlib
+import pycdlib.udf
+from pycdlib.pycdlibexception import PyCdlibException
+
+from pool.errors import NotFoundError, UsageError
+
+from .common import SourceTree, TreeEntry
+from .iso_names import DirNames, is_utf8_name
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("iso9660", "rock-ridge", "joliet", "udf")
+BOOT_CATALOG = "boot.cat"
+_CLOCKED_MODULES = ("pycdlib.pycdlib", "pycdlib.headervd", "pycdlib.udf", "pycdlib.dates")
+
+
+@dataclass(frozen=True)
+class IsoOptions:
+    """What to put into the image besides the tree.
+
+    Attributes:
+        rock_ridge, joliet, udf: which directory trees to write next to ISO 9660 (always there).
+        volume_name: volume identifier (ECMA-119 8.4.6, 32 d-characters; Joliet/UDF keep it whole).
+        publisher, application: PVD identifiers (128 a-characters each).
+        copyright, abstract: a file name in the tree's root, or a text that becomes such a file.
+        boot_image: tree-relative path of a BIOS no-emulation boot image (El Torito, with a
+            boot info table, as isolinux needs).
+        efi_image: tree-relative path of a FAT image holding ``EFI/BOOT/BOOTX64.EFI`` (El Torito
+            platform 0xEF entry).
+        source_date_epoch: seconds since the epoch used as the build time (None: now).
+    """
+
+    rock_ridge: bool = True
+    joliet: bool = True
+    udf: bool = True
+    volume_name: str = "DARKSTORAGE"
+    publisher: str = ""
+    application: str = "DARKSTORAGE"
+    copyright: str = ""
+    abstract: str = ""
+    boot_image: str | None = None
+    efi_image: str | None = None
+    source_date_epoch: int | None = None
+
+    @classmethod
+    def for_format(cls, fmt: str | None, **kw: Any) -> IsoOptions:
+        """Options for a ``--format`` value: None means every tree (Rock Ridge + Joliet + UDF)."""
+        if fmt is None:
+            return cls(**kw)
+        if fmt not in FORMATS:
+            raise UsageError(f"unknown ISO format {fmt!r} (use one of {', '.join(FORMATS)})")
+        return cls(rock_ridge=fmt == "rock-ridge", joliet=fmt == "joliet", udf=fmt == "udf", **kw)
+
+
+@dataclass
+class IsoLayout:
+    """A laid-out image: the pycdlib object plus what the writer and the report need.
+
+    Attributes:
+        iso: the pycdlib image, every file added (data still unread).
+        sources: tree-relative path of each regular file whose data is in the image, in tree order.
+        inodes: tree-relative path → the pycdlib inode holding its data (hard links share one).
+        skipped: tree-relative paths left out (with the reason logged).
+        generated: names of files made from option text (copyright/abstract).
+        build_time_s: the volume creation time written.
+    """
+
+    iso: IsoImage
+    sources: list[str] = field(default_factory=list)
+    inodes: dict[str, Any] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    generated: list[str] = field(default_factory=list)
+    build_time_s: float = 0.0
+    seed: int | None = None
+    _buffers: list[io.BytesIO] = field(default_factory=list)
+
+
+class _Clock:
+    """Stands in for the ``time`` module inside pycdlib: a settable ``time()``, UTC local time."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+    localtime = staticmethod(_time.gmtime)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_time, name)
+
+
+@contextmanager
+def pinned_clock(now: float, seed: int | None) -> Iterator[_Clock]:
+    modules = [sys.modules[name] for name in _CLOCKED_MODULES]
+    saved = [m.time for m in modules]  # type: ignore[attr-defined]
+    saved_random = pycdlib.udf.random  # type: ignore[attr-defined]
+    clock = _Clock(now)
+    for m in modules:
+        m.time = clock  # type: ignore[attr-defined]
+    pycdlib.udf.random = random.Random(seed)  # type: ignore[attr-defined,assignment]
+    try:
+        yield clock
+    finally:
+        for m, t in zip(modules, saved, strict=True):
+            m.time = t  # type: ignore[attr-defined]
+        pycdlib.udf.random = saved_random  # type: ignore[attr-defined]
+
+
+def udf_perms(mode: int) -> int:
+    """POSIX permission bits → UDF File Entry permissions (ECMA-167 4/14.9.5: x=1, w=2, r=4 per class)."""
+    out = 0
+    for shift_posix, shift_udf in ((0, 0), (3, 5), (6, 10)):
+        bits = (mode >> shift_posix) & 7
+        out |= (((bits & 1) and 1) | ((bits & 2) and 2) | ((bits & 4) and 4)) << shift_udf
+    return out
+
+
+def _volume_id(name: str) -> str:
+    clean = "".join(c if c.isascii() and (c.isalnum() or c == "_") else "_" for c in name.upper())
+    return clean[:32] or "DARKSTORAGE"
+
+
+class IsoImage(pycdlib.PyCdlib):
+    """A pycdlib image whose file data a caller may write itself (see :mod:`imaging.iso_write`).
+
+    ``inode_writer(outfp, inode)`` replaces pycdlib's read/write copy loop for each file's data;
+    it must yield the number of bytes it wrote (pycdlib's progress protocol).
+    """
+
+    inode_writer: Callable[[Any, Any], Iterator[int]] | None = None
+
+    def _output_file_data(self, outfp: Any, blocksize: int, ino: Any) -> Generator[Any, None, None]:
+        if self.inode_writer is None:
+            yield from super()._output_file_data(outfp, blocksize, ino)  # type: ignore[misc]
+        else:
+            yield from self.inode_writer(outfp, ino)
+
+
+class _Builder:
+    def __init__(self, tree: SourceTree, opts: IsoOptions, clock: _Clock) -> None:
+        self.tree = tree
+        self.opts = opts
+        self.clock = clock
+        self.iso = IsoImage()
+        self.layout = IsoLayout(self.iso)
+        self.names: dict[str, DirNames] = {}
+        self.iso_paths: dict[str, str] = {"": ""}
+        self.joliet_paths: dict[str, str] = {"": ""}
+        self.udf_paths: dict[str, str] = {"": ""}
+        self.links: dict[tuple[int, int], str] = {}
+        self.file_iso_paths: dict[str, str] = {}
+
+    # -- paths ---------------------------------------------------------------------------------
+    def _paths(self, entry: TreeEntry) -> tuple[str, str | None, str | None, str | None]:
+        parent = entry.rel.rpartition("/")[0]
+        names = self.names.setdefault(parent, DirNames())
+        iso_name = names.iso(entry.name, is_dir=entry.kind == "dir")
+        iso_path = f"{self.iso_paths[parent]}/{iso_name}"
+        joliet = f"{self.joliet_paths[parent]}/{names.joliet(entry.name)}" if self.opts.joliet else None
+        udf = f"{self.udf_paths[parent]}/{entry.name}" if self.opts.udf else None
+        rr = entry.name if self.opts.rock_ridge else None
+        return iso_path, rr, joliet, udf
+
+    # -- entries -------------------------------------------------------------------------------
+    def add(self, entry: TreeEntry) -> None:
+        if not is_utf8_name(entry.name) and (self.opts.rock_ridge or self.opts.udf):
+            log.warning("skipping %r: its name is not UTF-8", entry.rel)
+            self.layout.skipped.append(entry.rel)
+            return
+        parent = entry.rel.rpartition("/")[0]
+        if parent not in self.iso_paths:  # its directory was skipped
+            self.layout.skipped.append(entry.rel)
+            return
+        iso_path, rr, joliet, udf = self._paths(entry)
+        self.clock.now = entry.mtime_ns / 1e9
+        mode = stat.S_IMODE(entry.mode)
+        if entry.kind == "dir":
+            self.iso.add_directory(
+                iso_path=iso_path,
+                rr_name=rr,
+                joliet_path=joliet,
+                udf_path=udf,
+                file_mode=(stat.S_IFDIR | mode) if rr else None,
+            )
+            self.iso_paths[entry.rel] = iso_path
+            self._dir_owner(self.iso.get_record(iso_path=iso_path) if rr else None, entry)
+            if joliet:
+                self.joliet_paths[entry.rel] = joliet
+            if udf:
+                self.udf_paths[entry.rel] = udf
+        elif entry.kind == "symlink":
+            if not (self.opts.rock_ridge or self.opts.udf):
+                log.warning("skipping symlink %r: plain ISO 9660 and Joliet cannot hold symlinks", entry.rel)
+                self.layout.skipped.append(entry.rel)
+                return
+            if not is_utf8_name(entry.target):
+                log.warning("skipping symlink %r: its target is not UTF-8", entry.rel)
+                self.layout.skipped.append(entry.rel)
+                return
+            self.iso.add_symlink(
+                symlink_path=iso_path if rr else None,
+                rr_symlink_name=rr,
+                rr_path=entry.target if rr else None,
+                udf_symlink_path=udf,
+                udf_target=entry.target if udf else None,
+            )
+        else:
+            key = (entry.dev, entry.ino)
+            first = self.links.get(key) if entry.nlink > 1 and entry.size <= 0xFFFFF800 else None
+            if first is not None:
+                self._hard_link(first, iso_path, rr, joliet, udf)
+            else:
+                self.iso.add_file(
+                    str(entry.path),
+                    iso_path=iso_path,
+                    rr_name=rr,
+                    joliet_path=joliet,
+                    udf_path=udf,
+                    file_mode=(stat.S_IFREG | mode) if rr else None,
+                )
+                if entry.nlink > 1:
+                    self.links[key] = iso_path
+            self.layout.sources.append(entry.rel)
+            self.file_iso_paths[entry.rel] = iso_path
+        self._owners(entry, iso_path, udf)
+
+    def _dir_owner(self, rec: Any, entry: TreeEntry) -> None:
+        """Mode and owner on a directory's record and its "." record (readers take either)."""
+        if rec is None:
+            return
+        for r in (rec, rec.children[0] if rec.children else None):
+            if r is not None and r.rock_ridge is not None and r.rock_ridge.dr_entries.px_record is not None:
+                px = r.rock_ridge.dr_entries.px_record
+                px.posix_file_mode = stat.S_IFDIR | stat.S_IMODE(entry.mode)
+                px.posix_user_id, px.posix_group_id = entry.uid, entry.gid
+
+    def _hard_link(self, first: str, iso_path: str, rr: str | None, joliet: str | None, udf: str | None) -> None:
+        self.iso.add_hard_link(iso_old_path=first, iso_new_path=iso_path, rr_name=rr)
+        if joliet:
+            self.iso.add_hard_link(iso_old_path=first, joliet_new_path=joliet)
+        if udf:
+            self.iso.add_hard_link(iso_old_path=first, udf_new_path=udf)
+
+    def _owners(self, entry: TreeEntry, iso_path: str, udf: str | None) -> None:
+        rec: Any
+        if not self.opts.rock_ridge and entry.kind == "file":
+            rec = self.iso.get_record(iso_path=iso_path)
+            if rec.inode is not None:
+                self.layout.inodes[entry.rel] = rec.inode
+        if self.opts.rock_ridge:
+            rec = self.iso.get_record(iso_path=iso_path)
+            chunks = [rec]
+            if entry.kind == "file" and entry.size > 0xFFFFF800:  # multi-extent: one record per chunk
+                chunks = [c for c in rec.parent.children if c is not None and c.file_ident == rec.file_ident]
+            for chunk in chunks:
+                px = chunk.rock_ridge.dr_entries.px_record if chunk.rock_ridge else None
+                if px is not None:
+                    px.posix_user_id, px.posix_group_id = entry.uid, entry.gid
+                    if entry.kind == "symlink":
+                        px.posix_file_mode = entry.mode
+            if entry.kind == "file" and rec.inode is not None:
+                self.layout.inodes[entry.rel] = rec.inode
+        if udf:
+            fe: Any = self.iso.get_record(udf_path=udf)
+            fe.uid, fe.gid = entry.uid, entry.gid
+            fe.perms = udf_perms(entry.mode)
+
+    # -- volume-level --------------------------------------------------------------------------
+    def root_file(self, text: str, default_name: str) -> str:
+        """A root file name for a PVD file field: an existing root file, or one made from *text*."""
+        if not text:
+            return ""
+        if text in self.file_iso_paths:  # a file in the tree's root
+            return self.file_iso_paths[text].lstrip("/").split(";")[0]
+        data = (text.rstrip("\n") + "\n").encode()
+        buf = io.BytesIO(data)
+        self.layout._buffers.append(buf)
+        self.clock.now = self.layout.build_time_s
+        entry_name = default_name
+        names = self.names.setdefault("", DirNames())
+        iso_name = names.iso(entry_name, is_dir=False)
+        self.iso.add_fp(
+            buf,
+            len(data),
+            iso_path=f"/{iso_name}",
+            rr_name=entry_name if self.opts.rock_ridge else None,
+            joliet_path=f"/{names.joliet(entry_name)}" if self.opts.joliet else None,
+            udf_path=f"/{entry_name}" if self.opts.udf else None,
+            file_mode=0o100444 if self.opts.rock_ridge else None,
+        )
+        self.layout.generated.append(entry_name)
+        return iso_name.split(";")[0]
+
+    def boot(self) -> None:
+        opts = self.opts
+        cat = self._boot_catalog_paths() if (opts.boot_image or opts.efi_image) else None
+        for rel, efi in ((opts.boot_image, False), (opts.efi_image, True)):
+            if not rel:
+                continue
+            rel = rel.strip("/")
+            iso_path = self.file_iso_paths.get(rel)
+            if iso_path is None:
+                what = "EFI image" if efi else "boot image"
+                raise NotFoundError(f"{what} {rel!r} is not a file in the source tree")
+            assert cat is not None
+            kw: dict[str, Any] = {
+                "bootcatfile": cat[0],
+                "rr_bootcatname": cat[1],
+                "joliet_bootcatfile": cat[2],
+                "udf_bootcatfile": cat[3],
+            }
+            self.clock.now = self.layout.build_time_s
+            if efi:
+                self.iso.add_eltorito(iso_path, efi=True, platform_id=0xEF, media_name="noemul", **kw)
+            else:
+                self.iso.add_eltorito(iso_path, boot_load_size=4, boot_info_table=True, media_name="noemul", **kw)
+
+    def _boot_catalog_paths(self) -> tuple[str, str | None, str | None, str | None]:
+        names = self.names.setdefault("", DirNames())
+        taken = {e.name for e in self.tree.entries if e.depth == 1}
+        name = BOOT_CATALOG
+        n = 1
+        while name in taken:
+            name = f"boot{n}.cat"
+            n += 1
+        iso = "/" + names.iso(name, is_dir=False)
+        return (
+            iso,
+            name if self.opts.rock_ridge else None,
+            "/" + names.joliet(name) if self.opts.joliet else None,
+            "/" + name if self.opts.udf else None,
+        )
+
+
+def build_layout(
+    tree: SourceTree, opts: IsoOptions, *, on_entry: Callable[[TreeEntry], None] | None = None
+) -> IsoLayout:
+    """Lay out the image of *tree*: every entry added to a new pycdlib image, extents assigned.
+
+    Args:
+        tree: the walked source (see :func:`imaging.common.walk_tree`).
+        opts: formats, identifiers and boot entries.
+        on_entry: called after each entry (for a progress display).
+
+    Raises:
+        NotFoundError: a boot/EFI image named in *opts* is not a file of the tree.
+        UsageError: pycdlib refused the tree (the message says which entry).
+    """
+    build_time = float(opts.source_date_epoch) if opts.source_date_epoch is not None else _time.time()
+    seed = opts.source_date_epoch
+    with pinned_clock(build_time, seed) as clock:
+        b = _Builder(tree, opts, clock)
+        b.layout.build_time_s = build_time
+        b.layout.seed = seed
+        b.iso.new(
+            interchange_level=3,
+            vol_ident=_volume_id(opts.volume_name),
+            sys_ident="LINUX",
+            pub_ident_str=opts.publisher[:128],
+            app_ident_str=opts.application[:128],
+            preparer_ident_str="DARKSTORAGE",
+            vol_set_ident=_volume_id(opts.volume_name),
+            rock_ridge="1.12" if opts.rock_ridge else None,
+            joliet=3 if opts.joliet else None,
+            udf="2.60" if opts.udf else None,
+        )
+        if opts.joliet and b.iso.joliet_vd is not None:
+            name = opts.volume_name[:16].encode("utf-16-be")
+            b.iso.joliet_vd.volume_identifier = name + (b"\x00 " * 16)[len(name) :]
+        if opts.rock_ridge:
+            b._dir_owner(b.iso.pvd.root_dir_record, tree.entries[0])
+        for entry in tree.entries[1:]:
+            try:
+                b.add(entry)
+            except PyCdlibException as e:
+                raise UsageError(f"cannot add {entry.rel!r} to the image: {e}") from None
+            if on_entry is not None:
+                on_entry(entry)
+        copyright_id = b.root_file(opts.copyright, "COPYRIGHT.TXT")
+        abstract_id = b.root_file(opts.abstract, "ABSTRACT.TXT")
+        for vd in [b.iso.pvd] + ([b.iso.joliet_vd] if b.iso.joliet_vd is not None else []):
+            vd.copyright_file_identifier = copyright_id.encode().ljust(37, b" ")[:37]
+            vd.abstract_file_identifier = abstract_id.encode().ljust(37, b" ")[:37]
+        b.boot()
+        try:
+            b.iso.force_consistency()
+        except PyCdlibException as e:
+            raise UsageError(f"cannot lay out the image: {e}") from None
+    return b.layout

@@ -1,0 +1,181 @@
+"""The per-file SHA-256 manifest an ISO written by darkstorage carries after its volume.
+
+Layout (our own, outside every ISO 9660/Joliet/UDF directory tree, so other readers ignore it):
+after the last block pycdlib laid out comes one 2048-byte header block ``DARKSTORAGE-ISO-MANIFEST 1\\n<body bytes> <body sha256>\\n`` zero-padded, then the body in
+``sha256sum`` format (``<64 hex>  <path>\\n``, GNU coreutils escaping of ``\\`` and newlines in
+names), zero-padded to a block. The Application Use field of the Primary Volume Descriptor
+(ECMA-119 8.4.32, free for applications) holds ``DARKSTORAGE-MANIFEST <header block number>``; the
+volume space size then covers the manifest too, so tools see no data after the volume. ``iso verify`` uses it to name the file whose bytes went bad.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from collections.abc import Callable
+from typing import Any
+
+BLOCK = 2048
+MAGIC = b"DARKSTORAGE-ISO-MANIFEST 1\n"
+_READ_BYTES = 1 << 20
+
+
+def _escape(rel: str) -> tuple[bytes, bool]:
+    raw = rel.encode("utf-8", "surrogateescape")
+    if b"\\" in raw or b"\n" in raw:
+        return raw.replace(b"\\", b"\\\\").replace(b"\n", b"\\n"), True
+    return raw, False
+
+
+def _unescape(raw: bytes) -> str:
+    out = bytearray()
+    i = 0
+    while i < len(raw):
+        if raw[i : i + 1] == b"\\" and i + 1 < len(raw):
+            out += b"\n" if raw[i + 1 : i + 2] == b"n" else raw[i + 1 : i + 2]
+            i += 2
+        else:
+            out += raw[i : i + 1]
+            i += 1
+    return out.decode("utf-8", "surrogateescape")
+
+
+def _line(digest: str, rel: str) -> bytes:
+    name, escaped = _escape(rel)
+    return (b"\\" if escaped else b"") + digest.encode() + b"  " + name + b"\n"
+
+
+def _round(n: int) -> int:
+    return -(-n // BLOCK) * BLOCK
+
+
+def manifest_size(layout: Any) -> int:
+    """Bytes the manifest of *layout* takes after the volume (header block + padded body)."""
+    body = sum(len(_line("0" * 64, rel)) for rel in layout.sources)
+    return BLOCK + _round(body)
+
+
+def digest_image(
+    fd: int, layout: Any, volume_bytes: int, *, progress: Callable[[int], None] | None = None
+) -> tuple[Any, dict[str, str]]:
+    """Hash the volume ``[0, volume_bytes)`` of the image open at *fd* in one sequential pass.
+
+    Returns:
+        (a hashlib SHA-256 object fed with the volume, so the caller can add the tail;
+        tree-relative path → SHA-256 hex of that file's data as written in the image).
+    """
+    image = hashlib.sha256()
+    buf = bytearray(_READ_BYTES)
+    view = memoryview(buf)
+    by_inode: dict[int, list[str]] = {}
+    spans: list[tuple[int, int, int]] = []
+    digests: dict[str, str] = {}
+    empty = hashlib.sha256().hexdigest()
+    for rel in layout.sources:
+        ino = layout.inodes.get(rel)
+        if ino is None or ino.get_data_length() == 0:  # no extent at all
+            digests[rel] = empty
+            continue
+        if id(ino) not in by_inode:
+            by_inode[id(ino)] = []
+            spans.append((ino.extent_location() * BLOCK, ino.get_data_length(), id(ino)))
+        by_inode[id(ino)].append(rel)
+    spans.sort()
+    cursor = 0
+
+    def feed(start: int, stop: int, file_hash: Any) -> None:
+        pos = start
+        while pos < stop:
+            n = os.preadv(fd, [view[: min(_READ_BYTES, stop - pos)]], pos)
+            if n == 0:
+                raise OSError(f"image ended at byte {pos}, expected {stop}")
+            image.update(view[:n])
+            if file_hash is not None:
+                file_hash.update(view[:n])
+            pos += n
+            if progress is not None:
+                progress(n)
+
+    for start, length, key in spans:
+        stop = start + length
+        if start < cursor:  # overlapping extents (not written by us): hash the file on its own
+            h = hashlib.sha256(os.pread(fd, length, start))
+        else:
+            feed(cursor, start, None)
+            h = hashlib.sha256()
+            feed(start, stop, h)
+            cursor = stop
+        for rel in by_inode[key]:
+            digests[rel] = h.hexdigest()
+    feed(cursor, volume_bytes, None)
+    return image, digests
+
+
+def write_manifest(fd: int, layout: Any, digests: dict[str, str], volume_bytes: int) -> bytes:
+    """Write the manifest at *volume_bytes*; returns the bytes written (header + padded body)."""
+    body = b"".join(_line(digests[rel], rel) for rel in layout.sources)
+    header = MAGIC + f"{len(body)} {hashlib.sha256(body).hexdigest()}\n".encode()
+    data = header.ljust(BLOCK, b"\0") + body.ljust(_round(len(body)), b"\0")
+    os.pwrite(fd, data, volume_bytes)
+    return data
+
+
+LOCATOR = b"DARKSTORAGE-MANIFEST "
+_APP_USE_OFFSET = 883  # ECMA-119 8.4.32: 512 bytes of Application Use in the PVD
+
+
+def write_locator(fd: int, header_block: int) -> None:
+    """Record where the manifest header is in the PVD's Application Use field."""
+    os.pwrite(fd, (LOCATOR + str(header_block).encode()).ljust(512, b" "), 16 * BLOCK + _APP_USE_OFFSET)
+
+
+def manifest_offset(fd: int) -> int:
+    """Byte offset of the manifest header named by the PVD locator; 0 when there is none."""
+    pvd = os.pread(fd, BLOCK, 16 * BLOCK)
+    if len(pvd) < BLOCK or pvd[1:6] != b"CD001":
+        return 0
+    field = pvd[_APP_USE_OFFSET : _APP_USE_OFFSET + 512]
+    if not field.startswith(LOCATOR):
+        return 0
+    try:
+        return int(field[len(LOCATOR) :].split()[0]) * BLOCK
+    except (ValueError, IndexError):
+        return 0
+
+
+def set_volume_blocks(fd: int, blocks: int) -> None:
+    """Set the volume space size (ECMA-119 8.4.8, both-endian) in the PVD and every SVD."""
+    lba = 16
+    while True:
+        vd = os.pread(fd, 8, lba * BLOCK)
+        if len(vd) < 6 or vd[1:6] != b"CD001" or vd[0] == 255:
+            return
+        if vd[0] in (1, 2):
+            os.pwrite(fd, struct.pack("<I", blocks) + struct.pack(">I", blocks), lba * BLOCK + 80)
+        lba += 1
+
+
+def read_manifest(fd: int) -> dict[str, str] | None:
+    """The manifest of the image at *fd* as path → SHA-256 hex; None when the image has none.
+
+    Raises:
+        ValueError: a manifest header is there but its body does not match its digest.
+    """
+    start = manifest_offset(fd)
+    header = os.pread(fd, BLOCK, start) if start else b""
+    if not header.startswith(MAGIC):
+        return None
+    fields = header[len(MAGIC) :].split(b"\n", 1)[0].split()
+    length, expected = int(fields[0]), fields[1].decode()
+    body = os.pread(fd, length, start + BLOCK)
+    if hashlib.sha256(body).hexdigest() != expected:
+        raise ValueError("the per-file manifest after the volume is damaged")
+    out: dict[str, str] = {}
+    for line in body.splitlines():
+        escaped = line.startswith(b"\\")
+        if escaped:
+            line = line[1:]
+        digest, name = line[:64].decode(), line[66:]
+        out[_unescape(name) if escaped else name.decode("utf-8", "surrogateescape")] = digest
+    return out

@@ -1,0 +1,176 @@
+"""``iso verify`` and ``iso extract``: check an image part by part, copy entries out safely."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pool.errors import ImageCorruptError, UnsafePathError, UsageError
+
+from .common import check_sidecar, safe_join
+from .iso_manifest import read_manifest
+from .iso_read import IsoReader
+
+log = logging.getLogger(__name__)
+
+CHECKSUMS = ("SHA256",)
+
+
+@dataclass
+class VerifyReport:
+    """What ``iso verify`` found.
+
+    Attributes:
+        problems: one line per bad part (structure, tree, partition table, image digest, file).
+        files_checked: files whose SHA-256 was compared with the image's manifest.
+        sidecar: True/False for a matching/mismatching sidecar, None when there is none.
+        manifest: whether the image carries a per-file manifest.
+    """
+
+    image: Path
+    problems: list[str] = field(default_factory=list)
+    files_checked: int = 0
+    sidecar: bool | None = None
+    manifest: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _check_gpt(fd: int, report: VerifyReport) -> None:
+    header = os.pread(fd, 92, 512)
+    if header[:8] != b"EFI PART":
+        return
+    for label, hdr in (("primary", header), ("backup", None)):
+        if hdr is None:
+            (backup_lba,) = struct.unpack_from("<Q", header, 32)
+            hdr = os.pread(fd, 92, backup_lba * 512)
+            if hdr[:8] != b"EFI PART":
+                report.problems.append("GPT: backup header missing at the end of the image")
+                continue
+        crc = struct.unpack_from("<I", hdr, 16)[0]
+        if zlib.crc32(hdr[:16] + b"\0\0\0\0" + hdr[20:92]) != crc:
+            report.problems.append(f"GPT: {label} header CRC32 mismatch")
+        entries_lba, count, size, entries_crc = struct.unpack_from("<QIII", hdr, 72)
+        if zlib.crc32(os.pread(fd, count * size, entries_lba * 512)) != entries_crc:
+            report.problems.append(f"GPT: {label} partition entries CRC32 mismatch")
+
+
+def verify_image(
+    image: Path, *, checksum: str = "SHA256", progress: Callable[[int], None] | None = None
+) -> VerifyReport:
+    """Check *image*: sidecar digest, every directory tree, hybrid GPT, each file's SHA-256.
+
+    Raises:
+        UsageError: an unsupported *checksum*.
+        NotFoundError: *image* does not exist.
+    """
+    if checksum.upper().replace("-", "") not in CHECKSUMS:
+        raise UsageError(f"unsupported checksum {checksum!r} (supported: {', '.join(CHECKSUMS)})")
+    report = VerifyReport(image=image)
+    report.sidecar = check_sidecar(image, progress=progress)
+    if report.sidecar is False:
+        report.problems.append(f"image: SHA-256 differs from {image.name}.sha256")
+    try:
+        reader = IsoReader(image)
+    except ImageCorruptError as e:
+        report.problems.append(f"structure: {e}")
+        return report
+    with reader:
+        for tree in ("joliet", "udf", "iso"):
+            if (
+                tree == reader.tree
+                or (tree == "joliet" and not reader.iso.has_joliet())
+                or (tree == "udf" and not reader.iso.has_udf())
+            ):
+                continue
+            try:
+                IsoReader(image, tree=tree).close()
+            except ImageCorruptError as e:
+                report.problems.append(f"{tree} tree: {e}")
+        _check_gpt(reader._fd, report)
+        try:
+            manifest = read_manifest(reader._fd)
+        except (ValueError, IndexError) as e:
+            report.problems.append(f"manifest: {e}")
+            manifest = None
+        if manifest is None:
+            return report
+        report.manifest = True
+        by_rel = {node.rel: ino for ino, node in reader.walk()}
+        for rel, expected in manifest.items():
+            ino = by_rel.get(rel)
+            if ino is None:
+                report.problems.append(f"file {rel}: missing from the {reader.tree} tree")
+                continue
+            h = hashlib.sha256()
+            for chunk in reader.chunks(ino):
+                h.update(chunk)
+            report.files_checked += 1
+            if h.hexdigest() != expected:
+                report.problems.append(f"file {rel}: SHA-256 differs from the image's manifest (data damaged)")
+    return report
+
+
+@dataclass
+class ExtractResult:
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    bytes: int = 0
+
+
+def extract(image: Path, output: Path, *, pattern: str | None = None) -> ExtractResult:
+    """Copy the entries of *image* matching *pattern* (fnmatch on path or name) into *output*.
+
+    Every member path is checked with :func:`imaging.common.safe_join` before anything is written;
+    symlinks are recreated as symlinks, never followed.
+
+    Raises:
+        UnsafePathError: an entry would land outside *output* (``..``, absolute, through a symlink).
+        ImageCorruptError: the image cannot be read.
+    """
+    result = ExtractResult()
+    with IsoReader(image) as reader:
+        chosen = [
+            (ino, node)
+            for ino, node in reader.walk()
+            if pattern is None
+            or fnmatch.fnmatch(node.rel, pattern)
+            or fnmatch.fnmatch(node.rel.rsplit("/", 1)[-1], pattern)
+        ]
+        for _, node in chosen:  # refuse the whole extraction before writing when a name is unsafe
+            safe_join(output, node.rel)
+        output.mkdir(parents=True, exist_ok=True)
+        for ino, node in chosen:
+            target = safe_join(output, node.rel)  # again: a symlink extracted earlier may redirect
+            if node.kind == "dir":
+                target.mkdir(parents=True, exist_ok=True)
+                result.dirs += 1
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.is_symlink() or target.exists():
+                if target.is_dir() and not target.is_symlink():
+                    raise UnsafePathError(f"refusing to replace folder {target} with {node.rel!r}")
+                target.unlink()
+            if node.kind == "symlink":
+                os.symlink(node.target, target)
+                result.symlinks += 1
+                continue
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                for chunk in reader.chunks(ino):
+                    out.write(chunk)
+                    result.bytes += len(chunk)
+            os.chmod(target, node.mode & 0o7777)
+            os.utime(target, ns=(node.mtime_ns, node.mtime_ns))
+            result.files += 1
+    return result

@@ -1,0 +1,354 @@
+"""bucket2iso images checked by independent tools (genisoimage, xorriso, 7-Zip, udftools, gdisk, QEMU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import cli, wait_until
+
+EPOCH = "1700000000"
+ISOLINUX = Path("/usr/lib/ISOLINUX/isolinux.bin")
+LDLINUX = Path("/usr/lib/syslinux/modules/bios/ldlinux.c32")
+OVMF = Path("/usr/share/ovmf/OVMF.fd")
+
+
+def need(*tools: str) -> None:
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (Makefile APT_TEST)")
+
+
+def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=300)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {res.returncode}: {res.stdout[-2000:]} {res.stderr[-2000:]}")
+    return res
+
+
+def make_tree(root: Path) -> Path:
+    (root / "docs" / "a" / "b").mkdir(parents=True)
+    (root / "docs" / "report.pdf").write_bytes(os.urandom(300_000))
+    (root / "docs" / "a" / "b" / "deep.txt").write_text("deep\n")
+    (root / "Ünïcödé name that is much longer than the sixty-four characters Joliet allows.txt").write_text("ü\n")
+    (root / "script.sh").write_text("#!/bin/sh\necho hi\n")
+    os.chmod(root / "script.sh", 0o750)
+    os.symlink("docs/report.pdf", root / "link.pdf")
+    os.utime(root / "docs" / "report.pdf", (1_500_000_000, 1_500_000_000))
+    return root
+
+
+def tree_state(root: Path) -> dict[str, tuple]:
+    out: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            st = p.lstat()
+            rel = str(p.relative_to(root))
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("l", os.readlink(p))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("d", stat.S_IMODE(st.st_mode))
+            else:
+                out[rel] = ("f", stat.S_IMODE(st.st_mode), int(st.st_mtime), p.read_bytes())
+    return out
+
+
+def test_independent_tools_read_every_tree(tmp_path: Path, home: Path) -> None:
+    need("isoinfo", "xorriso", "7zz", "udfinfo")
+    src = make_tree(tmp_path / "src")
+    iso = tmp_path / "out.iso"
+    labels = ["--volume-name", "BACKUP2026", "--publisher", "ACME", "--source-date-epoch", EPOCH]
+    res = cli("bucket2iso", str(src), "--output", str(iso), *labels, "--json", home=home)
+    assert json.loads(res.stdout)["files"] == 4
+    info = run("isoinfo", "-d", "-i", str(iso)).stdout
+    assert "Volume id: BACKUP2026" in info and "Publisher id: ACME" in info
+    assert "Joliet" in info and "Rock Ridge signatures" in info
+    listing = run("isoinfo", "-l", "-R", "-i", str(iso)).stdout
+    assert "report.pdf" in listing and "link.pdf -> docs/report.pdf" in listing
+    joliet = run("isoinfo", "-l", "-J", "-i", str(iso)).stdout
+    assert "n\ufffdc\ufffdd\ufffd name" in joliet or "Ünïcödé" in joliet  # isoinfo prints Joliet names as Latin-1
+    found = run("xorriso", "-indev", str(iso), "-find", "/", "-type", "f").stdout
+    assert "'/docs/a/b/deep.txt'" in found
+    assert "Everything is Ok" in run("7zz", "t", str(iso)).stdout
+    assert "label=BACKUP2026" in run("udfinfo", str(iso)).stdout
+    out = tmp_path / "xorriso-out"
+    run("xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", "/", str(out))
+    assert tree_state(out) == tree_state(src)
+    # reproducible: the same tree and options give the same bytes
+    again = tmp_path / "again.iso"
+    cli("bucket2iso", str(src), "--output", str(again), *labels, home=home)
+    assert again.read_bytes() == iso.read_bytes()
+    assert subprocess.run(["sha256sum", "-c", iso.name + ".sha256"], cwd=tmp_path, capture_output=True).returncode == 0
+
+
+def test_cli_verify_extract_ls_and_corruption(tmp_path: Path, home: Path) -> None:
+    src = make_tree(tmp_path / "src")
+    iso = tmp_path / "out.iso"
+    cli("bucket2iso", str(src), "--output", str(iso), home=home)
+    assert "ok" in cli("iso", "verify", str(iso), "--checksum", "SHA256", home=home).stdout
+    rows = json.loads(cli("iso", "ls", str(iso), "--json", home=home).stdout)
+    assert {r["path"] for r in rows} >= {"docs/report.pdf", "link.pdf", "docs/a/b/deep.txt"}
+    assert "script.sh" in cli("iso", "ls", str(iso), "--long", home=home).stdout
+    cli("iso", "extract", str(iso), "--pattern", "*.pdf", "--output", str(tmp_path / "x"), home=home)
+    assert (tmp_path / "x" / "docs" / "report.pdf").read_bytes() == (src / "docs" / "report.pdf").read_bytes()
+    assert not (tmp_path / "x" / "script.sh").exists()
+    from imaging.iso_read import IsoReader
+
+    with IsoReader(iso) as r:
+        ((offset, _),) = next(n for _, n in r.walk() if n.rel == "docs/report.pdf").extents
+    with open(iso, "r+b") as f:
+        f.seek(offset + 1234)
+        byte = f.read(1)
+        f.seek(offset + 1234)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    bad = cli("iso", "verify", str(iso), home=home, check=False)
+    assert bad.returncode == 18, bad.stderr
+    assert "docs/report.pdf" in bad.stdout + bad.stderr
+
+
+def test_extract_refuses_escaping_names(tmp_path: Path, home: Path) -> None:
+    import io
+
+    import pycdlib
+
+    evil = tmp_path / "evil.iso"
+    iso = pycdlib.PyCdlib()
+    iso.new(interchange_level=3, rock_ridge="1.12")
+    iso.add_fp(io.BytesIO(b"pwned\n"), 6, iso_path="/A.TXT;1", rr_name="AAAAAAAAAAAAAAA")
+    iso.write(str(evil))
+    iso.close()
+    data = evil.read_bytes()
+    assert data.count(b"AAAAAAAAAAAAAAA") == 1
+    evil.write_bytes(data.replace(b"AAAAAAAAAAAAAAA", b"../../escape.tx"))  # Rock Ridge NM with ".."
+    out = tmp_path / "out"
+    res = cli("iso", "extract", str(evil), "--output", str(out), home=home, check=False)
+    assert res.returncode == 19, res.stderr
+    assert not (tmp_path / "escape.tx").exists() and not (tmp_path.parent / "escape.tx").exists()
+    # a symlink inside the output pointing outside, then a member through it
+    iso2 = pycdlib.PyCdlib()
+    iso2.new(interchange_level=3, rock_ridge="1.12")
+    iso2.add_symlink(symlink_path="/LNK;1", rr_symlink_name="lnk", rr_path=str(tmp_path))
+    iso2.add_directory("/LNK2", rr_name="lnk2")
+    iso2.add_fp(io.BytesIO(b"x"), 1, iso_path="/LNK2/F.TXT;1", rr_name="f.txt")
+    twisted = tmp_path / "twisted.iso"
+    iso2.write(str(twisted))
+    iso2.close()
+    raw = twisted.read_bytes()
+    twisted.write_bytes(raw.replace(b"NM\x09\x01\x00lnk2", b"NM\x09\x01\x00lnk/"))  # "lnk/f.txt" goes through lnk
+    res = cli("iso", "extract", str(twisted), "--output", str(tmp_path / "out2"), home=home, check=False)
+    assert res.returncode == 19, res.stdout + res.stderr
+    assert not (tmp_path / "f.txt").exists()
+
+
+def _boot_tree(root: Path) -> Path:
+    need("mkfs.vfat", "mcopy", "grub-mkstandalone")
+    (root / "isolinux").mkdir(parents=True)
+    shutil.copy(ISOLINUX, root / "isolinux" / "isolinux.bin")
+    shutil.copy(LDLINUX, root / "isolinux" / "ldlinux.c32")
+    (root / "isolinux" / "isolinux.cfg").write_text(
+        "SERIAL 0 115200\nSAY DARKSTORAGE-BIOS-BOOT-OK\nPROMPT 0\nTIMEOUT 1\n"
+    )
+    cfg = root.parent / "grub.cfg"
+    cfg.write_text("echo DARKSTORAGE-UEFI-BOOT-OK\nsleep 30\n")
+    efi = root.parent / "BOOTX64.EFI"
+    run(
+        "grub-mkstandalone",
+        "-O",
+        "x86_64-efi",
+        "-o",
+        str(efi),
+        "--locales=",
+        "--fonts=",
+        "--themes=",
+        "--install-modules=normal echo sleep configfile",
+        f"boot/grub/grub.cfg={cfg}",
+    )
+    img = root / "boot" / "efiboot.img"
+    img.parent.mkdir()
+    run("mkfs.vfat", "-C", str(img), "4096")
+    run("mmd", "-i", str(img), "::/EFI", "::/EFI/BOOT")
+    run("mcopy", "-i", str(img), str(efi), "::/EFI/BOOT/BOOTX64.EFI")
+    (root / "readme.txt").write_text("bootable\n")
+    return root
+
+
+@pytest.fixture
+def bootable_iso(tmp_path: Path, home: Path) -> Path:
+    if not ISOLINUX.exists() or not OVMF.exists():
+        pytest.skip("needs isolinux, syslinux-common and ovmf (Makefile APT_TEST)")
+    src = _boot_tree(tmp_path / "src")
+    iso = tmp_path / "boot.iso"
+    cli(
+        "bucket2iso",
+        str(src),
+        "--output",
+        str(iso),
+        "--bootable",
+        "--boot-image",
+        "isolinux/isolinux.bin",
+        "--uefi",
+        "--efi-image",
+        "boot/efiboot.img",
+        "--hybrid",
+        "--bios",
+        "--source-date-epoch",
+        EPOCH,
+        home=home,
+    )
+    return iso
+
+
+def test_el_torito_and_hybrid_tables_are_valid(bootable_iso: Path) -> None:
+    need("xorriso", "sgdisk")
+    report = run(
+        "xorriso", "-indev", str(bootable_iso), "-report_el_torito", "plain", "-report_system_area", "plain"
+    ).stdout
+    assert "El Torito boot img :   1  BIOS  y   none" in report
+    assert "El Torito boot img :   2  UEFI  y   none" in report
+    assert "GPT" in report and "CRC" not in report.replace("GPT CRC", "")
+    sg = run("sgdisk", "-v", str(bootable_iso)).stdout
+    assert "No problems found" in sg, sg
+    parts = run("sgdisk", "-p", str(bootable_iso)).stdout
+    assert "EF00" in parts
+    assert "Everything is Ok" in run("7zz", "t", str(bootable_iso)).stdout if shutil.which("7zz") else True
+
+
+def _boots(args: list[str], marker: str, tmp_path: Path) -> None:
+    # TCG, not KVM: OVMF and isolinux stop under this machine's nested KVM (an emulation failure)
+    need("qemu-system-x86_64")
+    log = tmp_path / f"serial-{len(list(tmp_path.glob('serial-*')))}.log"
+    proc = subprocess.Popen(
+        [
+            "qemu-system-x86_64",
+            "-m",
+            "256",
+            "-nographic",
+            "-no-reboot",
+            "-serial",
+            f"file:{log}",
+            "-monitor",
+            "none",
+            "-display",
+            "none",
+            *args,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(
+            lambda: log.exists() and marker in log.read_text(errors="replace"),
+            timeout=180,
+            what=f"{marker!r} on the serial console",
+        )
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.slow
+def test_boots_in_qemu_bios_cdrom(bootable_iso: Path, tmp_path: Path) -> None:
+    # isolinux.bin (El Torito, boot info table) loads ldlinux.c32 from the image, which prints the
+    # second banner on the serial port the config set up
+    _boots(["-cdrom", str(bootable_iso), "-boot", "d"], "ISOLINUX 6.04 20200816  Copyright", tmp_path)
+
+
+@pytest.mark.slow
+def test_boots_in_qemu_uefi_cdrom_and_usb(bootable_iso: Path, tmp_path: Path) -> None:
+    _boots(["-bios", str(OVMF), "-cdrom", str(bootable_iso)], "DARKSTORAGE-UEFI-BOOT-OK", tmp_path)
+    # the same file as a disk: the firmware finds the EFI System Partition through our GPT
+    _boots(
+        ["-bios", str(OVMF), "-drive", f"file={bootable_iso},format=raw,if=virtio,snapshot=on"],
+        "DARKSTORAGE-UEFI-BOOT-OK",
+        tmp_path,
+    )
+
+
+def test_multi_session_append_keeps_old_files(tmp_path: Path, home: Path) -> None:
+    need("xorriso")
+    src = make_tree(tmp_path / "src")
+    iso = tmp_path / "ms.iso"
+    cli("bucket2iso", str(src), "--output", str(iso), "--multi-session", home=home)
+    first = iso.stat().st_size
+    (src / "new.txt").write_text("second session\n")
+    cli("bucket2iso", str(src), "--output", str(iso), "--multi-session", "--append", home=home)
+    assert iso.stat().st_size > first
+    out = tmp_path / "x"
+    run("xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", "/", str(out))
+    assert (out / "new.txt").read_text() == "second session\n"
+    assert (out / "docs" / "report.pdf").read_bytes() == (src / "docs" / "report.pdf").read_bytes()
+    assert "ok" in cli("iso", "verify", str(iso), home=home).stdout
+
+
+@pytest.mark.fuse
+def test_iso_mount_serves_the_files(tmp_path: Path, home: Path) -> None:
+    src = make_tree(tmp_path / "src")
+    iso = tmp_path / "m.iso"
+    cli("bucket2iso", str(src), "--output", str(iso), home=home)
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    cli("iso", "mount", str(iso), str(mp), home=home)
+    try:
+        assert (mp / "docs" / "report.pdf").read_bytes() == (src / "docs" / "report.pdf").read_bytes()
+        assert os.readlink(mp / "link.pdf") == "docs/report.pdf"
+        assert stat.S_IMODE(os.stat(mp / "script.sh").st_mode) == 0o750
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True)
+        wait_until(lambda: not os.path.ismount(mp), timeout=30, what="unmount")
+
+
+@pytest.mark.fuse
+def test_bucket_image_from_the_mounted_tree(mounts, home: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    m = mounts()
+    bucket = m.path / "b"
+    (bucket / "photos").mkdir()
+    (bucket / "photos" / "p1.jpg").write_bytes(os.urandom(200_000))
+    (bucket / "notes.txt").write_text("hello\n")
+    iso = tmp_path / "bucket.iso"
+    cli("bucket2iso", "b", "--output", str(iso), home=home)
+    from imaging.iso_read import IsoReader
+
+    with IsoReader(iso) as r:
+        files = {n.rel: b"".join(r.chunks(ino)) for ino, n in r.walk() if n.kind == "file"}
+    assert files["photos/p1.jpg"] == (bucket / "photos" / "p1.jpg").read_bytes()
+    assert files["notes.txt"] == b"hello\n"
+
+
+@pytest.mark.slow
+def test_file_over_4_gib(tmp_path: Path, home: Path) -> None:
+    need("isoinfo", "udfinfo")
+    if shutil.disk_usage(tmp_path).free < 12 << 30:
+        pytest.skip("needs 12 GiB free for a 4.5 GiB image")
+    src = tmp_path / "src"
+    src.mkdir()
+    big = src / "big.bin"
+    size = (4 << 30) + (512 << 20) + 123
+    with open(big, "wb") as f:  # sparse, with data at both ends and across the 4 GiB line
+        f.write(b"head")
+        f.seek(0xFFFFF800 - 2)
+        f.write(b"XXXX")
+        f.truncate(size)
+        f.seek(size - 4)
+        f.write(b"tail")
+    iso = tmp_path / "big.iso"
+    cli("bucket2iso", str(src), "--output", str(iso), home=home, timeout=900)
+    listing = run("isoinfo", "-l", "-R", "-i", str(iso)).stdout
+    assert listing.count("big.bin") == 2  # two multi-extent records
+    sizes = run("xorriso", "-indev", str(iso), "-find", "/big.bin", "-exec", "lsdl").stdout
+    assert str(size) in sizes
+    from imaging.iso_read import IsoReader
+
+    for tree in ("rr", "udf"):
+        with IsoReader(iso, tree=tree) as r:
+            ino, node = next((i, n) for i, n in r.walk() if n.rel == "big.bin")
+            assert node.size == size
+            assert r.read(ino, 0, 4) == b"head" and r.read(ino, size - 4, 4) == b"tail"
+            assert r.read(ino, 0xFFFFF800 - 2, 4) == b"XXXX"
+    assert "ok" in cli("iso", "verify", str(iso), home=home, timeout=900).stdout
