@@ -46,13 +46,13 @@ $(VENV)/.test-deps: pyproject.toml $(BIN)/darkstorage $(NPM_DIR)/.azurite
 test-deps: $(VENV)/.test-deps
 
 test: test-deps
-	$(BIN)/ruff check pool vfs agent tests bench
+	$(BIN)/ruff check pool vfs agent sync imaging tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 lint: test-deps
-	$(BIN)/ruff check pool vfs agent tests bench
-	$(BIN)/ruff format --check pool vfs agent tests bench
+	$(BIN)/ruff check pool vfs agent sync imaging tests bench
+	$(BIN)/ruff format --check pool vfs agent sync imaging tests bench
 
 typecheck: test-deps
 	$(BIN)/mypy
