@@ -54,7 +54,6 @@ class ChangeWatch:
         from watchdog.observers import Observer
 
         self.last_change = 0.0
-        self.paths = paths
         self._lock = threading.Lock()
         watch = self
 
@@ -62,6 +61,8 @@ class ChangeWatch:
             def on_any_event(self, event: FileSystemEvent) -> None:
                 if event.event_type in ("opened", "closed_no_write"):
                     return
+                if event.is_directory and event.event_type == "modified":
+                    return  # a folder's mtime moves with every entry change, which has its own event
                 name = os.path.basename(str(event.src_path))
                 if is_temp_name(name) or name.startswith(".dsync-"):
                     return
@@ -69,10 +70,17 @@ class ChangeWatch:
                 with watch._lock:
                     watch.last_change = time.monotonic()
 
+        self._handler = Handler()
         self.observer = Observer()
+        self.paths: list[str] = []
         for p in paths:
-            self.observer.schedule(Handler(), p, recursive=True)
+            self.add(p)
         self.observer.start()
+
+    def add(self, path: str) -> None:
+        """Watch *path* too (a root created by the first run)."""
+        self.observer.schedule(self._handler, path, recursive=True)
+        self.paths.append(path)
 
     def take(self, debounce_s: float) -> bool:
         """True (and reset) when a change happened and nothing changed for *debounce_s*."""
@@ -143,9 +151,10 @@ class PairService:
         log.info("sync %s: watching %s", self.pair.name, watch.paths if watch else "nothing (polling)")
         try:
             await self._run()
-            if watch is not None and len(watch.paths) < len(local):
-                watch.stop()
-                watch = ChangeWatch([p for p in local if os.path.isdir(p)])
+            if watch is not None:
+                for p in local:
+                    if p not in watch.paths and os.path.isdir(p):
+                        watch.add(p)
             last_poll = time.monotonic()
             while True:
                 await trio.sleep(0.2)

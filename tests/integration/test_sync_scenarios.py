@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 import unicodedata
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
