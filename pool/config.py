@@ -43,6 +43,7 @@ from .errors import ConfigError, NotInitialisedError
 from .tiers import TIERS
 
 CONFIG_NAME = "config.toml"
+_OWN_SECTIONS = ("pool", "cache", "mount", "tiers", "integrations")
 DEFAULT_CACHE_MAX_BYTES = 10 << 30
 DEFAULT_WRITE_BACK_S = 5.0
 DEFAULT_RESTORE_LATENCY_S = 3.0
@@ -77,6 +78,8 @@ class PoolConfig:
     restore_wait_s: float = DEFAULT_RESTORE_WAIT_S
     #: ``[integrations.NAME]`` tables as written (kind, options, ``*_env`` references, revision)
     integrations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: sections this module does not interpret (``[notify]``, ...), written back unchanged
+    other_sections: dict[str, Any] = field(default_factory=dict)
 
     @property
     def catalog_path(self) -> Path:
@@ -130,6 +133,7 @@ class PoolConfig:
                 restore_latency_s=float(pool.get("restore_latency_s", DEFAULT_RESTORE_LATENCY_S)),
                 restore_wait_s=float(pool.get("restore_wait_s", DEFAULT_RESTORE_WAIT_S)),
                 integrations={str(n): dict(v) for n, v in raw.get("integrations", {}).items()},
+                other_sections={k: v for k, v in raw.items() if k not in _OWN_SECTIONS},
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"{path}: bad value: {e}") from None
@@ -144,6 +148,8 @@ class PoolConfig:
         }
         if self.integrations:
             raw["integrations"] = self.integrations
+        for key, value in self.other_sections.items():
+            raw.setdefault(key, value)
         self.home.mkdir(parents=True, exist_ok=True)
         tmp = self.home / (CONFIG_NAME + ".tmp")
         tmp.write_text(tomli_w.dumps(raw))

@@ -217,3 +217,17 @@ async def test_placed_upload_overtaken_by_a_write_stays_dirty(ops: Operations, p
     obj = pool.catalog.object(ino)
     assert obj is not None and obj.state == "dirty"
     assert pool.upload_now(ino) and hot(pool, "b/f").read_bytes() == b"v2"
+
+
+def test_config_save_keeps_sections_it_does_not_interpret(tmp_path: Path) -> None:
+    from pool.config import PoolConfig
+
+    pool, _ = Pool.init(tmp_path / "h")
+    pool.close()
+    cfg_path = tmp_path / "h" / "config.toml"
+    cfg_path.write_text(cfg_path.read_text() + '\n[notify]\nwebhook_url = "http://127.0.0.1:9/hook"\n')
+    cfg = PoolConfig.load(tmp_path / "h")
+    cfg.write_back_s = 7.0
+    cfg.save()
+    text = cfg_path.read_text()
+    assert 'webhook_url = "http://127.0.0.1:9/hook"' in text and "write_back_s = 7.0" in text
