@@ -24,7 +24,7 @@ from pool.errors import ImageCorruptError, UsageError
 from .common import SourceTree, walk_tree, write_sidecar
 from .hfsplus import HfsOptions, HfsPlusWriter
 from .hfsplus_read import HfsVolume
-from .udif import UdifResult, write_udif
+from .udif import Piece, UdifResult, write_udif
 from .udif_read import UdifImage
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def _segment_id(tree: SourceTree, opts: HfsOptions, fmt: str) -> bytes:
     return hashlib.sha256(seed.encode()).digest()[:16]
 
 
-def _iso_stream(tree: SourceTree, volume_name: str) -> Iterator[bytes]:
+def _iso_stream(tree: SourceTree, volume_name: str) -> Iterator[Piece]:
     """An ISO9660 (Rock Ridge, Joliet) + UDF volume of *tree*, staged in a temporary file."""
     import pycdlib
 
@@ -86,9 +86,7 @@ def _iso_stream(tree: SourceTree, volume_name: str) -> Iterator[bytes]:
         tmp.seek(0)
         while piece := tmp.read(1 << 20):
             yield piece
-        pad = -tmp.tell() % 512
-        if pad:
-            yield bytes(pad)
+        yield -tmp.tell() % 512
 
 
 def build_dmg(
@@ -128,7 +126,7 @@ def build_dmg(
     if filesystem == "hfs+":
         writer = HfsPlusWriter(tree, opts)
         case_sensitive = writer.case_sensitive
-        stream: Iterator[bytes | int] = writer.stream()
+        stream: Iterator[Piece] = writer.stream()
         volume_bytes = writer.size_bytes
         name = HFS_PARTITION
     else:

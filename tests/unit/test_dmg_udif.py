@@ -5,18 +5,20 @@ from __future__ import annotations
 import io
 import os
 import struct
+import zlib
 from pathlib import Path
 
 import pytest
 
-from imaging.udif import CHUNK_BYTES, FORMATS, write_udif
+from imaging.udif import CHUNK_BYTES, FORMATS, FileSpan, Piece, write_udif
+from imaging.udif_crc import crc32_combine, zero_crc32
 from imaging.udif_read import UdifImage
-from pool.errors import ImageCorruptError, UsageError
+from pool.errors import BusyError, ImageCorruptError, UsageError
 
 DISK = os.urandom(CHUNK_BYTES + 4096) + bytes(3 * CHUNK_BYTES) + (b"text " * 300_000)[:CHUNK_BYTES] + bytes(1024)
 
 
-def write(path: Path, fmt: str, blocks: list[bytes | int]) -> None:
+def write(path: Path, fmt: str, blocks: list[Piece]) -> None:
     with open(path, "wb") as f:
         write_udif(f, blocks, fmt=fmt, partition_name="disk image (Apple_HFS : 0)", segment_id=bytes(16), workers=2)
 
@@ -75,3 +77,38 @@ def test_bad_input() -> None:
         write_udif(io.BytesIO(), [b"x" * 100], fmt="UDZO", partition_name="p", segment_id=bytes(16))
     with pytest.raises(UsageError):
         write_udif(io.BytesIO(), [], fmt="NOPE", partition_name="p", segment_id=bytes(16))
+
+
+@pytest.mark.parametrize("n", [0, 1, 511, 4096, CHUNK_BYTES, CHUNK_BYTES + 12345, 10 * CHUNK_BYTES + 1])
+def test_crc_arithmetic_matches_zlib(n: int) -> None:
+    head = os.urandom(777)
+    tail = os.urandom(n % 70_000)
+    assert crc32_combine(zlib.crc32(head), zlib.crc32(tail), len(tail)) == zlib.crc32(head + tail)
+    assert zero_crc32(n, zlib.crc32(head)) == zlib.crc32(bytes(n), zlib.crc32(head))
+
+
+def test_file_spans_write_the_same_bytes(tmp_path: Path) -> None:
+    """A file read straight into the chunk buffers gives the same image as its bytes."""
+    big = tmp_path / "big"
+    big.write_bytes(DISK[: CHUNK_BYTES + 3 * 512 + 100])
+    small = tmp_path / "small"
+    small.write_bytes(DISK[5:1005])
+    size = big.stat().st_size
+    lead = DISK[: 3 * 512 + 7]
+    end_pad = -(len(lead) + size + 1000) % 512
+    spans: list[Piece] = [lead, FileSpan(big, size, "big"), FileSpan(small, 1000, "small"), end_pad, CHUNK_BYTES]
+    plain: list[Piece] = [lead, big.read_bytes(), small.read_bytes(), bytes(end_pad), bytes(CHUNK_BYTES)]
+    write(tmp_path / "a.dmg", "UDZO", spans)
+    write(tmp_path / "b.dmg", "UDZO", plain)
+    assert (tmp_path / "a.dmg").read_bytes() == (tmp_path / "b.dmg").read_bytes()
+    with UdifImage(tmp_path / "a.dmg") as img:
+        assert img.verify() == []
+        assert img.read(len(lead), size) == big.read_bytes()
+
+
+@pytest.mark.parametrize(("planned", "word"), [(5000, "grew"), (7000, "shrank")])
+def test_file_span_that_changed_size(tmp_path: Path, planned: int, word: str) -> None:
+    f = tmp_path / "f"
+    f.write_bytes(b"z" * 6000)
+    with pytest.raises(BusyError, match=word):
+        write_udif(io.BytesIO(), [FileSpan(f, planned, "f")], fmt="UDZO", partition_name="p", segment_id=bytes(16))
