@@ -110,3 +110,51 @@ def test_file_span_that_changed_size(tmp_path: Path, planned: int, word: str) ->
     f.write_bytes(b"z" * 6000)
     with pytest.raises(BusyError, match=word):
         write_udif(io.BytesIO(), [FileSpan(f, planned, "f")], fmt="UDZO", partition_name="p", segment_id=bytes(16))
+
+
+@pytest.mark.parametrize("tree", [None, "rr", "udf", "iso"])  # the builder writes no Joliet
+def test_iso_volume_inside_reads_like_the_raw_iso(tmp_path: Path, tree: str | None) -> None:
+    """The ISO view over the compressed image shows what IsoReader shows on the unpacked ISO."""
+    from imaging.dmg import DmgImage, build_dmg
+    from imaging.dmg_iso import DmgIsoVolume
+    from imaging.hfsplus import HfsOptions
+    from imaging.iso_read import IsoReader
+
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "big.bin").write_bytes(DISK[: 2 * CHUNK_BYTES + 999])
+    (src / "café.txt").write_bytes(b"accents")
+    (src / "emptydir").mkdir()
+    os.symlink("café.txt", src / "link")
+    image = tmp_path / "i.dmg"
+    build_dmg(src, image, filesystem="iso-udf", opts=HfsOptions(volume_name="V"), workers=2)
+    raw = tmp_path / "raw.iso"
+    with UdifImage(image) as img:
+        raw.write_bytes(img.read(0, img.size_bytes))
+        inside, plain = DmgIsoVolume(img, tree=tree), IsoReader(raw, tree=tree)
+        try:
+            assert inside.tree == plain.tree
+            seen = {}
+            for (ino, node), (ino2, node2) in zip(inside.walk(), plain.walk(), strict=True):
+                assert (node.rel, node.kind, node.size, node.mode, node.target) == (
+                    node2.rel,
+                    node2.kind,
+                    node2.size,
+                    node2.mode,
+                    node2.target,
+                )
+                if node.kind == "file":
+                    data = inside.read(ino, 0, node.size + 10)
+                    assert data == plain.read(ino2, 0, node2.size) == b"".join(inside.chunks(ino))
+                    assert inside.read(ino, CHUNK_BYTES - 5, 10) == plain.read(ino2, CHUNK_BYTES - 5, 10)
+                    seen[node.rel] = data
+        finally:
+            inside.close()
+            plain.close()
+    if tree in (None, "rr", "udf"):  # the trees that keep real names
+        assert seen == {"sub/big.bin": DISK[: 2 * CHUNK_BYTES + 999], "café.txt": b"accents"}
+    with DmgImage(image) as d:
+        assert d.filesystem == "iso-udf"
+        entries = dict(d.entries())
+        assert entries["link"].kind == "symlink" and d.volume.readlink(entries["link"].ino) == "café.txt".encode()
+        assert d.volume.read(entries["sub/big.bin"].ino, 0, 5) == DISK[:5]
