@@ -13,25 +13,10 @@ import click
 from pool.errors import ImageCorruptError, NotFoundError, UnsafePathError, UsageError
 from pool.units import format_size, parse_size
 
-from .console import console, emit_json
+from .console import console, emit_json, transfer_progress
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 _COPY_BYTES = 1 << 20
-
-
-def _bar(description: str, total: int) -> Any:
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
-
-    bar = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
-    return bar, bar.add_task(description, total=total)
 
 
 def _size(value: str) -> int | None:
@@ -116,7 +101,7 @@ def bucket2dmg(
             source_date_epoch=source_date_epoch,
             size_bytes=size_bytes,
         )
-        bar, task = _bar(f"writing {output.name}", 0)
+        bar, task = transfer_progress(f"writing {output.name}", 0)
         with bar:
             res = build_dmg(
                 root,
@@ -185,7 +170,7 @@ def dmg_verify(image: Path, as_json: bool) -> None:
     from imaging.udif_read import UdifImage
 
     with UdifImage(image) as img:
-        bar, task = _bar(f"verifying {image.name}", img.size_bytes)
+        bar, task = transfer_progress(f"verifying {image.name}", img.size_bytes)
         with bar:
             problems = img.verify(progress=lambda n: bar.advance(task, n))
         if not problems:

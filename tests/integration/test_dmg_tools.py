@@ -45,6 +45,18 @@ def nfc_files(root: Path) -> dict[str, bytes]:
     return out
 
 
+def check_mounted(image: Path, view: Path, want: dict[str, bytes], home: Path) -> None:
+    """``dmg mount`` *image* at *view*: every file reads back as *want*, the symlink too; unmount."""
+    view.mkdir()
+    cli("dmg", "mount", str(image), str(view), home=home)
+    try:
+        wait_until(lambda: os.path.ismount(view), "dmg mount")
+        assert nfc_files(view) == want
+        assert os.readlink(view / "link") == "a.txt"
+    finally:
+        subprocess.run(["fusermount3", "-u", str(view)], capture_output=True)
+
+
 @pytest.fixture
 def src(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
     root = tmp_path / "src"
@@ -151,15 +163,7 @@ def test_bucket_image_from_mounted_tree_then_mount_and_sync(tmp_path: Path, home
     image = tmp_path / "b.dmg"
     cli("bucket2dmg", "b", "--output", str(image), "--include-permissions", home=home)
     cli("dmg", "verify", str(image), home=home)
-    view = tmp_path / "view"
-    view.mkdir()
-    cli("dmg", "mount", str(image), str(view), home=home)
-    try:
-        wait_until(lambda: os.path.ismount(view), "dmg mount")
-        assert nfc_files(view) == {unicodedata.normalize("NFC", k): v for k, v in files.items()}
-        assert os.readlink(view / "link") == "a.txt"
-    finally:
-        subprocess.run(["fusermount3", "-u", str(view)], capture_output=True)
+    check_mounted(image, tmp_path / "view", {unicodedata.normalize("NFC", k): v for k, v in files.items()}, home)
     cli("bucket", "create", "restore", home=home)
     dry = cli("dmg", "sync", str(image), "--to", "restore", "--dry-run", home=home).stdout
     assert "would copy" in dry and not any((mounted.path / "restore").iterdir())
@@ -190,15 +194,7 @@ def test_iso_udf_image_ls_extract_mount_verify(tmp_path: Path, home: Path, src: 
     assert nfc_files(full) == want
     assert os.readlink(full / "link") == "a.txt"
     cli("dmg", "verify", str(image), home=home)
-    view = tmp_path / "view"
-    view.mkdir()
-    cli("dmg", "mount", str(image), str(view), home=home)
-    try:
-        wait_until(lambda: os.path.ismount(view), "dmg mount")
-        assert nfc_files(view) == want
-        assert os.readlink(view / "link") == "a.txt"
-    finally:
-        subprocess.run(["fusermount3", "-u", str(view)], capture_output=True)
+    check_mounted(image, tmp_path / "view", want, home)
     data = bytearray(image.read_bytes())
     data[len(data) // 2] ^= 0x55
     image.write_bytes(bytes(data))
