@@ -13,25 +13,10 @@ import click
 from pool.errors import ImageCorruptError, NotFoundError, UnsafePathError, UsageError
 from pool.units import format_size, parse_size
 
-from .console import console, emit_json
+from .console import console, emit_json, transfer_progress
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 _COPY_BYTES = 1 << 20
-
-
-def _bar(description: str, total: int) -> Any:
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
-
-    bar = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
-    return bar, bar.add_task(description, total=total)
 
 
 def _size(value: str) -> int | None:
@@ -116,7 +101,7 @@ def bucket2dmg(
             source_date_epoch=source_date_epoch,
             size_bytes=size_bytes,
         )
-        bar, task = _bar(f"writing {output.name}", 0)
+        bar, task = transfer_progress(f"writing {output.name}", 0)
         with bar:
             res = build_dmg(
                 root,
@@ -174,26 +159,22 @@ def _open(image: Path) -> Any:
 @click.argument("image", type=click.Path(path_type=Path, dir_okay=False))
 @json_option
 def dmg_verify(image: Path, as_json: bool) -> None:
-    """Check every checksum in IMAGE (data fork, each chunk, each partition, master), the HFS+
-    structures, and the SHA-256 sidecar. Exit code 18 names what is damaged.
+    """Check every checksum in IMAGE (data fork, each chunk, each partition, master), the volume's
+    structures (HFS+, or ISO9660/UDF), and the SHA-256 sidecar. Exit code 18 names what is damaged.
 
     \b
     Example:
       darkstorage dmg verify photos.dmg
     """
     from imaging.common import check_sidecar
-    from imaging.hfsplus_read import HfsVolume
     from imaging.udif_read import UdifImage
 
     with UdifImage(image) as img:
-        bar, task = _bar(f"verifying {image.name}", img.size_bytes)
+        bar, task = transfer_progress(f"verifying {image.name}", img.size_bytes)
         with bar:
             problems = img.verify(progress=lambda n: bar.advance(task, n))
-        if not problems and any("Apple_HFS" in p.name for p in img.partitions):
-            try:
-                problems += HfsVolume(img.read, img.size_bytes).check()
-            except ImageCorruptError as e:
-                problems.append(str(e))
+        if not problems:
+            problems += _volume_problems(img)
     sidecar = check_sidecar(image)
     if sidecar is False:
         problems.append(f"{image.name}.sha256: the SHA-256 does not match")
@@ -209,6 +190,23 @@ def dmg_verify(image: Path, as_json: bool) -> None:
     if not as_json:
         side = "sidecar matches" if sidecar else "no sidecar"
         console.print(f"{image.name}: every checksum matches ({side})", style="green")
+
+
+def _volume_problems(img: Any) -> list[str]:
+    """The volume's own damage once the container checks passed: HFS+ structures (catalog,
+    extents, attributes) or the ISO/UDF descriptors and directories pycdlib checks."""
+    from imaging.dmg_iso import DmgIsoVolume, looks_like_iso
+    from imaging.hfsplus_read import HfsVolume
+
+    try:
+        if looks_like_iso(img):
+            DmgIsoVolume(img).close()
+            return []
+        if any("Apple_HFS" in p.name for p in img.partitions):
+            return HfsVolume(img.read, img.size_bytes).check()
+    except ImageCorruptError as e:
+        return [str(e)]
+    return []
 
 
 def _mode_str(mode: int) -> str:
@@ -229,7 +227,7 @@ def dmg_ls(image: Path, long_: bool, as_json: bool) -> None:
     import time
 
     with _open(image) as d:
-        rows = [(p, e) for p, e in d.volume.walk()]
+        rows = list(d.entries())
     if as_json:
         emit_json(
             [
@@ -325,7 +323,7 @@ def dmg_extract(image: Path, patterns: tuple[str, ...], output: Path, as_json: b
     n_files = n_bytes = 0
     with _open(image) as d:
         vol = d.volume
-        for path, e in vol.walk():
+        for path, e in d.entries():
             if (
                 patterns
                 and e.kind != "dir"
@@ -384,7 +382,7 @@ def dmg_sync(image: Path, bucket: str, dry_run: bool, as_json: bool) -> None:
     unchanged = 0
     with _open(image) as d:
         vol = d.volume
-        for path, e in vol.walk():
+        for path, e in d.entries():
             dest = safe_join(target, path)
             if e.kind == "dir":
                 _dir_target(dest, path)

@@ -18,13 +18,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pool.errors import ImageCorruptError, UsageError
 
 from .common import SourceTree, walk_tree, write_sidecar
 from .hfsplus import HfsOptions, HfsPlusWriter
 from .hfsplus_read import HfsVolume
-from .udif import UdifResult, write_udif
+from .udif import Piece, UdifResult, write_udif
 from .udif_read import UdifImage
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def _segment_id(tree: SourceTree, opts: HfsOptions, fmt: str) -> bytes:
     return hashlib.sha256(seed.encode()).digest()[:16]
 
 
-def _iso_stream(tree: SourceTree, volume_name: str) -> Iterator[bytes]:
+def _iso_stream(tree: SourceTree, volume_name: str) -> Iterator[Piece]:
     """An ISO9660 (Rock Ridge, Joliet) + UDF volume of *tree*, staged in a temporary file."""
     import pycdlib
 
@@ -86,9 +87,7 @@ def _iso_stream(tree: SourceTree, volume_name: str) -> Iterator[bytes]:
         tmp.seek(0)
         while piece := tmp.read(1 << 20):
             yield piece
-        pad = -tmp.tell() % 512
-        if pad:
-            yield bytes(pad)
+        yield -tmp.tell() % 512
 
 
 def build_dmg(
@@ -128,7 +127,7 @@ def build_dmg(
     if filesystem == "hfs+":
         writer = HfsPlusWriter(tree, opts)
         case_sensitive = writer.case_sensitive
-        stream: Iterator[bytes | int] = writer.stream()
+        stream: Iterator[Piece] = writer.stream()
         volume_bytes = writer.size_bytes
         name = HFS_PARTITION
     else:
@@ -169,25 +168,66 @@ def build_dmg(
     )
 
 
+@dataclass(frozen=True)
+class IsoEntry:
+    """An entry of an ISO volume with its inode number: the shape :meth:`HfsVolume.walk` yields
+    (sizes in bytes, times in ns since the epoch)."""
+
+    ino: int
+    kind: str
+    size: int
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int
+    atime_ns: int
+
+
 class DmgImage:
-    """An open ``.dmg`` with an HFS+ volume: the UDIF container plus the volume view.
+    """An open ``.dmg``: the UDIF container plus a view of the volume inside (HFS+/HFSX, or
+    ISO9660/UDF as ``--filesystem iso-udf`` and ``hdiutil makehybrid`` make), chosen by content.
+
+    Attributes:
+        udif: the container.
+        volume: an :class:`HfsVolume` or a :class:`~imaging.dmg_iso.DmgIsoVolume` (both are
+            ``vfs.imagefs.ImageView`` implementations).
+        filesystem: ``"hfs+"`` or ``"iso-udf"``.
 
     Raises (from the constructor):
-        NotFoundError: no such file; ImageCorruptError: not a DMG or no readable HFS+ volume.
+        NotFoundError: no such file; ImageCorruptError: not a DMG, or no readable HFS+ or ISO volume.
     """
 
     def __init__(self, path: Path) -> None:
+        from .dmg_iso import DmgIsoVolume, looks_like_iso
+
         self.udif = UdifImage(path)
+        self.volume: HfsVolume | DmgIsoVolume
         try:
-            self.volume = HfsVolume(self.udif.read, self.udif.size_bytes)
+            if looks_like_iso(self.udif):
+                self.filesystem = "iso-udf"
+                self.volume = DmgIsoVolume(self.udif)
+            else:
+                self.filesystem = "hfs+"
+                self.volume = HfsVolume(self.udif.read, self.udif.size_bytes)
         except ImageCorruptError:
             self.udif.close()
             raise
         except Exception as e:  # a struct error on garbage: still a damaged image, one line
             self.udif.close()
-            raise ImageCorruptError(f"HFS+ volume unreadable ({type(e).__name__}: {e})") from None
+            raise ImageCorruptError(f"{self.filesystem} volume unreadable ({type(e).__name__}: {e})") from None
+
+    def entries(self) -> Iterator[tuple[str, Any]]:
+        """Every entry but the root as ``(path, entry)``, parents before children; an entry has
+        ``ino``, ``kind``, ``size``, ``mode``, ``uid``, ``gid``, ``mtime_ns``, ``atime_ns``."""
+        if isinstance(self.volume, HfsVolume):
+            yield from self.volume.walk()
+            return
+        for ino, n in self.volume.walk():
+            yield n.rel, IsoEntry(ino, n.kind, n.size, n.mode, n.uid, n.gid, n.mtime_ns, n.atime_ns)
 
     def close(self) -> None:
+        if not isinstance(self.volume, HfsVolume):
+            self.volume.close()
         self.udif.close()
 
     def __enter__(self) -> DmgImage:

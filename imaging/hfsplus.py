@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from pool.errors import BusyError, UnsupportedError, UsageError
+from pool.errors import UnsupportedError, UsageError
 
 from .common import SourceTree, TreeEntry
 from .hfsplus_btree import BTreeSpec, build_btree
@@ -71,6 +71,7 @@ from .hfsplus_format import (
     hfs_date,
     uni_str,
 )
+from .udif import FileSpan, Piece
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,6 @@ EXTENTS_SPEC = BTreeSpec(4096, 10, BT_BIG_KEYS)
 ATTRIBUTES_SPEC = BTreeSpec(8192, 266, BT_BIG_KEYS | BT_VARIABLE_INDEX_KEYS)
 INLINE_ATTR_MAX = 3802  #: larger extended attributes go to a fork of their own (as macOS does)
 MIN_VOLUME_BLOCKS = 256  #: 1 MiB: the smallest volume we make
-_READ_BYTES = 1 << 20
 _SKIPPED_XATTRS = {"com.apple.FinderInfo", "com.apple.ResourceFork"}
 
 
@@ -448,31 +448,22 @@ class HfsPlusWriter:
         yield bytes([0x80 >> (last % 8)])
         yield total - tail_byte - 1
 
-    def _file_data(self, item: _Item) -> Iterator[bytes]:
+    def _file_data(self, item: _Item) -> Iterator[Piece]:
         e = item.entry
         if e.kind == "symlink":
             data = os.fsencode(e.target)
-            yield data + bytes(item.blocks * BLOCK_BYTES - len(data))
+            yield data
+            yield item.blocks * BLOCK_BYTES - len(data)
             return
-        left = e.size
-        with open(e.path, "rb", buffering=0) as f:
-            while left:
-                piece = f.read(min(_READ_BYTES, left))
-                if not piece:
-                    raise BusyError(f"{e.rel} shrank while it was being imaged: rerun when it is not changing")
-                left -= len(piece)
-                yield piece
-            if f.read(1):
-                raise BusyError(f"{e.rel} grew while it was being imaged: rerun when it is not changing")
+        yield FileSpan(e.path, e.size, e.rel)  # read by the UDIF writer, which checks the size
         pad = item.blocks * BLOCK_BYTES - e.size
         if pad:
-            yield bytes(pad)
+            yield pad
 
-    def stream(self) -> Iterator[bytes | int]:
-        """The volume's bytes in order: ``bytes`` pieces, or ints meaning that many zero bytes.
-
-        Raises:
-            BusyError: a file changed size while it was read.
+    def stream(self) -> Iterator[Piece]:
+        """The volume's bytes in order: ``bytes`` pieces, ints meaning that many zero bytes, and
+        :class:`~imaging.udif.FileSpan` for file contents (the consumer reads them and raises
+        BusyError when a file changed size; :func:`~imaging.udif.piece_bytes` materialises one).
         """
         cat, ext, att = self._trees()
         vh = self._volume_header()
@@ -490,7 +481,8 @@ class HfsPlusWriter:
                 yield from self._file_data(item)
             for units, value in item.xattrs:
                 if units in item.xattr_forks:
-                    yield value + bytes(_blocks(len(value)) * BLOCK_BYTES - len(value))
+                    yield value
+                    yield _blocks(len(value)) * BLOCK_BYTES - len(value)
         if self.free_blocks:
             yield self.free_blocks * BLOCK_BYTES
         yield bytes(BLOCK_BYTES - VH_OFFSET) + vh + bytes(VH_OFFSET - len(vh))

@@ -179,6 +179,16 @@ class _Builder:
         self.udf_paths: dict[str, str] = {"": ""}
         self.links: dict[tuple[int, int], str] = {}
         self.file_iso_paths: dict[str, str] = {}
+        # owners/modes are patched into the records once the layout is final: pycdlib's record
+        # lookups re-lay the whole image out while changes are pending (quadratic if done per add)
+        self.pending: list[tuple[TreeEntry, str, str | None]] = []
+        self.pending_dirs: list[tuple[TreeEntry, str]] = []
+
+    def apply_owners(self) -> None:
+        for entry, iso_path in self.pending_dirs:
+            self._dir_owner(self.iso.get_record(iso_path=iso_path), entry)
+        for entry, iso_path, udf in self.pending:
+            self._owners(entry, iso_path, udf)
 
     # -- paths ---------------------------------------------------------------------------------
     def _paths(self, entry: TreeEntry) -> tuple[str, str | None, str | None, str | None]:
@@ -213,7 +223,8 @@ class _Builder:
                 file_mode=(stat.S_IFDIR | mode) if rr else None,
             )
             self.iso_paths[entry.rel] = iso_path
-            self._dir_owner(self.iso.get_record(iso_path=iso_path) if rr else None, entry)
+            if rr:
+                self.pending_dirs.append((entry, iso_path))
             if joliet:
                 self.joliet_paths[entry.rel] = joliet
             if udf:
@@ -252,7 +263,7 @@ class _Builder:
                     self.links[key] = iso_path
             self.layout.sources.append(entry.rel)
             self.file_iso_paths[entry.rel] = iso_path
-        self._owners(entry, iso_path, udf)
+        self.pending.append((entry, iso_path, udf))
 
     def _dir_owner(self, rec: Any, entry: TreeEntry) -> None:
         """Mode and owner on a directory's record and its "." record (readers take either)."""
@@ -416,4 +427,5 @@ def build_layout(
             b.iso.force_consistency()
         except PyCdlibException as e:
             raise UsageError(f"cannot lay out the image: {e}") from None
+        b.apply_owners()
     return b.layout

@@ -9,10 +9,13 @@ uncompressed sectors (in its ``mish``), and a master CRC-32 over the partition c
 "Demystifying the DMG File Format", and the readers in 7-Zip (``DmgHandler.cpp``), dmg2img
 and libdmg-hfsplus.
 
-The writer streams: the volume arrives as an iterator of byte strings (or ints, meaning that
-many zero bytes), is cut into 1 MiB chunks that compress in parallel (threads for zlib, bzip2
-and LZMA, which release the GIL; processes for LZFSE, whose binding holds it) with a bounded
-number of chunks in flight, so memory stays flat whatever the image size.
+The writer streams: the volume arrives as an iterator of byte strings, ints (that many zero
+bytes) and :class:`FileSpan` (a file read straight into the chunk buffers), is cut into 1 MiB
+chunks that compress in parallel (threads for zlib, bzip2 and LZMA, which release the GIL;
+processes for LZFSE, whose binding holds it) with a bounded number of chunks in flight, so
+memory stays flat whatever the image size. zlib chunks are deflated by zlib-ng (level 6, as
+hdiutil's default): standard zlib streams, about 1.8x less CPU than zlib 1.2 at the same
+level for ~0.3 % more bytes.
 """
 
 from __future__ import annotations
@@ -28,9 +31,12 @@ import struct
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import BinaryIO
 
-from pool.errors import UnsupportedError, UsageError
+from zlib_ng import zlib_ng
+
+from pool.errors import BusyError, UnsupportedError, UsageError
 
 SECTOR_BYTES = 512
 CHUNK_SECTORS = 2048  #: 1 MiB of sectors per chunk (what hdiutil uses for UDZO)
@@ -75,10 +81,10 @@ MISH_CHUNK = struct.Struct(">IIQQQQ")
 assert KOLY.size == 512 and MISH_HEADER.size == 204 and MISH_CHUNK.size == 40
 
 
-def compress_chunk(chunk_type: int, data: bytes) -> bytes:
-    """Compress one chunk with the codec of *chunk_type* (raw returns *data*)."""
+def compress_chunk(chunk_type: int, data: bytes | memoryview) -> bytes:
+    """Compress one chunk with the codec of *chunk_type* (raw returns a copy of *data*)."""
     if chunk_type == CHUNK_ZLIB:
-        return zlib.compress(data, ZLIB_LEVEL)
+        return zlib_ng.compress(data, ZLIB_LEVEL)
     if chunk_type == CHUNK_BZIP2:
         return bz2.compress(data, 9)
     if chunk_type == CHUNK_LZMA:
@@ -86,16 +92,8 @@ def compress_chunk(chunk_type: int, data: bytes) -> bytes:
     if chunk_type == CHUNK_LZFSE:
         import lzfse
 
-        return bytes(lzfse.compress(data))
-    return data
-
-
-def _encode(chunk_type: int, data: bytes) -> tuple[int, bytes]:
-    """The (type, payload) stored for a chunk: raw when compressing does not make it smaller."""
-    packed = compress_chunk(chunk_type, data)
-    if chunk_type != CHUNK_RAW and len(packed) >= len(data):
-        return CHUNK_RAW, data
-    return chunk_type, packed
+        return bytes(lzfse.compress(bytes(data)))
+    return bytes(data)
 
 
 def checksum_field(crc: int) -> bytes:
@@ -196,32 +194,71 @@ def koly_trailer(res: UdifResult, xml_offset: int, xml_length: int, segment_id: 
     )
 
 
-class _Sink:
-    """Writes payloads in order, keeping the data-fork CRC-32, SHA-256 and offset."""
+@dataclass(frozen=True)
+class FileSpan:
+    """A stream piece standing for the whole content of a file, *size* bytes long.
 
-    def __init__(self, out: BinaryIO) -> None:
-        self.out = out
-        self.offset = 0
-        self.crc = 0
-        self.sha = hashlib.sha256()
+    :func:`write_udif` reads it straight into its chunk buffers (no intermediate copies) and
+    checks that the file still has that size.
 
-    def write(self, data: bytes, *, in_data_fork: bool = True) -> None:
-        self.out.write(data)
-        if in_data_fork:
-            self.crc = zlib.crc32(data, self.crc)
-        self.sha.update(data)
-        self.offset += len(data)
+    Attributes:
+        path: the file to read.
+        size: its size in bytes when the volume was planned.
+        label: how errors name it (e.g. its path in the tree).
+    """
+
+    path: Path
+    size: int
+    label: str
+
+
+Piece = bytes | int | FileSpan  #: bytes, a count of zero bytes, or a file's content
+
+
+def piece_bytes(piece: Piece) -> bytes:
+    """The bytes a stream piece stands for (reads a :class:`FileSpan` whole; small volumes and tests).
+
+    Raises:
+        BusyError: a file no longer has its planned size.
+    """
+    if isinstance(piece, int):
+        return bytes(piece)
+    if isinstance(piece, FileSpan):
+        data = Path(piece.path).read_bytes()
+        if len(data) != piece.size:
+            raise BusyError(f"{piece.label} changed size while it was being imaged: rerun when it is not changing")
+        return data
+    return piece
 
 
 _ZERO_CHUNK = bytes(CHUNK_BYTES)
 
 
-def zero_crc32(n_bytes: int, crc: int) -> int:
-    """Extend CRC-32 *crc* over *n_bytes* zero bytes."""
-    full, rest = divmod(n_bytes, CHUNK_BYTES)
-    for _ in range(full):
-        crc = zlib.crc32(_ZERO_CHUNK, crc)
-    return zlib.crc32(_ZERO_CHUNK[:rest], crc)
+def zero_crc32(n_bytes: int, crc: int = 0) -> int:
+    """``zlib.crc32(bytes(n_bytes), crc)`` without the bytes (any size, O(log n)).
+
+    Appending zeros multiplies the CRC register (the complemented CRC) by x^(8n) modulo the
+    polynomial, which is what ``crc32_combine`` does to its first CRC (zlib ``crc32.c``).
+    """
+    return zlib_ng.crc32_combine(crc ^ 0xFFFFFFFF, 0, n_bytes) ^ 0xFFFFFFFF
+
+
+def _encode(chunk_type: int, buf: bytearray, n_bytes: int) -> tuple[int, bytes, int, int]:
+    """Encode the first *n_bytes* of *buf* (runs in a compression worker).
+
+    Returns:
+        (stored chunk type, payload, CRC-32 of the *n_bytes* raw bytes, CRC-32 of the payload).
+        All-zero data is stored as a zero run (empty payload); data that does not shrink is
+        stored raw.
+    """
+    data = memoryview(buf)[:n_bytes]
+    raw_crc = zlib_ng.crc32(data)
+    if buf == _ZERO_CHUNK if n_bytes == CHUNK_BYTES else data == _ZERO_CHUNK[:n_bytes]:
+        return CHUNK_ZERO, b"", raw_crc, 0
+    payload = compress_chunk(chunk_type, data) if chunk_type != CHUNK_RAW else b""
+    if chunk_type == CHUNK_RAW or len(payload) >= n_bytes:
+        chunk_type, payload = CHUNK_RAW, bytes(data)
+    return chunk_type, payload, raw_crc, zlib_ng.crc32(payload)
 
 
 def _executor(chunk_type: int, workers: int) -> cf.Executor:
@@ -234,9 +271,173 @@ def _executor(chunk_type: int, workers: int) -> cf.Executor:
     return cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="udif")
 
 
+class _Pipeline:
+    """Cuts the disk into chunks in reused buffers, compresses them on a pool, writes in order.
+
+    The main thread only fills buffers (``readinto`` for files) and writes finished payloads;
+    CRC-32s are computed per chunk in the workers and joined with zlib-ng's ``crc32_combine``. At most
+    *window* chunks are in flight (one buffer each), so memory stays flat.
+    """
+
+    def __init__(
+        self, out: BinaryIO, ex: cf.Executor, chunk_type: int, window: int, progress: Callable[[int], None] | None
+    ) -> None:
+        self.out = out
+        self.ex = ex
+        self.chunk_type = chunk_type
+        self.window = window
+        self.progress = progress
+        self.free: list[bytearray] = []  # buffers back from the workers (at most window + 1 exist)
+        self.buf = bytearray(CHUNK_BYTES)
+        self.view = memoryview(self.buf)
+        self.pos = 0  # bytes filled in self.buf
+        self.sector = 0  # disk sector where self.buf starts
+        # (first sector, sectors, future or None for a zero run, buffer to give back)
+        self.pending: collections.deque[
+            tuple[int, int, cf.Future[tuple[int, bytes, int, int]] | None, bytearray | None]
+        ]
+        self.pending = collections.deque()
+        self.runs: list[ChunkRun] = []
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.offset = 0  # bytes written
+        self.data_crc = 0
+        self.part_crc = 0
+        self.sha = hashlib.sha256()
+        self.probe = bytearray(1)
+
+    # -- filling --------------------------------------------------------------------------
+
+    def put(self, piece: Piece) -> None:
+        if isinstance(piece, int):
+            self.put_zeros(piece)
+        elif isinstance(piece, FileSpan):
+            self.put_file(piece)
+        else:
+            self.put_bytes(piece)
+
+    def put_bytes(self, piece: bytes) -> None:
+        src = memoryview(piece)
+        while src:
+            take = min(len(src), CHUNK_BYTES - self.pos)
+            self.view[self.pos : self.pos + take] = src[:take]
+            self.pos += take
+            src = src[take:]
+            if self.pos == CHUNK_BYTES:
+                self._submit()
+
+    def put_zeros(self, n_bytes: int) -> None:
+        if self.pos:  # complete the partial chunk with zeros first
+            take = min(n_bytes, CHUNK_BYTES - self.pos)
+            self.view[self.pos : self.pos + take] = _ZERO_CHUNK[:take]
+            self.pos += take
+            n_bytes -= take
+            if self.pos < CHUNK_BYTES:
+                return
+            self._submit()
+        whole = n_bytes - n_bytes % CHUNK_BYTES
+        if whole:
+            n_sectors = whole // SECTOR_BYTES
+            self._queue(self.sector, n_sectors, None, None)
+            self.sector += n_sectors
+            if self.progress is not None:
+                self.progress(whole)
+        rest = n_bytes - whole
+        self.view[:rest] = _ZERO_CHUNK[:rest]
+        self.pos = rest
+
+    def put_file(self, span: FileSpan) -> None:
+        fd = os.open(span.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            left = span.size
+            while True:
+                want = min(left, CHUNK_BYTES - self.pos)
+                target = self.view[self.pos : self.pos + want]
+                final = want == left  # the file's last bytes: read one more to see it did not grow
+                got = os.readv(fd, [target, self.probe] if final else [target])
+                if got > want:
+                    raise BusyError(f"{span.label} grew while it was being imaged: rerun when it is not changing")
+                if got == 0 and want:
+                    raise BusyError(f"{span.label} shrank while it was being imaged: rerun when it is not changing")
+                self.pos += got
+                left -= got
+                if self.pos == CHUNK_BYTES:
+                    self._submit()
+                if final and got == want:
+                    return
+        finally:
+            os.close(fd)
+
+    def finish(self) -> None:
+        if self.pos % SECTOR_BYTES:
+            raise UsageError(f"disk size is not a whole number of {SECTOR_BYTES}-byte sectors")
+        if self.pos:
+            self._submit()
+        while self.pending:
+            self._drain_one()
+
+    # -- compressing and writing ----------------------------------------------------------
+
+    def _submit(self) -> None:
+        n_sectors = self.pos // SECTOR_BYTES
+        fut = self.ex.submit(_encode, self.chunk_type, self.buf, self.pos)
+        self._queue(self.sector, n_sectors, fut, self.buf)
+        self.sector += n_sectors
+        if self.progress is not None:
+            self.progress(self.pos)
+        if self.free:
+            self.buf = self.free.pop()
+        else:
+            self.buf = bytearray(CHUNK_BYTES)
+        self.view = memoryview(self.buf)
+        self.pos = 0
+
+    def _queue(
+        self,
+        first: int,
+        n_sectors: int,
+        fut: cf.Future[tuple[int, bytes, int, int]] | None,
+        buf: bytearray | None,
+    ) -> None:
+        self.pending.append((first, n_sectors, fut, buf))
+        while len(self.pending) > self.window:
+            self._drain_one()
+
+    def _drain_one(self) -> None:
+        first, n_sectors, fut, buf = self.pending.popleft()
+        n_bytes = n_sectors * SECTOR_BYTES
+        if fut is None:
+            self._zero_run(first, n_sectors)
+            self.part_crc = zero_crc32(n_bytes, self.part_crc)
+            return
+        ctype, payload, raw_crc, payload_crc = fut.result()
+        assert buf is not None
+        self.free.append(buf)
+        self.part_crc = zlib_ng.crc32_combine(self.part_crc, raw_crc, n_bytes)
+        if ctype == CHUNK_ZERO:
+            self._zero_run(first, n_sectors)
+            return
+        self.runs.append(ChunkRun(ctype, first, n_sectors, self.offset, len(payload)))
+        self.counts[CHUNK_NAMES[ctype]] += 1
+        self.data_crc = zlib_ng.crc32_combine(self.data_crc, payload_crc, len(payload))
+        self.write(payload)
+
+    def _zero_run(self, first: int, n_sectors: int) -> None:
+        last = self.runs[-1] if self.runs else None
+        if last is not None and last.chunk_type == CHUNK_ZERO and last.first_sector + last.sector_count == first:
+            last.sector_count += n_sectors
+        else:
+            self.runs.append(ChunkRun(CHUNK_ZERO, first, n_sectors, self.offset, 0))
+            self.counts["zero"] += 1
+
+    def write(self, data: bytes) -> None:
+        self.out.write(data)
+        self.sha.update(data)
+        self.offset += len(data)
+
+
 def write_udif(
     out: BinaryIO,
-    blocks: Iterable[bytes | int],
+    blocks: Iterable[Piece],
     *,
     fmt: str,
     partition_name: str,
@@ -248,9 +449,10 @@ def write_udif(
 
     Args:
         out: a binary file open for writing at offset 0.
-        blocks: the disk's bytes in order: ``bytes`` pieces of any size, or an ``int`` meaning
-            that many zero bytes (free space, written as zero-fill runs without allocating).
-            The total must be a multiple of 512.
+        blocks: the disk's bytes in order: ``bytes`` pieces of any size, an ``int`` meaning
+            that many zero bytes (free space, written as zero-fill runs without allocating),
+            or a :class:`FileSpan` (a file's content, read here straight into the chunk
+            buffers). The total must be a multiple of 512.
         fmt: ``UDZO`` (zlib), ``UDBZ`` (bzip2), ``ULFO`` (LZFSE), ``ULMO`` (LZMA/xz) or ``UDRO`` (raw).
         partition_name: the ``blkx`` entry's name, e.g. ``"disk image (Apple_HFS : 0)"``.
         segment_id: 16 bytes identifying the image (a UUID).
@@ -263,94 +465,30 @@ def write_udif(
     Raises:
         UsageError: unknown format or a disk size that is not whole sectors.
         UnsupportedError: the codec for *fmt* is not installed.
+        BusyError: a :class:`FileSpan`'s file changed size while it was read.
     """
     if fmt not in FORMATS:
         raise UsageError(f"unknown DMG format {fmt!r} (one of {', '.join(FORMATS)})")
     chunk_type = FORMATS[fmt]
     workers = workers or os.cpu_count() or 1
-    sink = _Sink(out)
-    runs: list[ChunkRun] = []
-    counts: collections.Counter[str] = collections.Counter()
-    part_crc = 0
-    sector = 0
-    pending: collections.deque[tuple[int, int, cf.Future[tuple[int, bytes]]]] = collections.deque()
-    max_pending = 2 * workers + 2
-
-    def drain(limit: int) -> None:
-        while len(pending) > limit:
-            first, count, fut = pending.popleft()
-            ctype, payload = fut.result()
-            runs.append(ChunkRun(ctype, first, count, sink.offset, len(payload)))
-            counts[CHUNK_NAMES[ctype]] += 1
-            sink.write(payload)
-
-    def add_zero_run(n_sectors: int) -> None:
-        nonlocal sector
-        drain(0)
-        last = runs[-1] if runs else None
-        if last is not None and last.chunk_type == CHUNK_ZERO and last.first_sector + last.sector_count == sector:
-            last.sector_count += n_sectors
-        else:
-            runs.append(ChunkRun(CHUNK_ZERO, sector, n_sectors, sink.offset, 0))
-            counts["zero"] += 1
-        sector += n_sectors
-
-    def add_chunk(data: bytes, ex: cf.Executor) -> None:
-        nonlocal part_crc, sector
-        n_sectors = len(data) // SECTOR_BYTES
-        part_crc = zlib.crc32(data, part_crc)
-        if data == (_ZERO_CHUNK if len(data) == CHUNK_BYTES else bytes(len(data))):
-            add_zero_run(n_sectors)
-        else:
-            pending.append((sector, n_sectors, ex.submit(_encode, chunk_type, data)))
-            sector += n_sectors
-            drain(max_pending)
-        if progress is not None:
-            progress(len(data))
-
-    buf = bytearray()
     with _executor(chunk_type, workers) as ex:
+        pipe = _Pipeline(out, ex, chunk_type, 2 * workers + 2, progress)
         for piece in blocks:
-            if isinstance(piece, int):
-                n = piece
-                if buf:  # complete the partial chunk with zeros first
-                    take = min(n, CHUNK_BYTES - len(buf))
-                    buf += _ZERO_CHUNK[:take]
-                    n -= take
-                    if len(buf) == CHUNK_BYTES:
-                        add_chunk(bytes(buf), ex)
-                        buf.clear()
-                whole = n - n % CHUNK_BYTES
-                if whole:
-                    add_zero_run(whole // SECTOR_BYTES)
-                    part_crc = zero_crc32(whole, part_crc)
-                    if progress is not None:
-                        progress(whole)
-                buf += _ZERO_CHUNK[: n - whole]
-                continue
-            buf += piece
-            while len(buf) >= CHUNK_BYTES:
-                add_chunk(bytes(buf[:CHUNK_BYTES]), ex)
-                del buf[:CHUNK_BYTES]
-        if len(buf) % SECTOR_BYTES:
-            raise UsageError(f"disk size is not a whole number of {SECTOR_BYTES}-byte sectors")
-        if buf:
-            add_chunk(bytes(buf), ex)
-        drain(0)
-
-    data_fork_bytes = sink.offset
+            pipe.put(piece)
+        pipe.finish()
+    data_fork_bytes = pipe.offset
     res = UdifResult(
-        sector_count=sector,
+        sector_count=pipe.sector,
         data_fork_bytes=data_fork_bytes,
         file_bytes=0,
-        data_crc32=sink.crc,
-        partition_crc32=part_crc,
-        master_crc32=zlib.crc32(struct.pack(">I", part_crc)),
-        chunk_counts=dict(counts),
+        data_crc32=pipe.data_crc,
+        partition_crc32=pipe.part_crc,
+        master_crc32=zlib.crc32(struct.pack(">I", pipe.part_crc)),
+        chunk_counts=dict(pipe.counts),
     )
-    xml = plist_xml(partition_name, mish_table(runs, sector, part_crc, descriptor=0), descriptor=0)
-    sink.write(xml, in_data_fork=False)
-    sink.write(koly_trailer(res, data_fork_bytes, len(xml), segment_id), in_data_fork=False)
-    res.file_bytes = sink.offset
-    res.sha256 = sink.sha.hexdigest()
+    xml = plist_xml(partition_name, mish_table(pipe.runs, pipe.sector, pipe.part_crc, descriptor=0), descriptor=0)
+    pipe.write(xml)
+    pipe.write(koly_trailer(res, data_fork_bytes, len(xml), segment_id))
+    res.file_bytes = pipe.offset
+    res.sha256 = pipe.sha.hexdigest()
     return res

@@ -21,7 +21,9 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+from zlib_ng import zlib_ng
 
 from pool.errors import ImageCorruptError, NotFoundError, UnsupportedError
 
@@ -44,9 +46,11 @@ from .udif import (
     MISH_MAGIC,
     SECTOR_BYTES,
     ChunkRun,
+    zero_crc32,
 )
 
 _CACHE_CHUNKS = 32
+_ZLIB_NG_ERROR = cast("type[Exception]", zlib_ng.error)  # its stub declares an instance, not the class
 _ZERO_TYPES = (CHUNK_ZERO, CHUNK_IGNORE)
 
 
@@ -78,7 +82,7 @@ def decompress_chunk(run: ChunkRun, payload: bytes, where: str) -> bytes:
         if ctype == CHUNK_RAW:
             data = payload
         elif ctype == CHUNK_ZLIB:
-            data = zlib.decompress(payload)
+            data = zlib_ng.decompress(payload)
         elif ctype == CHUNK_BZIP2:
             data = bz2.decompress(payload)
         elif ctype == CHUNK_LZMA:
@@ -89,7 +93,7 @@ def decompress_chunk(run: ChunkRun, payload: bytes, where: str) -> bytes:
             data = bytes(lzfse.decompress(payload))
         else:
             raise UnsupportedError(f"{where}: chunk type {CHUNK_NAMES.get(ctype, hex(ctype))} is not supported")
-    except (zlib.error, OSError, lzma.LZMAError, ValueError, EOFError) as e:
+    except (_ZLIB_NG_ERROR, zlib.error, OSError, lzma.LZMAError, ValueError, EOFError) as e:
         raise ImageCorruptError(f"{where}: {CHUNK_NAMES[ctype]} data does not decode ({e})") from None
     except Exception as e:  # the lzfse binding raises its own error type
         if type(e).__module__.startswith("lzfse"):
@@ -321,7 +325,7 @@ class UdifImage:
                 piece = os.pread(self.fd, min(1 << 20, end - pos), pos)
                 if not piece:
                     break
-                crc = zlib.crc32(piece, crc)
+                crc = zlib_ng.crc32(piece, crc)
                 pos += len(piece)
             if crc != self.data_crc32:
                 problems.append(f"data fork: CRC-32 {crc:08x} does not match the trailer's {self.data_crc32:08x}")
@@ -334,11 +338,9 @@ class UdifImage:
                 r = self.partitions[pi].runs[ri]
                 n = r.sector_count * SECTOR_BYTES
                 if r.chunk_type in _ZERO_TYPES:
-                    from .udif import zero_crc32
-
                     crcs[pi] = zero_crc32(n, crcs[pi])
                 else:
-                    crcs[pi] = zlib.crc32(data, crcs[pi])
+                    crcs[pi] = zlib_ng.crc32(data, crcs[pi])
                 if progress is not None:
                     progress(n)
         except ImageCorruptError as e:

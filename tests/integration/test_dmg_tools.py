@@ -45,6 +45,18 @@ def nfc_files(root: Path) -> dict[str, bytes]:
     return out
 
 
+def check_mounted(image: Path, view: Path, want: dict[str, bytes], home: Path) -> None:
+    """``dmg mount`` *image* at *view*: every file reads back as *want*, the symlink too; unmount."""
+    view.mkdir()
+    cli("dmg", "mount", str(image), str(view), home=home)
+    try:
+        wait_until(lambda: os.path.ismount(view), "dmg mount")
+        assert nfc_files(view) == want
+        assert os.readlink(view / "link") == "a.txt"
+    finally:
+        subprocess.run(["fusermount3", "-u", str(view)], capture_output=True)
+
+
 @pytest.fixture
 def src(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
     root = tmp_path / "src"
@@ -151,15 +163,7 @@ def test_bucket_image_from_mounted_tree_then_mount_and_sync(tmp_path: Path, home
     image = tmp_path / "b.dmg"
     cli("bucket2dmg", "b", "--output", str(image), "--include-permissions", home=home)
     cli("dmg", "verify", str(image), home=home)
-    view = tmp_path / "view"
-    view.mkdir()
-    cli("dmg", "mount", str(image), str(view), home=home)
-    try:
-        wait_until(lambda: os.path.ismount(view), "dmg mount")
-        assert nfc_files(view) == {unicodedata.normalize("NFC", k): v for k, v in files.items()}
-        assert os.readlink(view / "link") == "a.txt"
-    finally:
-        subprocess.run(["fusermount3", "-u", str(view)], capture_output=True)
+    check_mounted(image, tmp_path / "view", {unicodedata.normalize("NFC", k): v for k, v in files.items()}, home)
     cli("bucket", "create", "restore", home=home)
     dry = cli("dmg", "sync", str(image), "--to", "restore", "--dry-run", home=home).stdout
     assert "would copy" in dry and not any((mounted.path / "restore").iterdir())
@@ -167,3 +171,32 @@ def test_bucket_image_from_mounted_tree_then_mount_and_sync(tmp_path: Path, home
     assert nfc_files(mounted.path / "restore") == {unicodedata.normalize("NFC", k): v for k, v in files.items()}
     second = cli("dmg", "sync", str(image), "--to", "restore", home=home).stdout
     assert "copied 0 file(s)" in second
+
+
+@needs_7zz
+@pytest.mark.fuse
+@pytest.mark.skipif(shutil.which("dmg2img") is None, reason="Debian package dmg2img not installed")
+def test_iso_udf_image_ls_extract_mount_verify(tmp_path: Path, home: Path, src: tuple[Path, dict[str, bytes]]) -> None:
+    root, files = src
+    want = {unicodedata.normalize("NFC", k): v for k, v in files.items()}
+    image = tmp_path / "i.dmg"
+    cli("bucket2dmg", str(root), "--output", str(image), "--filesystem", "iso-udf", home=home)
+    # independent reader: dmg2img unpacks the UDIF, 7-Zip reads the ISO inside
+    raw = tmp_path / "i.iso"
+    subprocess.run(["dmg2img", "-s", str(image), str(raw)], check=True, capture_output=True)
+    subprocess.run(["7zz", "x", "-y", f"-o{tmp_path / '7z'}", str(raw)], check=True, capture_output=True)
+    assert nfc_files(tmp_path / "7z") == want
+    # ours, through the compressed image
+    ls = cli("dmg", "ls", str(image), "--long", home=home).stdout
+    assert "sub/deeper/data.bin" in ls and "lrwx" in ls
+    full = tmp_path / "full"
+    cli("dmg", "extract", str(image), "--output", str(full), home=home)
+    assert nfc_files(full) == want
+    assert os.readlink(full / "link") == "a.txt"
+    cli("dmg", "verify", str(image), home=home)
+    check_mounted(image, tmp_path / "view", want, home)
+    data = bytearray(image.read_bytes())
+    data[len(data) // 2] ^= 0x55
+    image.write_bytes(bytes(data))
+    res = cli("dmg", "verify", str(image), home=home, check=False)
+    assert res.returncode == 18 and "Traceback" not in res.stderr

@@ -12,6 +12,7 @@ from imaging.common import walk_tree
 from imaging.hfsplus import HfsOptions, HfsPlusWriter
 from imaging.hfsplus_format import decode_name, encode_name, fold_key, hfs_date, unix_ns
 from imaging.hfsplus_read import HfsVolume
+from imaging.udif import piece_bytes
 from pool.errors import UnsupportedError, UsageError
 
 
@@ -36,7 +37,7 @@ def make_tree(root: Path) -> dict[str, bytes]:
 
 def build(root: Path, **kw: object) -> tuple[bytes, HfsPlusWriter]:
     w = HfsPlusWriter(walk_tree(root), HfsOptions(volume_name="Vol", **kw))  # type: ignore[arg-type]
-    data = b"".join(bytes(p) if isinstance(p, int) else p for p in w.stream())
+    data = b"".join(piece_bytes(p) for p in w.stream())
     assert len(data) == w.size_bytes
     return data, w
 

@@ -1,0 +1,144 @@
+"""Read the ISO9660 + UDF volume inside a DMG (``bucket2dmg --filesystem iso-udf``, or
+``hdiutil makehybrid`` images) without unpacking it.
+
+:class:`imaging.iso_read.IsoReader` reads an ISO *file*: pycdlib parses it through a file
+object and file data comes from ``pread`` on the image. Here pycdlib gets :class:`UdifDisk`, a
+seekable read-only file over the disk inside the UDIF container (chunks decompressed on demand
+by :class:`imaging.udif_read.UdifImage`), and :class:`DmgIsoVolume` sends file reads there.
+"""
+
+from __future__ import annotations
+
+import io
+import stat
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pycdlib
+from pycdlib.pycdlibexception import PyCdlibException
+
+from pool.errors import ImageCorruptError
+
+from .iso_read import IsoNode, IsoReader, _udf_mode, _udf_symlink_target, _udf_time_ns
+from .udif_read import UdifImage
+
+ISO_MAGIC_OFFSET = 16 * 2048 + 1  #: "CD001" of the first volume descriptor (ECMA-119 8.1)
+_READ_BYTES = 1 << 20
+
+
+def looks_like_iso(udif: UdifImage) -> bool:
+    """True when the disk inside holds an ISO 9660 volume descriptor at sector 16."""
+    return udif.size_bytes > ISO_MAGIC_OFFSET + 5 and udif.read(ISO_MAGIC_OFFSET, 5) == b"CD001"
+
+
+class UdifDisk(io.RawIOBase):
+    """The disk inside a UDIF image as a read-only, seekable binary file (for pycdlib)."""
+
+    def __init__(self, udif: UdifImage) -> None:
+        super().__init__()
+        self.udif = udif
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.udif.size_bytes}[whence]
+        if base + offset < 0:
+            raise OSError("seek before the start of the disk")
+        self.pos = base + offset
+        return self.pos
+
+    def readinto(self, buf: Any) -> int:
+        data = self.udif.read(self.pos, len(buf))
+        buf[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+class DmgIsoVolume(IsoReader):
+    """The ISO volume inside an open UDIF image, as :class:`~imaging.iso_read.IsoReader` shows
+    it (the ``vfs.imagefs.ImageView`` protocol: thread-safe reads).
+
+    Args:
+        udif: the open container (stays owned by the caller).
+        tree: ``"rr"``, ``"udf"``, ``"joliet"``, ``"iso"`` or None for the richest one present.
+
+    Raises:
+        ImageCorruptError: pycdlib cannot parse the volume, or a chunk it needs is damaged.
+    """
+
+    # Only the I/O differs from IsoReader: the tree choice and loading are IsoReader's own.
+    def __init__(self, udif: UdifImage, *, tree: str | None = None) -> None:
+        self.path = udif.path
+        self.udif = udif
+        self._fp = io.BufferedReader(UdifDisk(udif), buffer_size=64 * 1024)
+        self.iso = pycdlib.PyCdlib()
+        self.nodes = [IsoNode(rel="", mode=stat.S_IFDIR | 0o555)]  # index 0 unused
+        self._lock = threading.Lock()
+        try:
+            self.iso.open_fp(self._fp)
+            if tree is None:
+                has = self.iso.has_rock_ridge(), self.iso.has_udf(), self.iso.has_joliet()
+                tree = "rr" if has[0] else "udf" if has[1] else "joliet" if has[2] else "iso"
+            self.tree = tree
+            self._key = {"rr": "rr_path", "udf": "udf_path", "joliet": "joliet_path", "iso": "iso_path"}[tree]
+            self._load()
+        except PyCdlibException as e:
+            raise ImageCorruptError(f"{self.path.name}: ISO volume inside is not readable: {e}") from None
+        except (OSError, ValueError, IndexError, KeyError) as e:
+            raise ImageCorruptError(f"{self.path.name}: damaged ISO structure inside: {e}") from None
+
+    def _pread(self, size: int, offset: int) -> bytes:
+        return self.udif.read(offset, size)
+
+    def _node(self, group: list[Any], rel: str) -> IsoNode:
+        rec = group[0]
+        if self.tree == "udf" and rec.is_symlink():  # IsoReader would read the target from its file
+            target = _udf_symlink_target(b"".join(self._pread(n, o) for o, n in self._udf_runs(rec)))
+            return IsoNode(
+                rel=rel,
+                mode=_udf_mode(rec.perms, "symlink"),
+                uid=rec.uid if rec.uid != 0xFFFFFFFF else 0,
+                gid=rec.gid if rec.gid != 0xFFFFFFFF else 0,
+                size=len(target),
+                mtime_ns=_udf_time_ns(rec.mod_time),
+                target=target,
+            )
+        return super()._node(group, rel)
+
+    def read(self, ino: int, offset: int, size: int) -> bytes:
+        node = self._get(ino)
+        out: list[bytes] = []
+        pos = 0
+        for start, length in node.extents:
+            if size <= 0:
+                break
+            if offset < pos + length:
+                skip = max(0, offset - pos)
+                n = min(length - skip, size)
+                out.append(self._pread(n, start + skip))
+                size -= n
+                offset += n
+            pos += length
+        return b"".join(out)
+
+    def chunks(self, ino: int) -> Iterator[bytes]:
+        """The data of *ino* in pieces of at most 1 MiB."""
+        size = self._get(ino).size
+        for off in range(0, size, _READ_BYTES):
+            yield self.read(ino, off, _READ_BYTES)
+
+    def close(self) -> None:
+        """Release pycdlib's state (the UDIF image stays open: its owner closes it)."""
+        try:
+            self.iso.close()
+        except Exception:  # noqa: BLE001 - pycdlib refuses close() on a half-opened image
+            pass
