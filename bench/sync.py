@@ -328,6 +328,15 @@ def fmt_ratio(other: float | None, ds: float | None) -> str:
     return f"[{'green' if r >= 1 else 'red'}]{r:.2f}x[/]"
 
 
+def ratios(other: dict[str, float | None], ds: dict[str, float | None]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key in ROWS:
+        o, d = other.get(key), ds.get(key)
+        if o and d:
+            out[key] = o / d
+    return out
+
+
 def load_line() -> str:
     la = os.getloadavg()
     return f"load average {la[0]:.2f}, {la[1]:.2f}, {la[2]:.2f} on {os.cpu_count()} CPUs"
@@ -367,9 +376,8 @@ def report(results: dict[int, dict[str, dict[str, float | None]]], differs: dict
             "results": {str(n): r for n, r in results.items()},
             "differences": {str(n): d for n, d in differs.items()}, "notes": notes,
             "ratios_other_over_darkstorage": {
-                str(n): {p: {k: r[p][k] / r["darkstorage"][k] for k in ROWS
-                             if r.get(p, {}).get(k) and r.get("darkstorage", {}).get(k)} for p in peers}
-                for n, r in results.items()},
+                str(n): {p: ratios(r.get(p, {}), r.get("darkstorage", {})) for p in peers} for n, r in results.items()
+            },
         }  # fmt: skip
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
         console.print(f"wrote {args.json}")
