@@ -58,8 +58,10 @@ typecheck: test-deps
 	$(BIN)/mypy
 
 bench: install
-	$(call apt_install,bindfs rclone)
+	$(call apt_install,bindfs rclone unison)
 	$(BIN)/python bench/mount.py
+	$(BIN)/python bench/sync.py
+	$(BIN)/python bench/imaging.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
