@@ -450,17 +450,20 @@ def test_killed_at_random_points_then_rerun_converges(pair: Pair) -> None:
     cmd = [sys.executable, "-m", "tests.integration.test_sync_scenarios", json.dumps(spec)]
     iterations = 20 if pair.two.kind == "local" else 8
     killed = 0
+    full_run_s = 1.6  # how long an uninterrupted run takes here: kill points are drawn inside it
     for i in range(iterations):
         _mutate(pair, rng, i, expected)
+        started = time.monotonic()
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            proc.wait(timeout=rng.uniform(0.2, 1.6))
+            proc.wait(timeout=rng.uniform(0.1, 0.9) * full_run_s)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             killed += 1
         else:
             assert proc.returncode == 0, proc.stderr.read().decode() if proc.stderr else ""
+            full_run_s = time.monotonic() - started  # the machine's pace: later kills land inside a run
         if proc.stderr:
             proc.stderr.close()
     assert killed >= iterations // 4, "the child always finished first: the kill points are not random enough"
