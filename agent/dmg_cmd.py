@@ -13,7 +13,7 @@ import click
 from pool.errors import ImageCorruptError, NotFoundError, UnsafePathError, UsageError
 from pool.units import format_size, parse_size
 
-from .console import console, emit_json, transfer_progress
+from .console import console, emit_json, print_listing, transfer_progress
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 _COPY_BYTES = 1 << 20
@@ -209,10 +209,6 @@ def _volume_problems(img: Any) -> list[str]:
     return []
 
 
-def _mode_str(mode: int) -> str:
-    return stat.filemode(mode)
-
-
 @dmg.command("ls")
 @click.argument("image", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--long", "-l", "long_", is_flag=True, help="Mode, owner, size and date too.")
@@ -224,33 +220,9 @@ def dmg_ls(image: Path, long_: bool, as_json: bool) -> None:
     Example:
       darkstorage dmg ls photos.dmg --long
     """
-    import time
-
     with _open(image) as d:
-        rows = list(d.entries())
-    if as_json:
-        emit_json(
-            [
-                {
-                    "path": p,
-                    "kind": e.kind,
-                    "size": e.size,
-                    "mode": e.mode,
-                    "uid": e.uid,
-                    "gid": e.gid,
-                    "mtime_ns": e.mtime_ns,
-                }
-                for p, e in rows
-            ]
-        )
-        return
-    for p, e in rows:
-        shown = p + ("/" if e.kind == "dir" else "")
-        if long_:
-            when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(e.mtime_ns / 1e9))
-            console.print(f"{_mode_str(e.mode)} {e.uid:>5} {e.gid:>5} {e.size:>12} {when} {shown}", markup=False)
-        else:
-            console.print(shown, markup=False)
+        rows = [(p, e, None) for p, e in d.entries()]
+    print_listing(rows, long_=long_, as_json=as_json)
 
 
 @dmg.command("mount")

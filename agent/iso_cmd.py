@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import click
 from pool.errors import ImageCorruptError, UsageError
 from pool.units import format_size
 
-from .console import console, emit_json, transfer_progress
+from .console import console, emit_json, print_listing, transfer_progress
 from .params import SIZE
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
@@ -277,33 +276,8 @@ def iso_ls(image: Path, long_: bool, as_json: bool) -> None:
     from imaging.iso_read import IsoReader
 
     with IsoReader(image) as reader:
-        rows = [node for _, node in reader.walk()]
-    if as_json:
-        emit_json(
-            [
-                {
-                    "path": n.rel,
-                    "kind": n.kind,
-                    "size": n.size,
-                    "mode": n.mode,
-                    "uid": n.uid,
-                    "gid": n.gid,
-                    "mtime_ns": n.mtime_ns,
-                    "target": n.target.decode("utf-8", "surrogateescape"),
-                }
-                for n in rows
-            ]
-        )
-        return
-    for n in rows:
-        name = n.rel + ("/" if n.kind == "dir" else "")
-        if n.kind == "symlink":
-            name += " -> " + n.target.decode("utf-8", "replace")
-        if long_:
-            when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(n.mtime_ns / 1e9))
-            console.print(f"{stat.filemode(n.mode)} {n.uid:>5} {n.gid:>5} {n.size:>12} {when} {name}", markup=False)
-        else:
-            console.print(name, markup=False)
+        rows = [(n.rel, n, n.target.decode("utf-8", "surrogateescape")) for _, n in reader.walk()]
+    print_listing(rows, long_=long_, as_json=as_json)
 
 
 @iso.command("extract")

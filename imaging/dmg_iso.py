@@ -10,9 +10,6 @@ by :class:`imaging.udif_read.UdifImage`), and :class:`DmgIsoVolume` sends file r
 from __future__ import annotations
 
 import io
-import stat
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pycdlib
@@ -20,7 +17,7 @@ from pycdlib.pycdlibexception import PyCdlibException
 
 from pool.errors import ImageCorruptError
 
-from .iso_read import IsoNode, IsoReader, _udf_mode, _udf_symlink_target, _udf_time_ns
+from .iso_read import IsoReader
 from .udif_read import UdifImage
 
 ISO_MAGIC_OFFSET = 16 * 2048 + 1  #: "CD001" of the first volume descriptor (ECMA-119 8.1)
@@ -75,21 +72,15 @@ class DmgIsoVolume(IsoReader):
         ImageCorruptError: pycdlib cannot parse the volume, or a chunk it needs is damaged.
     """
 
-    # Only the I/O differs from IsoReader: the tree choice and loading are IsoReader's own.
+    # Only the I/O differs from IsoReader (its _pread): tree choice, loading and reads are its own.
     def __init__(self, udif: UdifImage, *, tree: str | None = None) -> None:
         self.path = udif.path
         self.udif = udif
         self._fp = io.BufferedReader(UdifDisk(udif), buffer_size=64 * 1024)
         self.iso = pycdlib.PyCdlib()
-        self.nodes = [IsoNode(rel="", mode=stat.S_IFDIR | 0o555)]  # index 0 unused
-        self._lock = threading.Lock()
         try:
             self.iso.open_fp(self._fp)
-            if tree is None:
-                has = self.iso.has_rock_ridge(), self.iso.has_udf(), self.iso.has_joliet()
-                tree = "rr" if has[0] else "udf" if has[1] else "joliet" if has[2] else "iso"
-            self.tree = tree
-            self._key = {"rr": "rr_path", "udf": "udf_path", "joliet": "joliet_path", "iso": "iso_path"}[tree]
+            self._choose_tree(tree)
             self._load()
         except PyCdlibException as e:
             raise ImageCorruptError(f"{self.path.name}: ISO volume inside is not readable: {e}") from None
@@ -98,43 +89,6 @@ class DmgIsoVolume(IsoReader):
 
     def _pread(self, size: int, offset: int) -> bytes:
         return self.udif.read(offset, size)
-
-    def _node(self, group: list[Any], rel: str) -> IsoNode:
-        rec = group[0]
-        if self.tree == "udf" and rec.is_symlink():  # IsoReader would read the target from its file
-            target = _udf_symlink_target(b"".join(self._pread(n, o) for o, n in self._udf_runs(rec)))
-            return IsoNode(
-                rel=rel,
-                mode=_udf_mode(rec.perms, "symlink"),
-                uid=rec.uid if rec.uid != 0xFFFFFFFF else 0,
-                gid=rec.gid if rec.gid != 0xFFFFFFFF else 0,
-                size=len(target),
-                mtime_ns=_udf_time_ns(rec.mod_time),
-                target=target,
-            )
-        return super()._node(group, rel)
-
-    def read(self, ino: int, offset: int, size: int) -> bytes:
-        node = self._get(ino)
-        out: list[bytes] = []
-        pos = 0
-        for start, length in node.extents:
-            if size <= 0:
-                break
-            if offset < pos + length:
-                skip = max(0, offset - pos)
-                n = min(length - skip, size)
-                out.append(self._pread(n, start + skip))
-                size -= n
-                offset += n
-            pos += length
-        return b"".join(out)
-
-    def chunks(self, ino: int) -> Iterator[bytes]:
-        """The data of *ino* in pieces of at most 1 MiB."""
-        size = self._get(ino).size
-        for off in range(0, size, _READ_BYTES):
-            yield self.read(ino, off, _READ_BYTES)
 
     def close(self) -> None:
         """Release pycdlib's state (the UDIF image stays open: its owner closes it)."""

@@ -139,25 +139,26 @@ class IsoReader:
         except (OSError, ValueError, IndexError, KeyError) as e:  # truncated or garbled structures
             self.close()
             raise ImageCorruptError(f"{self.path.name}: damaged ISO structure: {e}") from None
-        if tree is None:
-            tree = (
-                "rr"
-                if self.iso.has_rock_ridge()
-                else "udf"
-                if self.iso.has_udf()
-                else "joliet"
-                if self.iso.has_joliet()
-                else "iso"
-            )
-        self.tree = tree
-        self._key = {"rr": "rr_path", "udf": "udf_path", "joliet": "joliet_path", "iso": "iso_path"}[tree]
-        self.nodes: list[IsoNode] = [IsoNode(rel="", mode=stat.S_IFDIR | 0o555)]  # index 0 unused
-        self._lock = threading.Lock()
+        self._choose_tree(tree)
         try:
             self._load()
         except PyCdlibException as e:
             self.close()
             raise ImageCorruptError(f"{self.path.name}: damaged directory tree: {e}") from None
+
+    def _choose_tree(self, tree: str | None) -> None:
+        """Pick the tree to show (*tree*, or the richest one present) and reset the node table."""
+        if tree is None:
+            has = self.iso.has_rock_ridge(), self.iso.has_udf(), self.iso.has_joliet()
+            tree = "rr" if has[0] else "udf" if has[1] else "joliet" if has[2] else "iso"
+        self.tree = tree
+        self._key = {"rr": "rr_path", "udf": "udf_path", "joliet": "joliet_path", "iso": "iso_path"}[tree]
+        self.nodes: list[IsoNode] = [IsoNode(rel="", mode=stat.S_IFDIR | 0o555)]  # index 0 unused
+        self._lock = threading.Lock()
+
+    def _pread(self, size: int, offset: int) -> bytes:
+        """*size* bytes of the image at *offset* (every data read goes through here)."""
+        return os.pread(self._fd, size, offset)
 
     # -- loading -------------------------------------------------------------------------------
     def _name(self, rec: Any) -> bytes:
@@ -191,7 +192,7 @@ class IsoReader:
             if kind == "file":
                 node.extents = self._udf_runs(rec)
             elif kind == "symlink":
-                node.target = _udf_symlink_target(b"".join(os.pread(self._fd, n, o) for o, n in self._udf_runs(rec)))
+                node.target = _udf_symlink_target(b"".join(self._pread(n, o) for o, n in self._udf_runs(rec)))
         else:
             rr = rec.rock_ridge if self.tree in ("rr", "iso") else None
             if rr is not None and rr.is_symlink():
@@ -302,7 +303,7 @@ class IsoReader:
             if offset < pos + length:
                 skip = max(0, offset - pos)
                 n = min(length - skip, size)
-                out.append(os.pread(self._fd, n, start + skip))
+                out.append(self._pread(n, start + skip))
                 size -= n
                 offset += n
             pos += length
@@ -331,7 +332,7 @@ class IsoReader:
         for start, length in self._get(ino).extents:
             pos = 0
             while pos < length:
-                data = os.pread(self._fd, min(_READ_BYTES, length - pos), start + pos)
+                data = self._pread(min(_READ_BYTES, length - pos), start + pos)
                 if not data:
                     raise ImageCorruptError(f"{self.path.name}: {self.nodes[ino].rel} runs past the end of the image")
                 yield data
