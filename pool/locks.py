@@ -13,20 +13,27 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 
 class ObjectLock:
+    """The lock. *before_acquire* (if set) runs before every outermost acquisition: the mount
+    commits its open catalog group there, so that nobody holds the catalog's write lock
+    while waiting for this one (the order is always this lock, then the catalog)."""
+
     def __init__(self, home: Path) -> None:
         self.path = home / "objects.lock"
         self._thread_lock = threading.RLock()
         self._fd: int | None = None
         self._depth = 0
+        self.before_acquire: Callable[[], None] | None = None
 
     @contextmanager
     def held(self) -> Iterator[None]:
+        if self._depth == 0 and self.before_acquire is not None:
+            self.before_acquire()
         with self._thread_lock:
             if self._fd is None:
                 self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)

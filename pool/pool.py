@@ -165,6 +165,20 @@ class Pool(Tiering):
             log.warning("bucket %s removed; some of its objects are left for later: %s", name, e)
         return removed
 
+    def _drop_stray_cache_files(self) -> int:
+        """Delete cache files named after no file in the catalog; returns how many."""
+        try:
+            names = os.listdir(self.config.cache_dir)
+        except FileNotFoundError:
+            return 0
+        known = {r[0] for r in self.catalog.db.execute("SELECT inode FROM objects")}
+        dropped = 0
+        for name in names:
+            if name.isdigit() and int(name) not in known:
+                self._drop_cache_file(int(name))
+                dropped += 1
+        return dropped
+
     def _drop_cache_file(self, ino: int) -> None:
         try:
             os.unlink(self.cache_path(ino))
@@ -228,6 +242,9 @@ class Pool(Tiering):
           the filesystem acknowledged;
         * partial caches are dropped (their range maps were in memory only);
         * unlinked inodes are purged (their objects go to trash);
+        * cache files of inodes the catalog does not know are deleted (a file created in a
+          group of changes that was not committed yet; no byte of it was acknowledged, the
+          write path commits first);
         * interrupted tier moves are rolled back (the temporary copy is deleted).
 
         Returns:
@@ -267,6 +284,7 @@ class Pool(Tiering):
                 cat.delete_inode(ino)
                 self._drop_cache_file(ino)
                 stats["orphans_purged"] += 1
+            stats["stray_cache_files"] = self._drop_stray_cache_files()
             moves = cat.db.execute("SELECT inode, src_tier, dst_tier, tmp_key FROM tier_moves").fetchall()
         for ino, _src, dst, tmp in moves:
             with self.lock.held(), cat.tx():

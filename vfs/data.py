@@ -254,6 +254,7 @@ class DataPath:
             os.close(of.direct_fd)
             of.direct_fd = None
         self.cat.mark_dirty(of.ino, now_ns())
+        self.cat.commit_group()  # durable before the cache copy stops matching the object
         of.dirty = True
 
     def write(self, of: OpenFile, off: int, data: bytes) -> int:
@@ -314,6 +315,7 @@ class DataPath:
         written = self.generations.pop(ino, None) is not None
         if not has_file and not written:
             return
+        self.cat.commit_group()  # the inode's removal first, then its bytes
         try:
             os.unlink(self.pool.cache_path(ino))
         except FileNotFoundError:
@@ -328,6 +330,7 @@ class DataPath:
         freed = 0
         if total <= self.cache_max_bytes:
             return 0
+        self.cat.commit_group()  # a cache file may only go once its clean state is committed
         for ino, nbytes in self.cat.cache_lru(256):
             if total - freed <= self.cache_max_bytes:
                 break

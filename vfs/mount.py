@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -214,13 +215,45 @@ def _write_result(pool: Pool, dirty_left: int) -> None:
     (pool.config.run_dir / "last-stop.json").write_text(json.dumps({"dirty_left": dirty_left}))
 
 
+GROUP_COMMIT_S = 0.005  #: how long metadata changes may wait for their commit
+
+
+class GroupCommitter:
+    """Commits the catalog's open group of metadata changes :data:`GROUP_COMMIT_S` after it
+    opened (see :meth:`pool.catalog.Catalog.enable_group_commit`): requests arriving in that
+    window share one commit instead of paying one each."""
+
+    def __init__(self, ops: Operations) -> None:
+        self.cat = ops.cat
+        self._opened = trio.Event()
+        self.cat.enable_group_commit(self._wake)
+        ops.pool.lock.before_acquire = self.cat.commit_group
+
+    def _wake(self) -> None:
+        self._opened.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await self._opened.wait()
+            self._opened = trio.Event()
+            await trio.sleep(GROUP_COMMIT_S)
+            try:
+                self.cat.commit_group()
+            except sqlite3.Error:
+                log.exception("committing the catalog failed; retrying")
+                self._opened.set()
+
+
 async def _main(ops: Operations, opts: MountOptions) -> int:
     # Request handling gives up the GIL at every /dev/fuse read; with background threads busy
     # in Python (uploads, chores) the default 5 ms switch interval would make each request
     # wait that long to get it back.
     sys.setswitchinterval(0.0005)
     wb = WriteBack(ops, opts.write_back_s, opts.transfers)
+    committer = GroupCommitter(ops)
     async with trio.open_nursery() as nursery:
+        await nursery.start(committer.run)
         await nursery.start(wb.run)
 
         async def on_signals() -> None:
@@ -254,6 +287,7 @@ async def _main(ops: Operations, opts: MountOptions) -> int:
             log.exception("releasing handle %d", fh)
     ops.purge()
     ops.save_atimes()
+    ops.cat.commit_group()
     left = await wb.flush_all()
     await wb.close()
     if left:

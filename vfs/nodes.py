@@ -105,7 +105,7 @@ class NodeOps(pyfuse3.Operations):
         if not self.atimes:
             return 0
         items, self.atimes = self.atimes, {}
-        with self.cat.tx():
+        with self.cat.op():
             self.cat.db.executemany("UPDATE inodes SET atime_ns = ? WHERE id = ?",
                                     [(t, ino) for ino, t in items.items()])
         return len(items)

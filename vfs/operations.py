@@ -107,7 +107,7 @@ class Operations(XattrOps):
         # every setattr the kernel sends changes ctime, even one with no field set
         # (chown(f, -1, -1)): ext4 stamps ctime on every notify_change
         a.ctime_ns = t
-        with self.cat.tx():
+        with self.cat.op():
             self._save(a)
             if a.is_reg and (fields.update_mode or fields.update_uid or fields.update_gid or fields.update_mtime):
                 # a clean object carries stale attributes now: the write-back service records
@@ -178,7 +178,7 @@ class Operations(XattrOps):
         t = now_ns()
         size = len(target) if target is not None else 0
         try:
-            with self.cat.tx():
+            with self.cat.op():
                 a = self.cat.new_inode(mode, ctx.uid, gid, t, nlink=2 if is_dir else 1, size=size,
                                        rdev=rdev, target=target)
                 if parent == ROOT:
@@ -236,7 +236,7 @@ class Operations(XattrOps):
         if self.cat.lookup(new_parent_inode, new_name) is not None:
             raise fail(errno.EEXIST)
         t = now_ns()
-        with self.cat.tx():
+        with self.cat.op():
             self.cat.add_entry(new_parent_inode, new_name, inode)
             a.nlink += 1
             a.ctime_ns = t
@@ -259,7 +259,7 @@ class Operations(XattrOps):
         if a.is_dir:
             raise fail(errno.EISDIR)
         t = now_ns()
-        with self.cat.tx():
+        with self.cat.op():
             self.cat.remove_entry(parent_inode, name)
             a.nlink -= 1
             a.ctime_ns = t
@@ -288,7 +288,7 @@ class Operations(XattrOps):
         if not self.cat.is_empty(ino):
             raise fail(errno.ENOTEMPTY)
         t = now_ns()
-        with self.cat.tx():
+        with self.cat.op():
             self.cat.remove_entry(parent_inode, name)
             if parent_inode == ROOT:
                 self._drop_bucket(name)
@@ -347,7 +347,7 @@ class Operations(XattrOps):
         if flags & RENAME_WHITEOUT and parent_inode_old == ROOT:
             raise fail(errno.EPERM)  # only buckets (directories) live at the top
         t = now_ns()
-        with self.cat.tx():
+        with self.cat.op():
             self.cat.remove_entry(parent_inode_old, name_old)
             if parent_inode_old == ROOT:
                 self._drop_bucket(name_old)
@@ -394,7 +394,7 @@ class Operations(XattrOps):
         if (po.id == ROOT and not dst.is_dir) or (pn.id == ROOT and not src.is_dir):
             raise fail(errno.EPERM)
         t = now_ns()
-        with self.cat.tx():
+        with self.cat.op():
             self.cat.db.execute("UPDATE dentries SET inode = ? WHERE parent = ? AND name = ?", (dst.id, po.id, name_old))
             self.cat.db.execute("UPDATE dentries SET inode = ? WHERE parent = ? AND name = ?", (src.id, pn.id, name_new))
             for p, name, ino in ((po, name_old, dst.id), (pn, name_new, src.id)):
@@ -465,6 +465,9 @@ class Operations(XattrOps):
             raise fail(errno.EBADF)
         await self.data.make_writable(of)
         n = self.data.write(of, off, buf)
+        # acknowledged bytes must find their file committed (group commit: the create may
+        # still be waiting in the open group)
+        self.cat.commit_group()
         a = self.pending.get(of.ino)
         if a is None:
             a = self.get(of.ino)
@@ -493,6 +496,7 @@ class Operations(XattrOps):
         of, _ = self.handles[fh]
         self.data.fsync(of)
         self._flush_pending(of.ino)
+        self.cat.commit_group()
 
     @guard
     async def release(self, fh: int) -> None:  # type: ignore[override]
@@ -539,5 +543,6 @@ class Operations(XattrOps):
     async def releasedir(self, fh: int) -> None:  # type: ignore[override]
         return None
 
+    @guard
     async def fsyncdir(self, fh: int, datasync: bool) -> None:  # type: ignore[override]
-        return None  # catalog changes are committed as they happen
+        self.cat.commit_group()  # the directory's entries are in the catalog

@@ -72,7 +72,7 @@ class XattrOps(NodeOps):
             raise fail(errno.E2BIG)
         if self.cat.getxattr(inode, name) == value:
             return  # ext4 leaves an unchanged value (and ctime) alone
-        with self.cat.tx():
+        with self.cat.op():
             self.cat.setxattr(inode, name, value)
             a.ctime_ns = now_ns()
             self._save(a)
@@ -92,7 +92,7 @@ class XattrOps(NodeOps):
         self._check_xattr_name(name)
         if name.startswith(VIRTUAL_PREFIX):
             raise fail(errno.EPERM)
-        with self.cat.tx():
+        with self.cat.op():
             if not self.cat.removexattr(inode, name):
                 raise fail(pyfuse3.ENOATTR)
             a.ctime_ns = now_ns()
