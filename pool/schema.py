@@ -60,6 +60,9 @@ Tables (migration 1)
     ``bytes`` bytes of cache used; ``last_used_ns`` for LRU eviction.
     Partial (sparse) caches are only trusted while the mount that filled them runs.
 
+Indexes: ``dentries(inode)`` (paths of an inode), ``dentries(parent, id)`` (migration 4: a
+directory in cookie order), ``objects(state)``, ``objects(tier, key)``.
+
 Triggers (migration 3): deleting an ``inodes`` row deletes its ``objects``, ``xattrs``,
 ``cache`` and ``rekeys`` rows; deleting an ``objects`` row with a key adds it to ``trash``.
 
@@ -172,6 +175,11 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER object_deleted AFTER DELETE ON objects WHEN OLD.key IS NOT NULL BEGIN
         INSERT INTO trash (tier, key, xxh3_128) VALUES (OLD.tier, OLD.key, OLD.xxh3_128);
     END
+    """,
+    # 4: readdir lists a directory in cookie order from a cookie on: without this index each
+    # batch sorted the whole directory (quadratic in its size)
+    """
+    CREATE INDEX dentries_by_parent_cookie ON dentries(parent, id)
     """,
 ]
 
