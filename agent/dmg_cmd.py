@@ -380,7 +380,12 @@ def _copy_out(volume: Any, e: Any, dest: Path) -> None:
     tmp = dest.with_name(f".{dest.name}.dmg-part")
     with open(tmp, "wb") as f:
         for off in range(0, e.size, _COPY_BYTES):
-            f.write(volume.read(e.ino, off, _COPY_BYTES))
+            data = volume.read(e.ino, off, _COPY_BYTES)
+            if data.count(0) == len(data):  # all zeros: leave a hole (sparse files stay sparse)
+                f.seek(len(data), os.SEEK_CUR)
+            else:
+                f.write(data)
+        f.truncate(e.size)
     os.chmod(tmp, stat.S_IMODE(e.mode))
     os.utime(tmp, ns=(e.atime_ns, e.mtime_ns))
     os.replace(tmp, dest)
