@@ -243,3 +243,54 @@ def test_file_over_4_gib(tmp_path: Path, home: Path) -> None:
     cli("dmg", "extract", str(image), "-o", str(out), home=home, timeout=600)
     assert (out / "big.bin").stat().st_size == size
     assert sha256_of(out / "big.bin") == sha256_of(big)
+
+
+def _openssl(*args: str, data: bytes = b"") -> bytes:
+    return subprocess.run(["openssl", *args], input=data, capture_output=True, check=True).stdout
+
+
+@needs_7zz
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+def test_aes256_decrypted_by_openssl_then_7zip(tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Debian's vfdecrypt is AES-128 only, so an AES-256 image is opened here with the openssl
+    command line alone, following the public format notes: PBKDF2-HMAC-SHA1 of the password
+    (openssl kdf), 3DES-EDE-CBC unwrap of the key blob (openssl enc), then each 4096-byte block
+    AES-256-CBC with IV = HMAC-SHA1(HMAC key, block number) (openssl mac, openssl enc)."""
+    import struct
+
+    root = tmp_path / "small"
+    root.mkdir()
+    files = {"a.txt": b"alpha\n" * 100, "b.txt": b"beta\n"}
+    for n, d in files.items():
+        (root / n).write_bytes(d)
+    image = tmp_path / "e.dmg"
+    monkeypatch.setenv("DMGPW", PW)
+    cli("bucket2dmg", str(root), "-o", str(image), "--encrypt", "AES-256", "--password-env", "DMGPW", home=home)
+    raw = image.read_bytes()
+    assert raw[:8] == b"encrcdsa" and struct.unpack_from(">I", raw, 24)[0] == 256
+    block, size, offset, n_items = struct.unpack_from(">IQQI", raw, 0x34)
+    kind, item_off, _item_len = struct.unpack_from(">IQQ", raw, 0x4C)
+    assert (n_items, kind) == (1, 1)
+    _kdf, _prng, rounds, salt_len, salt, iv_len, iv, _bits, _alg, _pad, _mode, blob_len = struct.unpack_from(
+        ">IIII32sI32sIIIII", raw, item_off
+    )
+    blob = raw[item_off + 0x68 : item_off + 0x68 + blob_len]
+    kek = _openssl(
+        "kdf", "-keylen", "24", "-binary", "-kdfopt", "digest:SHA1", "-kdfopt", f"pass:{PW}",
+        "-kdfopt", f"hexsalt:{salt[:salt_len].hex()}", "-kdfopt", f"iter:{rounds}", "PBKDF2",
+    )  # fmt: skip
+    keyblob = _openssl("enc", "-d", "-des-ede3-cbc", "-K", kek.hex(), "-iv", iv[:iv_len].hex(), data=blob)
+    assert keyblob.endswith(b"CKIE\x00") and len(keyblob) == 32 + 20 + 5
+    aes, hmac_key = keyblob[:32], keyblob[32:52]
+    plain = b""
+    for n in range(-(-size // block)):
+        block_iv = _openssl(
+            "mac", "-digest", "SHA1", "-macopt", f"hexkey:{hmac_key.hex()}", "HMAC", data=struct.pack(">I", n)
+        )
+        enc = raw[offset + n * block : offset + (n + 1) * block]
+        plain += _openssl(
+            "enc", "-d", "-aes-256-cbc", "-nopad", "-K", aes.hex(), "-iv", block_iv.decode().strip()[:32], data=enc
+        )
+    udif = tmp_path / "plain.dmg"
+    udif.write_bytes(plain[:size])
+    assert seven_zip_files(udif, tmp_path / "7z") == files
