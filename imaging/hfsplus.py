@@ -467,9 +467,10 @@ class HfsPlusWriter:
         """
         cat, ext, att = self._trees()
         vh = self._volume_header()
-        # Sector 1 lies in the boot blocks, which HFS+ implementations ignore (TN1150). It holds a
-        # copy of the header because Debian's libhfsp (hpmount, hfsplus 1.0.4) reads the
-        # "backup" header of a native volume there instead of at the volume's end.
+        # Bytes 0-1023 are the boot blocks, left zero as Apple's newfs_hfs leaves them (TN1150:
+        # reserved, ignored by HFS+ implementations). Debian's libhfsp 1.0.4 (hpmount) looks for the
+        # alternate header of an unwrapped volume in sector 1, a reader bug (docs/dmg.md); the
+        # alternate header is where TN1150 puts it, 1024 bytes before the volume's end.
         yield bytes(VH_OFFSET) + vh + bytes(BLOCK_BYTES - VH_OFFSET - len(vh))
         yield from self._bitmap()
         yield b"".join(ext)
