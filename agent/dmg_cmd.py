@@ -408,6 +408,7 @@ def dmg_extract(image: Path, patterns: tuple[str, ...], output: Path, password: 
 
     output.mkdir(parents=True, exist_ok=True)
     n_files = n_bytes = 0
+    linked: dict[int, Path] = {}  # indirect node CNID -> first path extracted (hard links stay links)
     with _open(image, password) as d:
         vol = d.volume
         for path, e in d.entries():
@@ -426,7 +427,14 @@ def dmg_extract(image: Path, patterns: tuple[str, ...], output: Path, password: 
                     dest.mkdir(parents=True, exist_ok=True)
                 continue
             dest.parent.mkdir(parents=True, exist_ok=True)
-            _copy_out(vol, e, dest)
+            first = linked.get(getattr(e, "link", 0))
+            if first is not None:
+                dest.unlink(missing_ok=True)
+                os.link(first, dest)
+            else:
+                _copy_out(vol, e, dest)
+                if getattr(e, "link", 0):
+                    linked[e.link] = dest
             n_files += 1
             n_bytes += e.size
     if as_json:

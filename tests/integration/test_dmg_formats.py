@@ -294,3 +294,51 @@ def test_aes256_decrypted_by_openssl_then_7zip(tmp_path: Path, home: Path, monke
     udif = tmp_path / "plain.dmg"
     udif.write_bytes(plain[:size])
     assert seven_zip_files(udif, tmp_path / "7z") == files
+
+
+@pytest.mark.fuse
+def test_hard_links_stay_links(tmp_path: Path, home: Path) -> None:
+    """Hard links become TN1150 links (indirect node files in the private folder, chained as Mac
+    OS X 10.5+ does): libfshfs resolves them to one file with its link count; our extract and
+    mount give hard links back. 7-Zip checks the image but does not resolve HFS+ links."""
+    pytest.importorskip("pymodi")
+    import pyfshfs
+    import pymodi
+
+    root = tmp_path / "src"
+    (root / "d").mkdir(parents=True)
+    (root / "a.txt").write_bytes(b"shared\n" * 1000)
+    os.link(root / "a.txt", root / "d" / "b.txt")
+    os.link(root / "a.txt", root / "c.txt")
+    (root / "solo").write_bytes(b"solo")
+    image = tmp_path / "h.dmg"
+    cli("bucket2dmg", str(root), "-o", str(image), "--include-metadata", home=home)
+    cli("dmg", "verify", str(image), home=home)
+    h = pymodi.handle()
+    h.open(str(image))
+    vol = pyfshfs.volume()
+    vol.open_file_object(h)
+    ids = set()
+    for p in ("/a.txt", "/c.txt", "/d/b.txt"):
+        e = vol.get_file_entry_by_path(p)
+        assert e.read() == b"shared\n" * 1000 and e.number_of_links == 3
+        ids.add(e.identifier)
+    assert len(ids) == 1 and vol.get_file_entry_by_path("/solo").number_of_links == 1
+    if shutil.which("7zz"):
+        assert subprocess.run(["7zz", "t", str(image)], capture_output=True).returncode == 0
+    out = tmp_path / "out"
+    cli("dmg", "extract", str(image), "-o", str(out), home=home)
+    st = [os.stat(out / p) for p in ("a.txt", "c.txt", "d/b.txt")]
+    assert len({s.st_ino for s in st}) == 1 and st[0].st_nlink == 3
+    assert (out / "d" / "b.txt").read_bytes() == b"shared\n" * 1000
+    assert sorted(os.listdir(out)) == ["a.txt", "c.txt", "d", "solo"]  # the private folder stays hidden
+    view = tmp_path / "view"
+    view.mkdir()
+    cli("dmg", "mount", str(image), str(view), home=home)
+    try:
+        wait_until(lambda: os.path.ismount(view), "dmg mount")
+        st = [os.stat(view / p) for p in ("a.txt", "c.txt", "d/b.txt")]
+        assert len({s.st_ino for s in st}) == 1 and st[0].st_nlink == 3
+        assert (view / "c.txt").read_bytes() == b"shared\n" * 1000
+    finally:
+        subprocess.run(["fusermount3", "-u", str(view)], capture_output=True)
