@@ -11,7 +11,7 @@ index node (0: none), the disk size in sectors (64 bits), then from offset 64 an
 band numbers: entry *i* holds (1 + the disk band stored at file offset ``4096 + i * band_bytes``)
 or 0. Bands are stored in the order they were first written. Apple's tools chain further
 4096-byte index nodes when more than 1008 bands are in use; we size the bands so that one
-header indexes them all (at least 1 MiB; 11 MiB for a 10 GB volume), which is what libmodi
+header indexes them all (at least 1 MiB; 11 MiB for a 10 GiB volume), which is what libmodi
 reads, and this reader refuses index chains.
 
 ``.sparsebundle`` (libmodi's "sparse bundle" notes; Apple's Time Machine layout): a folder with
@@ -90,7 +90,7 @@ class SparseResult:
     disk_bytes: int
     band_bytes: int
     bands_written: int
-    image_bytes: int  #: bytes the image takes (header + bands written)
+    image_bytes: int  #: bytes the image takes on disk (allocated: unwritten parts of bands are holes)
 
 
 class _BandWriter:
@@ -132,7 +132,7 @@ class _BandWriter:
 
 def sparseimage_band_bytes(disk_bytes: int) -> int:
     """Band size for a ``.sparseimage`` of *disk_bytes*: 1 MiB, or the smallest whole number of
-    MiB that keeps the bands within the header's 1008 entries."""
+    MiB that keeps the bands within the header's 1008 entries (11 MiB for 10 GiB)."""
     return max(1, -(-disk_bytes // (SPRS_MAX_BANDS * MIB))) * MIB
 
 
@@ -186,7 +186,7 @@ def write_sparseimage(
         if fd >= 0:
             os.close(fd)
         tmp.unlink(missing_ok=True)
-    return SparseResult(disk_bytes, w.band_bytes, len(w.slots), size)
+    return SparseResult(disk_bytes, w.band_bytes, len(w.slots), os.stat(output).st_blocks * 512)
 
 
 class _BundleWriter(_BandWriter):
