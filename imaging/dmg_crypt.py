@@ -40,7 +40,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
-from pool.errors import AuthError, ImageCorruptError, NotFoundError, UsageError
+from pool.errors import AuthError, ImageCorruptError, UsageError
+
+from .udif_read import open_image
 
 MAGIC = b"encrcdsa"
 VERSION = 2
@@ -277,10 +279,7 @@ class EncryptedFile:
 
     def __init__(self, path: Path, password: str) -> None:
         self.path = Path(path)
-        try:
-            self.fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise NotFoundError(f"no such image: {path}") from None
+        self.fd = open_image(self.path)
         try:
             self.keys = self._open(password)
         except BaseException:

@@ -38,6 +38,7 @@ from pathlib import Path
 from pool.errors import BusyError, ImageCorruptError, NotFoundError, UnsupportedError, UsageError
 
 from .udif import SECTOR_BYTES, FileSpan, Piece
+from .udif_read import open_image
 
 SPRS_MAGIC = b"sprs"
 SPRS_HEADER_BYTES = 4096
@@ -295,10 +296,7 @@ class SparseImage:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        try:
-            self.fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise NotFoundError(f"no such image: {path}") from None
+        self.fd = open_image(self.path)
         try:
             self._parse()
         except BaseException:

@@ -143,6 +143,18 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
+def open_image(path: Path) -> int:
+    """A read-only descriptor of the image file at *path*.
+
+    Raises:
+        NotFoundError: no such file.
+    """
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise NotFoundError(f"no such image: {path}") from None
+
+
 class _PlainFile:
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -165,16 +177,11 @@ class UdifImage:
 
     def __init__(self, path: Path, *, source: Source | None = None) -> None:
         self.path = Path(path)
-        if source is None:
-            try:
-                source = _PlainFile(os.open(self.path, os.O_RDONLY))
-            except FileNotFoundError:
-                raise NotFoundError(f"no such image: {path}") from None
-        self.source = source
+        self.source = source or _PlainFile(open_image(self.path))
         try:
             self._parse()
         except BaseException:
-            source.close()
+            self.source.close()
             raise
         self._lock = threading.Lock()
         self._cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
