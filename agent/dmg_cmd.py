@@ -258,6 +258,7 @@ def dmg_verify(image: Path, password: PasswordSource, as_json: bool) -> None:
     from imaging.udif_read import UdifImage
 
     disk = open_disk(image, lambda: password.get())
+    has_checksums = isinstance(disk, UdifImage)
     try:
         problems: list[str] = []
         if isinstance(disk, UdifImage):
@@ -287,7 +288,8 @@ def dmg_verify(image: Path, password: PasswordSource, as_json: bool) -> None:
         )
     if not as_json:
         side = "sidecar matches" if sidecar else "no sidecar"
-        console.print(f"{image.name}: every checksum matches ({side})", style="green")
+        what = "every checksum matches" if has_checksums else "the volume is sound (no checksums in this format)"
+        console.print(f"{image.name}: {what} ({side})", style="green")
 
 
 def _volume_problems(img: Any) -> list[str]:
