@@ -165,6 +165,8 @@ def bucket2dmg(
         raise UsageError("--size applies to HFS+ volumes only")
     if password.given and not encrypt:
         raise UsageError("a password is only used with --encrypt AES-128|AES-256")
+    if encrypt and fmt in ("SPARSE", "SPARSEBUNDLE"):
+        raise UsageError("--encrypt works with the UDIF formats (UDZO, UDBZ, ULFO, ULMO, UDRO), not sparse images yet")
     if encrypt and not password.given:
         raise UsageError("--encrypt needs --password (asks), --password-env VAR or --password-file FILE")
     secret = password.get(confirm=True) if encrypt else None
