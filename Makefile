@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 MOUNT ?= $(if $(DARKSTORAGE_MOUNT),$(DARKSTORAGE_MOUNT),./mnt)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_RUN := fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc xorriso
-APT_TEST := git sqlite3 openssh-server 7zip dmg2img hfsplus genisoimage udftools gdisk qemu-system-x86 isolinux syslinux-common ovmf age mtools dosfstools grub-efi-amd64-bin grub-common
+APT_TEST := git sqlite3 openssh-server openssl 7zip dmg2img hfsplus genisoimage udftools gdisk qemu-system-x86 isolinux syslinux-common ovmf age mtools dosfstools grub-efi-amd64-bin grub-common
 NPM_DIR := .cache/npm
 
 .PHONY: install run test test-deps lint typecheck bench clean

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 import stat
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +31,78 @@ def _size(value: str) -> int | None:
         raise UsageError(f"--size: {e}") from None
 
 
+_CHILD_PASSWORD_ENV = "DARKSTORAGE_DMG_PASSWORD"  # hands the password to a background `dmg mount`
+
+
+class PasswordSource:
+    """Where an image password comes from: ``--password`` (a hidden prompt), ``--password-env
+    VAR`` or ``--password-file FILE`` (its first line). Read once, when first needed."""
+
+    def __init__(self, ask: bool, env: str | None, file: Path | None) -> None:
+        if ask + (env is not None) + (file is not None) > 1:
+            raise UsageError("give only one of --password, --password-env and --password-file")
+        self.ask, self.env, self.file = ask, env, file
+        self.value: str | None = None
+
+    @property
+    def given(self) -> bool:
+        return self.ask or self.env is not None or self.file is not None
+
+    def get(self, *, confirm: bool = False) -> str:
+        if self.value is not None:
+            return self.value
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise UsageError(f"--password-env: the environment variable {self.env} is not set")
+        elif self.file is not None:
+            try:
+                value = self.file.read_text().splitlines()[0] if self.file.stat().st_size else ""
+            except OSError as e:
+                raise UsageError(f"--password-file {self.file}: {e.strerror}") from None
+        elif self.ask or sys.stdin.isatty():
+            value = click.prompt("password", hide_input=True, confirmation_prompt=confirm, err=True)
+        else:
+            raise UsageError("this needs a password: --password (asks), --password-env VAR or --password-file FILE")
+        if not value:
+            raise UsageError("an empty password is not allowed")
+        self.value = str(value)
+        return self.value
+
+
+def password_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--password`` / ``--password-env VAR`` / ``--password-file FILE``, passed to *f* as one
+    :class:`PasswordSource` named ``password``."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, password: bool, password_env: str | None, password_file: Path | None, **kw: Any) -> Any:
+        return f(*args, password=PasswordSource(password, password_env, password_file), **kw)
+
+    for opt in (
+        click.option("--password-file", type=click.Path(path_type=Path, dir_okay=False), help="Read it from a file."),
+        click.option("--password-env", metavar="VAR", help="Read it from this environment variable."),
+        click.option("--password", is_flag=True, help="Ask for the image password (hidden)."),
+    ):
+        wrapper = opt(wrapper)
+    return wrapper
+
+
 @click.command("bucket2dmg")
 @click.argument("source")
 @click.option(
-    "--output", "-o", type=click.Path(path_type=Path, dir_okay=False), required=True, help="The .dmg to write."
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The .dmg (.sparseimage, .sparsebundle) to write.",
 )
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["UDZO", "UDBZ", "ULFO", "ULMO", "UDRO"]),
+    type=click.Choice(["UDZO", "UDBZ", "ULFO", "ULMO", "UDRO", "SPARSE", "SPARSEBUNDLE"]),
     default="UDZO",
     show_default=True,
-    help="zlib, bzip2, LZFSE, LZMA or uncompressed read-only.",
+    help="zlib, bzip2, LZFSE, LZMA, uncompressed read-only; growable .sparseimage or .sparsebundle.",
 )
 @click.option("--volume-name", default=None, help="Volume name shown in Finder (default: the source's name).")
 @click.option("--include-metadata", is_flag=True, help="Keep user.* extended attributes.")
@@ -61,6 +124,9 @@ def _size(value: str) -> int | None:
     default=None,
     help="Build time in seconds since the epoch: same tree + options give the same bytes.",
 )
+@click.option("--encrypt", type=click.Choice(["AES-128", "AES-256"]), default=None, help="Encrypt (needs a password).")
+@password_options
+@click.option("--band-size", default=None, help="SPARSEBUNDLE band size (default 8MB).")
 @json_option
 def bucket2dmg(
     source: str,
@@ -72,6 +138,9 @@ def bucket2dmg(
     filesystem: str,
     size: str,
     source_date_epoch: int | None,
+    encrypt: str | None,
+    password: PasswordSource,
+    band_size: str | None,
     as_json: bool,
 ) -> None:
     """Write a macOS disk image of SOURCE (a bucket name, a bucket path or a folder).
@@ -83,6 +152,8 @@ def bucket2dmg(
       darkstorage bucket2dmg photos --output photos.dmg
       darkstorage bucket2dmg ./site --output site.dmg --format ULFO --volume-name Site
       darkstorage bucket2dmg photos -o p.dmg --include-permissions --source-date-epoch 1700000000
+      darkstorage bucket2dmg secret -o s.dmg --encrypt AES-256 --password
+      darkstorage bucket2dmg active -o active.sparsebundle --format SPARSEBUNDLE --size 10GB
     """
     from imaging.dmg import build_dmg
     from imaging.hfsplus import HfsOptions
@@ -92,6 +163,14 @@ def bucket2dmg(
     size_bytes = _size(size)
     if size_bytes is not None and filesystem != "hfs+":
         raise UsageError("--size applies to HFS+ volumes only")
+    if password.given and not encrypt:
+        raise UsageError("a password is only used with --encrypt AES-128|AES-256")
+    if encrypt and fmt in ("SPARSE", "SPARSEBUNDLE"):
+        raise UsageError("--encrypt works with the UDIF formats (UDZO, UDBZ, ULFO, ULMO, UDRO), not sparse images yet")
+    if encrypt and not password.given:
+        raise UsageError("--encrypt needs --password (asks), --password-env VAR or --password-file FILE")
+    secret = password.get(confirm=True) if encrypt else None
+    band_bytes = _size(band_size) if band_size is not None else None
     with source_tree(source) as root:
         name = volume_name or (Path(source).name if source not in (".", "..") else root.resolve().name) or "Untitled"
         opts = HfsOptions(
@@ -111,6 +190,9 @@ def bucket2dmg(
                 opts=opts,
                 progress=lambda n: bar.advance(task, n),
                 on_plan=lambda total: bar.update(task, total=total),
+                encrypt=encrypt,
+                password=secret,
+                band_bytes=band_bytes,
             )
     data = {
         "image": str(res.image),
@@ -121,16 +203,19 @@ def bucket2dmg(
         "folders": res.folders,
         "skipped": res.skipped,
         "volume_bytes": res.volume_bytes,
-        "image_bytes": res.udif.file_bytes,
-        "sha256": res.udif.sha256,
-        "chunks": res.udif.chunk_counts,
+        "image_bytes": res.image_bytes,
+        "sha256": res.sha256,
+        "encryption": res.encryption,
+        "chunks": res.udif.chunk_counts if res.udif else None,
+        "bands": res.bands if res.udif is None else None,
     }
     if as_json:
         emit_json(data)
         return
     kind = "HFSX (case-sensitive)" if res.case_sensitive else ("HFS+" if filesystem == "hfs+" else "ISO9660+UDF")
+    enc = f", {res.encryption}" if res.encryption else ""
     console.print(
-        f"wrote {output} ({format_size(res.udif.file_bytes)}, {fmt}, {kind}): {res.files} file(s), "
+        f"wrote {output} ({format_size(res.image_bytes)}, {fmt}{enc}, {kind}): {res.files} file(s), "
         f"{res.folders} folder(s), volume {format_size(res.volume_bytes)}"
     )
     if res.skipped:
@@ -149,35 +234,51 @@ def dmg() -> None:
     """
 
 
-def _open(image: Path) -> Any:
+def _open(image: Path, password: PasswordSource) -> Any:
     from imaging.dmg import DmgImage
 
-    return DmgImage(image)
+    return DmgImage(image, password=lambda: password.get())
 
 
 @dmg.command("verify")
-@click.argument("image", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("image", type=click.Path(path_type=Path))
+@password_options
 @json_option
-def dmg_verify(image: Path, as_json: bool) -> None:
+def dmg_verify(image: Path, password: PasswordSource, as_json: bool) -> None:
     """Check every checksum in IMAGE (data fork, each chunk, each partition, master), the volume's
     structures (HFS+, or ISO9660/UDF), and the SHA-256 sidecar. Exit code 18 names what is damaged.
+    Sparse images have no checksums of their own: their volume and sidecar are checked.
 
     \b
     Example:
       darkstorage dmg verify photos.dmg
+      darkstorage dmg verify secret.dmg --password
     """
     from imaging.common import check_sidecar
+    from imaging.dmg import open_disk
+    from imaging.sparse import check_bundle_sidecar
     from imaging.udif_read import UdifImage
 
-    with UdifImage(image) as img:
-        bar, task = transfer_progress(f"verifying {image.name}", img.size_bytes)
-        with bar:
-            problems = img.verify(progress=lambda n: bar.advance(task, n))
+    disk = open_disk(image, lambda: password.get())
+    has_checksums = isinstance(disk, UdifImage)
+    try:
+        problems: list[str] = []
+        if isinstance(disk, UdifImage):
+            bar, task = transfer_progress(f"verifying {image.name}", disk.size_bytes)
+            with bar:
+                problems = disk.verify(progress=lambda n: bar.advance(task, n))
         if not problems:
-            problems += _volume_problems(img)
-    sidecar = check_sidecar(image)
-    if sidecar is False:
-        problems.append(f"{image.name}.sha256: the SHA-256 does not match")
+            problems += _volume_problems(disk)
+    finally:
+        disk.close()
+    if image.is_dir():
+        bundle = check_bundle_sidecar(image)
+        sidecar = None if bundle is None else not bundle
+        problems += [f"{image.name}.sha256: {p}" for p in bundle or []]
+    else:
+        sidecar = check_sidecar(image)
+        if sidecar is False:
+            problems.append(f"{image.name}.sha256: the SHA-256 does not match")
     if as_json:
         emit_json({"image": str(image), "ok": not problems, "problems": problems, "sidecar": sidecar})
     else:
@@ -189,7 +290,8 @@ def dmg_verify(image: Path, as_json: bool) -> None:
         )
     if not as_json:
         side = "sidecar matches" if sidecar else "no sidecar"
-        console.print(f"{image.name}: every checksum matches ({side})", style="green")
+        what = "every checksum matches" if has_checksums else "the volume is sound (no checksums in this format)"
+        console.print(f"{image.name}: {what} ({side})", style="green")
 
 
 def _volume_problems(img: Any) -> list[str]:
@@ -197,12 +299,13 @@ def _volume_problems(img: Any) -> list[str]:
     extents, attributes) or the ISO/UDF descriptors and directories pycdlib checks."""
     from imaging.dmg_iso import DmgIsoVolume, looks_like_iso
     from imaging.hfsplus_read import HfsVolume
+    from imaging.udif_read import UdifImage
 
     try:
         if looks_like_iso(img):
             DmgIsoVolume(img).close()
             return []
-        if any("Apple_HFS" in p.name for p in img.partitions):
+        if not isinstance(img, UdifImage) or any("Apple_HFS" in p.name for p in img.partitions):
             return HfsVolume(img.read, img.size_bytes).check()
     except ImageCorruptError as e:
         return [str(e)]
@@ -210,27 +313,29 @@ def _volume_problems(img: Any) -> list[str]:
 
 
 @dmg.command("ls")
-@click.argument("image", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("image", type=click.Path(path_type=Path))
 @click.option("--long", "-l", "long_", is_flag=True, help="Mode, owner, size and date too.")
+@password_options
 @json_option
-def dmg_ls(image: Path, long_: bool, as_json: bool) -> None:
+def dmg_ls(image: Path, long_: bool, password: PasswordSource, as_json: bool) -> None:
     """List the files in IMAGE.
 
     \b
     Example:
       darkstorage dmg ls photos.dmg --long
     """
-    with _open(image) as d:
+    with _open(image, password) as d:
         rows = [(p, e, None) for p, e in d.entries()]
     print_listing(rows, long_=long_, as_json=as_json)
 
 
 @dmg.command("mount")
-@click.argument("image", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("image", type=click.Path(path_type=Path))
 @click.argument("mountpoint", type=click.Path(path_type=Path, file_okay=False))
 @click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground; Ctrl-C unmounts.")
 @click.option("--allow-other", is_flag=True, help="Let other users in.")
-def dmg_mount(image: Path, mountpoint: Path, foreground: bool, allow_other: bool) -> None:
+@password_options
+def dmg_mount(image: Path, mountpoint: Path, foreground: bool, allow_other: bool, password: PasswordSource) -> None:
     """Mount IMAGE read-only at MOUNTPOINT (FUSE).
 
     \b
@@ -243,8 +348,16 @@ def dmg_mount(image: Path, mountpoint: Path, foreground: bool, allow_other: bool
     image = image.absolute()
     mountpoint = mountpoint.absolute()
     argv = ["dmg", "mount", str(image), str(mountpoint)] + (["--allow-other"] if allow_other else [])
+
+    def view(p: Path) -> Any:
+        volume = _open(p, password).volume
+        if password.value is not None and not foreground:  # the background server gets it privately
+            os.environ[_CHILD_PASSWORD_ENV] = password.value
+            argv.extend(["--password-env", _CHILD_PASSWORD_ENV])
+        return volume
+
     run_image_mount(
-        lambda p: _open(p).volume,
+        view,
         image,
         mountpoint,
         foreground=foreground,
@@ -271,18 +384,24 @@ def _copy_out(volume: Any, e: Any, dest: Path) -> None:
     tmp = dest.with_name(f".{dest.name}.dmg-part")
     with open(tmp, "wb") as f:
         for off in range(0, e.size, _COPY_BYTES):
-            f.write(volume.read(e.ino, off, _COPY_BYTES))
+            data = volume.read(e.ino, off, _COPY_BYTES)
+            if data.count(0) == len(data):  # all zeros: leave a hole (sparse files stay sparse)
+                f.seek(len(data), os.SEEK_CUR)
+            else:
+                f.write(data)
+        f.truncate(e.size)
     os.chmod(tmp, stat.S_IMODE(e.mode))
     os.utime(tmp, ns=(e.atime_ns, e.mtime_ns))
     os.replace(tmp, dest)
 
 
 @dmg.command("extract")
-@click.argument("image", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("image", type=click.Path(path_type=Path))
 @click.option("--pattern", "patterns", multiple=True, help="Only paths or names matching this glob (repeatable).")
 @click.option("--output", "-o", type=click.Path(path_type=Path, file_okay=False), required=True, help="Target folder.")
+@password_options
 @json_option
-def dmg_extract(image: Path, patterns: tuple[str, ...], output: Path, as_json: bool) -> None:
+def dmg_extract(image: Path, patterns: tuple[str, ...], output: Path, password: PasswordSource, as_json: bool) -> None:
     """Copy files out of IMAGE into OUTPUT (paths that would leave OUTPUT are refused: exit 19).
 
     \b
@@ -293,7 +412,8 @@ def dmg_extract(image: Path, patterns: tuple[str, ...], output: Path, as_json: b
 
     output.mkdir(parents=True, exist_ok=True)
     n_files = n_bytes = 0
-    with _open(image) as d:
+    linked: dict[int, Path] = {}  # indirect node CNID -> first path extracted (hard links stay links)
+    with _open(image, password) as d:
         vol = d.volume
         for path, e in d.entries():
             if (
@@ -311,7 +431,14 @@ def dmg_extract(image: Path, patterns: tuple[str, ...], output: Path, as_json: b
                     dest.mkdir(parents=True, exist_ok=True)
                 continue
             dest.parent.mkdir(parents=True, exist_ok=True)
-            _copy_out(vol, e, dest)
+            first = linked.get(getattr(e, "link", 0))
+            if first is not None:
+                dest.unlink(missing_ok=True)
+                os.link(first, dest)
+            else:
+                _copy_out(vol, e, dest)
+                if getattr(e, "link", 0):
+                    linked[e.link] = dest
             n_files += 1
             n_bytes += e.size
     if as_json:
@@ -321,11 +448,12 @@ def dmg_extract(image: Path, patterns: tuple[str, ...], output: Path, as_json: b
 
 
 @dmg.command("sync")
-@click.argument("image", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("image", type=click.Path(path_type=Path))
 @click.option("--to", "bucket", required=True, help="The bucket (or bucket/path) to restore into.")
 @click.option("--dry-run", is_flag=True, help="Only show what would be copied.")
+@password_options
 @json_option
-def dmg_sync(image: Path, bucket: str, dry_run: bool, as_json: bool) -> None:
+def dmg_sync(image: Path, bucket: str, dry_run: bool, password: PasswordSource, as_json: bool) -> None:
     """Restore IMAGE's files into a bucket through the running mount: new and changed files
     (size or modification time differ) are copied; nothing in the bucket is deleted.
 
@@ -352,7 +480,7 @@ def dmg_sync(image: Path, bucket: str, dry_run: bool, as_json: bool) -> None:
     target = Path(str(rec["mountpoint"])) / name / sub if sub else Path(str(rec["mountpoint"])) / name
     copied: list[str] = []
     unchanged = 0
-    with _open(image) as d:
+    with _open(image, password) as d:
         vol = d.volume
         for path, e in d.entries():
             dest = safe_join(target, path)

@@ -131,7 +131,7 @@ def run_image_mount(view_factory: Callable[[Path], Any], image: Path, mountpoint
         NotFoundError: the image or mountpoint is missing.
         MountError: the view could not be mounted.
     """
-    if not image.is_file():
+    if not image.exists():  # a file, or a .sparsebundle folder
         raise NotFoundError(f"no such image: {image}")
     if not mountpoint.is_dir():
         raise NotFoundError(f"no such mountpoint folder: {mountpoint}")

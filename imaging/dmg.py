@@ -1,18 +1,23 @@
-"""DMG images of a folder tree: build (HFS+ or ISO9660+UDF inside UDIF), open, verify, extract.
+"""DMG images of a folder tree: build, open, verify, extract.
 
-``build_dmg`` streams the volume from :class:`imaging.hfsplus.HfsPlusWriter` straight into
-:func:`imaging.udif.write_udif` (no raw image is staged), then writes the SHA-256 sidecar from
-the digest computed while writing. ``--filesystem iso-udf`` builds an ISO9660 + Joliet +
-Rock Ridge + UDF volume with pycdlib (what ``hdiutil makehybrid`` makes); pycdlib needs a
-seekable output, so that volume is staged in a temporary file first (the ISO helper's writer
-writes to a path, not a stream, so this small pycdlib call is used instead).
+Image kinds (``--format``): UDIF (``UDZO``, ``UDBZ``, ``ULFO``, ``ULMO``, ``UDRO``: a ``.dmg``
+with checksums, :mod:`imaging.udif`), optionally inside Apple's encrypted container
+(:mod:`imaging.dmg_crypt`); ``SPARSE`` (a growable ``.sparseimage``) and ``SPARSEBUNDLE`` (a
+``.sparsebundle`` folder of bands), :mod:`imaging.sparse`. The volume inside is HFS+ streamed
+from :class:`imaging.hfsplus.HfsPlusWriter` (no raw image is staged), or with
+``--filesystem iso-udf`` an ISO9660 + Rock Ridge + Joliet + UDF volume (what ``hdiutil
+makehybrid`` makes) built by the ISO writer (:func:`imaging.iso_build.build_layout` and
+:func:`imaging.iso_write.write_image`: reproducible, owners and modes kept), staged in a
+temporary file because pycdlib needs a seekable output.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
+import stat
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,21 +28,45 @@ from typing import Any
 from pool.errors import ImageCorruptError, UsageError
 
 from .common import SourceTree, walk_tree, write_sidecar
+from .dmg_crypt import EncryptedFile, EncryptedWriter, Keys, is_encrypted
 from .hfsplus import HfsOptions, HfsPlusWriter
+from .hfsplus_format import UNKNOWN_ID
 from .hfsplus_read import HfsVolume
-from .udif import Piece, UdifResult, write_udif
+from .sparse import (
+    SparseBundle,
+    SparseImage,
+    write_bundle_sidecar,
+    write_sparsebundle,
+    write_sparseimage,
+)
+from .udif import FORMATS as UDIF_FORMATS
+from .udif import FileSpan, Piece, UdifResult, write_udif
 from .udif_read import UdifImage
 
 log = logging.getLogger(__name__)
 
 FILESYSTEMS = ("hfs+", "iso-udf")
+SPARSE_FORMATS = ("SPARSE", "SPARSEBUNDLE")
+ALL_FORMATS = (*UDIF_FORMATS, *SPARSE_FORMATS)
 HFS_PARTITION = "disk image (Apple_HFS : 0)"
 ISO_PARTITION = "disk image (Apple_ISO : 0)"
+
+Password = str | Callable[[], str] | None  #: a password, a function asking for it, or none
 
 
 @dataclass
 class BuildResult:
-    """What :func:`build_dmg` made (sizes in bytes)."""
+    """What :func:`build_dmg` made (sizes in bytes).
+
+    Attributes:
+        image: the ``.dmg`` file, ``.sparseimage`` file or ``.sparsebundle`` folder.
+        volume_bytes: size of the volume (the disk inside the image).
+        image_bytes: bytes the image takes on disk.
+        sha256: the image's SHA-256 (None for a bundle, whose sidecar lists every file).
+        encryption: ``AES-128``/``AES-256`` or None.
+        udif: the UDIF writer's result (None for sparse formats).
+        bands: bands written (sparse formats).
+    """
 
     image: Path
     format: str
@@ -47,7 +76,11 @@ class BuildResult:
     folders: int
     skipped: list[str]
     volume_bytes: int
-    udif: UdifResult
+    image_bytes: int
+    sha256: str | None
+    encryption: str | None = None
+    udif: UdifResult | None = None
+    bands: int = 0
 
 
 def _segment_id(tree: SourceTree, opts: HfsOptions, fmt: str) -> bytes:
@@ -57,37 +90,35 @@ def _segment_id(tree: SourceTree, opts: HfsOptions, fmt: str) -> bytes:
     return hashlib.sha256(seed.encode()).digest()[:16]
 
 
-def _iso_stream(tree: SourceTree, volume_name: str) -> Iterator[Piece]:
-    """An ISO9660 (Rock Ridge, Joliet) + UDF volume of *tree*, staged in a temporary file."""
-    import pycdlib
+def _iso_tree(tree: SourceTree, include_permissions: bool) -> SourceTree:
+    """*tree* as the ISO volume shows it: real owners and modes, or (without
+    ``--include-permissions``) owner/group "unknown" (99) and 0644/0755, as the HFS+ volume."""
+    if include_permissions:
+        return tree
 
-    iso = pycdlib.PyCdlib()
-    iso.new(interchange_level=3, rock_ridge="1.09", udf="2.60", vol_ident=volume_name[:32])
-    iso_paths = {"": ""}  # ISO 9660 names are generated (N<index>); Rock Ridge and UDF keep the real ones
-    for n, e in enumerate(tree.entries[1:], start=1):
-        parent = e.rel.rsplit("/", 1)[0] if "/" in e.rel else ""
-        iso_path = f"{iso_paths[parent]}/N{n}"
-        udf_path = "/" + e.rel
-        if e.kind == "dir":
-            iso_paths[e.rel] = iso_path
-            iso.add_directory(iso_path=iso_path, rr_name=e.name, udf_path=udf_path)
-        elif e.kind == "file":
-            iso.add_file(str(e.path), iso_path=iso_path + ";1", rr_name=e.name, udf_path=udf_path)
-        else:
-            iso.add_symlink(
-                symlink_path=iso_path + ";1",
-                rr_symlink_name=e.name,
-                rr_path=e.target,
-                udf_symlink_path=udf_path,
-                udf_target=e.target,
-            )
-    with tempfile.TemporaryFile() as tmp:
-        iso.write_fp(tmp)
-        iso.close()
-        tmp.seek(0)
-        while piece := tmp.read(1 << 20):
-            yield piece
-        yield -tmp.tell() % 512
+    def plain(e: Any) -> Any:
+        perm = 0o755 if e.kind != "file" or e.mode & 0o111 else 0o644
+        return dataclasses.replace(e, uid=UNKNOWN_ID, gid=UNKNOWN_ID, mode=stat.S_IFMT(e.mode) | perm)
+
+    return dataclasses.replace(tree, entries=[plain(e) for e in tree.entries])
+
+
+def _iso_volume(tree: SourceTree, opts: HfsOptions, folder: Path) -> Path:
+    """Write the ISO9660 + Rock Ridge + Joliet + UDF volume of *tree* into *folder*; its path."""
+    from .iso_build import IsoOptions, build_layout
+    from .iso_write import write_image
+
+    iso_opts = IsoOptions(volume_name=opts.volume_name, source_date_epoch=opts.source_date_epoch)
+    layout = build_layout(_iso_tree(tree, opts.include_permissions), iso_opts)
+    path = folder / "volume.iso"
+    write_image(layout, path)
+    return path
+
+
+def _file_stream(path: Path) -> Iterator[Piece]:
+    size = path.stat().st_size
+    yield FileSpan(path, size, "the ISO volume")
+    yield -size % 512
 
 
 def build_dmg(
@@ -100,18 +131,24 @@ def build_dmg(
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
     on_plan: Callable[[int], None] | None = None,
+    encrypt: str | None = None,
+    password: str | None = None,
+    band_bytes: int | None = None,
 ) -> BuildResult:
-    """Build ``output`` (a UDIF image of *source*) and its ``.sha256`` sidecar.
+    """Build ``output`` (an image of *source*) and its ``.sha256`` sidecar.
 
     Args:
         source: the folder to image (a mounted bucket view or any folder).
-        output: the ``.dmg`` to write (replaced atomically when complete).
-        fmt: UDZO, UDBZ, ULFO, ULMO or UDRO.
+        output: the ``.dmg``/``.sparseimage`` file or ``.sparsebundle`` folder (replaced when complete).
+        fmt: UDZO, UDBZ, ULFO, ULMO, UDRO, SPARSE or SPARSEBUNDLE.
         filesystem: ``hfs+`` or ``iso-udf``.
         opts: volume options (name, permissions, metadata, reproducibility, size).
-        workers: compressing threads/processes.
+        workers: compressing threads/processes (UDIF).
         progress: called with volume bytes consumed.
         on_plan: called once with the volume size in bytes before writing starts.
+        encrypt: ``AES-128`` or ``AES-256`` to write Apple's encrypted container (UDIF formats).
+        password: the password for *encrypt*.
+        band_bytes: band size of a sparse bundle (default 8 MiB).
 
     Raises:
         UsageError: a bad option; NotFoundError: no such folder; UnsupportedError: a name or
@@ -120,52 +157,126 @@ def build_dmg(
     opts = opts or HfsOptions()
     if filesystem not in FILESYSTEMS:
         raise UsageError(f"unknown filesystem {filesystem!r} (hfs+ or iso-udf)")
+    if fmt not in ALL_FORMATS:
+        raise UsageError(f"unknown DMG format {fmt!r} (one of {', '.join(ALL_FORMATS)})")
+    if encrypt is not None and fmt in SPARSE_FORMATS:
+        raise UsageError("--encrypt works with the UDIF formats (UDZO, UDBZ, ULFO, ULMO, UDRO), not sparse images yet")
+    if encrypt is not None and not password:
+        raise UsageError("--encrypt needs a password")
+    if band_bytes is not None and fmt != "SPARSEBUNDLE":
+        raise UsageError("--band-size applies to SPARSEBUNDLE images only")
     tree = walk_tree(source)
     files = sum(1 for e in tree.entries if e.kind != "dir")
     folders = len(tree.entries) - files - 1
     case_sensitive = False
-    if filesystem == "hfs+":
-        writer = HfsPlusWriter(tree, opts)
-        case_sensitive = writer.case_sensitive
-        stream: Iterator[Piece] = writer.stream()
-        volume_bytes = writer.size_bytes
-        name = HFS_PARTITION
-    else:
-        stream = _iso_stream(tree, opts.volume_name)
-        volume_bytes = tree.total_bytes
-        name = ISO_PARTITION
-    if on_plan is not None:
-        on_plan(volume_bytes)
     output = Path(output)
+    with tempfile.TemporaryDirectory(prefix=".dmg-", dir=output.parent) as staging:
+        if filesystem == "hfs+":
+            writer = HfsPlusWriter(tree, opts)
+            case_sensitive = writer.case_sensitive
+            stream: Iterator[Piece] = writer.stream()
+            volume_bytes = writer.size_bytes
+            name = HFS_PARTITION
+        else:
+            iso = _iso_volume(tree, opts, Path(staging))
+            stream = _file_stream(iso)
+            volume_bytes = -(-iso.stat().st_size // 512) * 512
+            name = ISO_PARTITION
+        if on_plan is not None:
+            on_plan(volume_bytes)
+        made = BuildResult(output, fmt, filesystem, case_sensitive, files, folders, tree.skipped, volume_bytes, 0, None)
+        if fmt == "SPARSE":
+            sres = write_sparseimage(output, stream, volume_bytes, progress=progress)
+            made.sha256 = write_sidecar(output)
+        elif fmt == "SPARSEBUNDLE":
+            kw = {"band_bytes": band_bytes} if band_bytes is not None else {}
+            sres = write_sparsebundle(output, stream, volume_bytes, progress=progress, **kw)
+            write_bundle_sidecar(output)
+        else:
+            made.udif = _write_udif_file(
+                output, stream, fmt, name, _segment_id(tree, opts, fmt), workers, progress, encrypt, password
+            )
+            made.sha256 = write_sidecar(output, None if encrypt else made.udif.sha256)
+            made.image_bytes = output.stat().st_size
+            made.encryption = encrypt
+            return made
+    made.image_bytes = sres.image_bytes
+    made.bands = sres.bands_written
+    return made
+
+
+def _write_udif_file(
+    output: Path,
+    stream: Iterator[Piece],
+    fmt: str,
+    name: str,
+    segment_id: bytes,
+    workers: int | None,
+    progress: Callable[[int], None] | None,
+    encrypt: str | None,
+    password: str | None,
+) -> UdifResult:
+    """Write the UDIF image to *output* (atomically), inside the encrypted container if asked."""
     tmp = output.with_name(f".{output.name}.part")
     try:
         with open(tmp, "wb") as out:
+            sink: Any = out
+            if encrypt is not None:
+                assert password
+                sink = EncryptedWriter(out, Keys.new(encrypt), password)
             res = write_udif(
-                out,
-                stream,
-                fmt=fmt,
-                partition_name=name,
-                segment_id=_segment_id(tree, opts, fmt),
-                workers=workers,
-                progress=progress,
+                sink, stream, fmt=fmt, partition_name=name, segment_id=segment_id, workers=workers, progress=progress
             )
+            if encrypt is not None:
+                sink.finish()
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, output)
     finally:
         tmp.unlink(missing_ok=True)
-    write_sidecar(output, res.sha256)
-    return BuildResult(
-        output,
-        fmt,
-        filesystem,
-        case_sensitive,
-        files,
-        folders,
-        tree.skipped,
-        res.file_bytes if filesystem == "iso-udf" else volume_bytes,
-        res,
-    )
+    return res
+
+
+Disk = UdifImage | SparseImage | SparseBundle
+
+
+def image_kind(path: Path) -> str:
+    """``"SPARSEBUNDLE"``, ``"SPARSE"``, ``"ENCRYPTED"`` or ``"UDIF"`` by content (UDIF is the fallback)."""
+    path = Path(path)
+    if path.is_dir():
+        return "SPARSEBUNDLE"
+    if is_encrypted(path):
+        return "ENCRYPTED"
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) == b"sprs":
+                return "SPARSE"
+    except (FileNotFoundError, PermissionError):
+        pass
+    return "UDIF"
+
+
+def open_disk(path: Path, password: Password = None) -> Disk:
+    """The disk inside the image at *path*: a UDIF file (plain or encrypted), a sparse image or a
+    sparse bundle. *password* is asked for (when a function) only if the image is encrypted.
+
+    Raises:
+        NotFoundError: no such image. ImageCorruptError: not an image we read, or damaged.
+        UsageError: the image is encrypted and no password was given. AuthError: wrong password.
+    """
+    kind = image_kind(path)
+    if kind == "SPARSEBUNDLE":
+        return SparseBundle(path)
+    if kind == "SPARSE":
+        return SparseImage(path)
+    if kind == "ENCRYPTED":
+        if password is None:
+            raise UsageError(
+                f"{Path(path).name} is encrypted: give its password (--password, --password-env VAR or --password-file FILE)"
+            )
+        secret = password() if callable(password) else password
+        return UdifImage(path, source=EncryptedFile(path, secret))
+    return UdifImage(path)
 
 
 @dataclass(frozen=True)
@@ -184,36 +295,38 @@ class IsoEntry:
 
 
 class DmgImage:
-    """An open ``.dmg``: the UDIF container plus a view of the volume inside (HFS+/HFSX, or
-    ISO9660/UDF as ``--filesystem iso-udf`` and ``hdiutil makehybrid`` make), chosen by content.
+    """An open image (``.dmg``, encrypted ``.dmg``, ``.sparseimage`` or ``.sparsebundle``) plus a
+    view of the volume inside (HFS+/HFSX, or ISO9660/UDF as ``--filesystem iso-udf`` and ``hdiutil
+    makehybrid`` make), chosen by content.
 
     Attributes:
-        udif: the container.
+        disk: the container (:class:`UdifImage`, :class:`SparseImage` or :class:`SparseBundle`).
         volume: an :class:`HfsVolume` or a :class:`~imaging.dmg_iso.DmgIsoVolume` (both are
             ``vfs.imagefs.ImageView`` implementations).
         filesystem: ``"hfs+"`` or ``"iso-udf"``.
 
     Raises (from the constructor):
-        NotFoundError: no such file; ImageCorruptError: not a DMG, or no readable HFS+ or ISO volume.
+        NotFoundError: no such file; ImageCorruptError: not a DMG, or no readable HFS+ or ISO volume;
+        UsageError / AuthError: an encrypted image without its password / with a wrong one.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, password: Password = None) -> None:
         from .dmg_iso import DmgIsoVolume, looks_like_iso
 
-        self.udif = UdifImage(path)
+        self.disk = open_disk(path, password)
+        self.filesystem = "hfs+"
         self.volume: HfsVolume | DmgIsoVolume
         try:
-            if looks_like_iso(self.udif):
+            if looks_like_iso(self.disk):
                 self.filesystem = "iso-udf"
-                self.volume = DmgIsoVolume(self.udif)
+                self.volume = DmgIsoVolume(self.disk)
             else:
-                self.filesystem = "hfs+"
-                self.volume = HfsVolume(self.udif.read, self.udif.size_bytes)
+                self.volume = HfsVolume(self.disk.read, self.disk.size_bytes)
         except ImageCorruptError:
-            self.udif.close()
+            self.disk.close()
             raise
         except Exception as e:  # a struct error on garbage: still a damaged image, one line
-            self.udif.close()
+            self.disk.close()
             raise ImageCorruptError(f"{self.filesystem} volume unreadable ({type(e).__name__}: {e})") from None
 
     def entries(self) -> Iterator[tuple[str, Any]]:
@@ -228,7 +341,7 @@ class DmgImage:
     def close(self) -> None:
         if not isinstance(self.volume, HfsVolume):
             self.volume.close()
-        self.udif.close()
+        self.disk.close()
 
     def __enter__(self) -> DmgImage:
         return self

@@ -10,7 +10,8 @@ by :class:`imaging.udif_read.UdifImage`), and :class:`DmgIsoVolume` sends file r
 from __future__ import annotations
 
 import io
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import pycdlib
 from pycdlib.pycdlibexception import PyCdlibException
@@ -18,13 +19,23 @@ from pycdlib.pycdlibexception import PyCdlibException
 from pool.errors import ImageCorruptError
 
 from .iso_read import IsoReader
-from .udif_read import UdifImage
 
 ISO_MAGIC_OFFSET = 16 * 2048 + 1  #: "CD001" of the first volume descriptor (ECMA-119 8.1)
 _READ_BYTES = 1 << 20
 
 
-def looks_like_iso(udif: UdifImage) -> bool:
+class Disk(Protocol):
+    """The disk inside an image: a UDIF image, a sparse image or a sparse bundle."""
+
+    path: Path
+
+    @property
+    def size_bytes(self) -> int: ...
+
+    def read(self, offset: int, size: int) -> bytes: ...
+
+
+def looks_like_iso(udif: Disk) -> bool:
     """True when the disk inside holds an ISO 9660 volume descriptor at sector 16."""
     return udif.size_bytes > ISO_MAGIC_OFFSET + 5 and udif.read(ISO_MAGIC_OFFSET, 5) == b"CD001"
 
@@ -32,7 +43,7 @@ def looks_like_iso(udif: UdifImage) -> bool:
 class UdifDisk(io.RawIOBase):
     """The disk inside a UDIF image as a read-only, seekable binary file (for pycdlib)."""
 
-    def __init__(self, udif: UdifImage) -> None:
+    def __init__(self, udif: Disk) -> None:
         super().__init__()
         self.udif = udif
         self.pos = 0
@@ -73,7 +84,7 @@ class DmgIsoVolume(IsoReader):
     """
 
     # Only the I/O differs from IsoReader (its _pread): tree choice, loading and reads are its own.
-    def __init__(self, udif: UdifImage, *, tree: str | None = None) -> None:
+    def __init__(self, udif: Disk, *, tree: str | None = None) -> None:
         self.path = udif.path
         self.udif = udif
         self._fp = io.BufferedReader(UdifDisk(udif), buffer_size=64 * 1024)

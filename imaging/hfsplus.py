@@ -14,6 +14,16 @@ byte 1024; then the allocation bitmap, the extents overflow B-tree, the catalog 
 attributes B-tree (only when there are extended attributes), every file's data in walk order
 (contiguous), free space, and the alternate volume header 1024 bytes before the end.
 
+Hard links (files of the tree sharing one inode) stay links, as TN1150 "Hard Links" describes:
+the data lives once, in an *indirect node* file ``iNode<n>`` inside the hidden root folder
+``\0\0\0\0HFS+ Private Data`` (its BSD ``special`` field holds the link count); each path is
+a file record of type ``hlnk``, creator ``hfs+``, with no data and ``special`` = *n* (the
+indirect node's CNID), created at the private folder's creation date. As Mac OS X 10.5+ writes
+them, links and their indirect node also carry the link chain flag (0x20): each link's
+``reserved1``/``textEncoding`` hold the next/previous link's CNID and the indirect node's
+``reserved1`` the first link's (xnu ``hfs_format.h``: ``hl_nextLinkID``, ``hl_prevLinkID``,
+``hl_firstLinkID``); libfshfs recognises only such chained links.
+
 Everything is planned from the walked tree before the first byte is produced (the metadata is
 built in memory: about 350 bytes per file), then :meth:`HfsPlusWriter.stream` yields the
 volume in order, reading each file once; memory does not grow with the data.
@@ -44,11 +54,13 @@ from .hfsplus_format import (
     CNID_ROOT_FOLDER,
     CNID_ROOT_PARENT,
     FILE_HAS_ATTRIBUTES,
+    FILE_HAS_LINK_CHAIN,
     FILE_RECORD,
     FILE_THREAD_EXISTS,
     FOLDER_RECORD,
     KEY_COMPARE_BINARY,
     MAX_EXTENTS,
+    PRIVATE_DIR_NAME,
     REC_FILE,
     REC_FILE_THREAD,
     REC_FOLDER,
@@ -110,6 +122,10 @@ class HfsOptions:
     max_extent_blocks: int = 0xFFFFFFFF
 
 
+HARD_LINK_INFO = struct.pack(">4s4sH4sH", b"hlnk", b"hfs+", 0, bytes(4), 0)  #: FInfo of a hard link file
+PRIVATE_DIR_INFO = struct.pack(">8sH4sH", bytes(8), 0x5000, bytes(4), 0)  #: DInfo: invisible, name locked
+
+
 @dataclass
 class _Item:
     entry: TreeEntry
@@ -117,6 +133,10 @@ class _Item:
     parent: int
     units: bytes
     valence: int = 0
+    role: str = ""  # "" plain, "private" (the private folder), "inode" (indirect node), "link"
+    special: int = 0  # BSD special: link count (inode) or indirect node number (link)
+    chain_prev: int = 0  # link chain: previous link's CNID (links)
+    chain_next: int = 0  # link chain: next link's CNID (links), first link's CNID (indirect node)
     start: int = 0  # first allocation block of the data (files and symlinks)
     blocks: int = 0
     data_bytes: int = 0
@@ -187,10 +207,43 @@ class HfsPlusWriter:
                 item.xattrs = self._xattrs(e)
             by_rel[e.rel] = item
             self.items.append(item)
+        cnid = self._plan_hard_links(cnid)
         self.next_cnid = cnid
         self.case_sensitive = self._needs_case_sensitive()
         self.file_count = sum(1 for i in self.items if i.entry.kind != "dir")
         self.folder_count = sum(1 for i in self.items if i.entry.kind == "dir") - 1
+
+    def _plan_hard_links(self, cnid: int) -> int:
+        """Turn each group of paths sharing an inode into link records plus one indirect node
+        file in the private folder (TN1150 "Hard Links"); returns the next free CNID."""
+        groups: dict[tuple[int, int], list[_Item]] = {}
+        for item in self.items:
+            if item.entry.kind == "file" and item.entry.nlink > 1:
+                groups.setdefault((item.entry.dev, item.entry.ino), []).append(item)
+        links = [g for g in groups.values() if len(g) > 1]
+        if not links:
+            return cnid
+        root = self.items[0]
+        private = _Item(root.entry, cnid, CNID_ROOT_FOLDER, encode_name(PRIVATE_DIR_NAME), role="private")
+        root.valence += 1
+        cnid += 1
+        self.items.append(private)
+        for group in links:
+            first = group[0]
+            node = _Item(first.entry, cnid, private.cnid, encode_name(f"iNode{cnid}"), role="inode")
+            node.special = len(group)
+            node.data_bytes, node.blocks, node.xattrs = first.data_bytes, first.blocks, first.xattrs
+            private.valence += 1
+            node.chain_next = group[0].cnid
+            for i, item in enumerate(group):
+                item.role, item.special = "link", cnid
+                item.data_bytes = item.blocks = 0
+                item.xattrs = []
+                item.chain_prev = group[i - 1].cnid if i else 0
+                item.chain_next = group[i + 1].cnid if i + 1 < len(group) else 0
+            self.items.append(node)
+            cnid += 1
+        return cnid
 
     def _needs_case_sensitive(self) -> bool:
         seen: dict[tuple[int, bytes], _Item] = {}
@@ -292,17 +345,17 @@ class HfsPlusWriter:
         m = hfs_date(min(e.mtime_ns, epoch * 1_000_000_000))
         return m, m, m, m
 
-    def _bsd(self, e: TreeEntry) -> bytes:
+    def _bsd(self, e: TreeEntry, special: int = 0) -> bytes:
         kind = stat.S_IFMT(e.mode)
         if self.opts.include_permissions:
-            return BSD_INFO.pack(e.uid, e.gid, 0, 0, e.mode & 0xFFFF, 0)
+            return BSD_INFO.pack(e.uid, e.gid, 0, 0, e.mode & 0xFFFF, special)
         if e.kind == "symlink":
             perm = 0o755
         elif e.kind == "dir" or e.mode & 0o111:
             perm = 0o755
         else:
             perm = 0o644
-        return BSD_INFO.pack(UNKNOWN_ID, UNKNOWN_ID, 0, 0, kind | perm, 0)
+        return BSD_INFO.pack(UNKNOWN_ID, UNKNOWN_ID, 0, 0, kind | perm, special)
 
     def _fork(self, item: _Item) -> tuple[bytes, list[tuple[int, int]]]:
         extents = split_extents(item.start, item.blocks, self.opts.max_extent_blocks)
@@ -316,7 +369,14 @@ class HfsPlusWriter:
             e = item.entry
             c, m, a, acc = self._dates(e)
             flags = FILE_HAS_ATTRIBUTES if item.xattrs else 0
-            if e.kind == "dir":
+            if item.role == "private":  # its create date marks the links (the volume's date)
+                c = m = a = acc = self.volume_date
+                bsd = BSD_INFO.pack(0, 0, 0, 0, stat.S_IFDIR, 0)
+                rec = FOLDER_RECORD.pack(
+                    REC_FOLDER, 0, item.valence, item.cnid, c, m, a, acc, 0, bsd, PRIVATE_DIR_INFO, bytes(16), 0, 0
+                )
+                thread_type = REC_FOLDER_THREAD
+            elif e.kind == "dir":
                 rec = FOLDER_RECORD.pack(
                     REC_FOLDER,
                     flags,
@@ -342,20 +402,25 @@ class HfsPlusWriter:
                 user_info = (
                     struct.pack(">4s4sH4sH", b"slnk", b"rhap", 0, bytes(4), 0) if e.kind == "symlink" else bytes(16)
                 )
+                if item.role == "link":
+                    user_info = HARD_LINK_INFO
+                    c = self.volume_date  # = the private folder's create date, as macOS expects
+                if item.role:  # link chain (Mac OS X 10.5): reserved1 = next link / first link
+                    flags |= FILE_HAS_LINK_CHAIN
                 rec = FILE_RECORD.pack(
                     REC_FILE,
                     flags | FILE_THREAD_EXISTS,
-                    0,
+                    item.chain_next,
                     item.cnid,
                     c,
                     m,
                     a,
                     acc,
                     0,
-                    self._bsd(e),
+                    self._bsd(e, item.special),
                     user_info,
                     bytes(16),
-                    0,
+                    item.chain_prev,  # textEncoding holds the previous link of a chained link
                     0,
                     fork,
                     bytes(80),
@@ -467,9 +532,10 @@ class HfsPlusWriter:
         """
         cat, ext, att = self._trees()
         vh = self._volume_header()
-        # Sector 1 lies in the boot blocks, which HFS+ implementations ignore (TN1150). It holds a
-        # copy of the header because Debian's libhfsp (hpmount, hfsplus 1.0.4) reads the
-        # "backup" header of a native volume there instead of at the volume's end.
+        # Bytes 0-1023 are the boot blocks, left zero as Apple's newfs_hfs leaves them (TN1150:
+        # reserved, ignored by HFS+ implementations). Debian's libhfsp 1.0.4 (hpmount) looks for the
+        # alternate header of an unwrapped volume in sector 1, a reader bug (docs/dmg.md); the
+        # alternate header is where TN1150 puts it, 1024 bytes before the volume's end.
         yield bytes(VH_OFFSET) + vh + bytes(BLOCK_BYTES - VH_OFFSET - len(vh))
         yield from self._bitmap()
         yield b"".join(ext)

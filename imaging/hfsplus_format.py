@@ -51,10 +51,12 @@ KEY_COMPARE_FOLD = 0xCF  #: HFSX catalog: case-folding order (unused here)
 
 FILE_THREAD_EXISTS = 0x0002
 FILE_HAS_ATTRIBUTES = 0x0004
+FILE_HAS_LINK_CHAIN = 0x0020  #: hard link (or its indirect node) in a link chain (Mac OS X 10.5+)
 VOLUME_UNMOUNTED = 0x0100
 
 HFS_EPOCH_OFFSET_S = 2082844800  #: seconds from 1904-01-01 to 1970-01-01 (both GMT)
 UNKNOWN_ID = 99  #: owner/group "unknown": macOS shows the current user
+PRIVATE_DIR_NAME = "\0\0\0\0HFS+ Private Data"  #: TN1150 "Hard Links": holds the indirect node files
 
 VOLUME_HEADER = struct.Struct(">2sHI4sIIIIIIIIIIIIIIIQ32s80s80s80s80s80s")
 FORK_DATA = struct.Struct(">QII64s")

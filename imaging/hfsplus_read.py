@@ -2,12 +2,14 @@
 structural check, over any ``read(offset, size)`` of the disk (e.g. a UDIF image).
 
 Implements the ``ImageView`` protocol of ``vfs.imagefs`` (duck-typed: inode = CNID - 1, so the
-root folder, CNID 2, is inode 1), so ``dmg mount`` serves it read-only through FUSE. Names are
+root folder, CNID 2, is inode 1; every hard link of a file shows the inode of its indirect node
+file, TN1150 "Hard Links", whose private folder stays hidden), so ``dmg mount`` serves it read-only through FUSE. Names are
 shown in NFC (Linux's usual form); the volume stores them decomposed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import struct
@@ -29,6 +31,7 @@ from .hfsplus_format import (
     FILE_RECORD,
     FOLDER_RECORD,
     NODE_LEAF,
+    PRIVATE_DIR_NAME,
     REC_FILE,
     REC_FILE_THREAD,
     REC_FOLDER,
@@ -45,6 +48,7 @@ from .hfsplus_format import (
 )
 
 ReadFn = Callable[[int, int], bytes]
+PRIVATE_DIR_UNITS = PRIVATE_DIR_NAME.encode("utf-16-be")
 
 
 @dataclass
@@ -64,6 +68,7 @@ class Entry:
     ctime_ns: int
     extents: list[tuple[int, int]] = field(default_factory=list)
     nlink: int = 1
+    link: int = 0  #: for a hard link: the CNID of its indirect node file (shared by all its links)
 
     @property
     def ino(self) -> int:
@@ -115,7 +120,12 @@ class HfsVolume:
         self.children: dict[int, list[tuple[bytes, int]]] = {}
         self.threads: dict[int, tuple[int, bytes]] = {}
         self.volume_name = ""
+        self.private = 0  # CNID of the hidden "\0\0\0\0HFS+ Private Data" folder
+        self.specials: dict[int, int] = {}  # BSD special field of files (link count / iNode number)
+        self.links: dict[int, int] = {}  # hard link CNID -> indirect node number
+        self.alias: dict[int, int] = {}  # hard link CNID -> its indirect node's CNID
         self._load_catalog()
+        self._resolve_links()
         self.xattrs: dict[int, dict[bytes, bytes | ForkInfo]] = {}
         if self._attr.logical_bytes:
             self._load_attributes()
@@ -200,7 +210,7 @@ class HfsVolume:
     def _add(self, parent: int, units: bytes, rec: tuple, kind: str) -> None:
         cnid = rec[3]
         create, content, attr_mod, access = rec[4:8]
-        owner, group, _admin, _ownerf, mode, _special = BSD_INFO.unpack(rec[9])
+        owner, group, _admin, _ownerf, mode, special = BSD_INFO.unpack(rec[9])
         size = 0
         extents: list[tuple[int, int]] = []
         if kind == "file":
@@ -212,6 +222,9 @@ class HfsVolume:
             if rec[10][:8] == b"slnkrhap" or stat.S_ISLNK(mode):
                 kind = "symlink"
                 mode = stat.S_IFLNK | (mode & 0o7777 or 0o755)
+            self.specials[cnid] = special
+            if rec[10][:8] == b"hlnkhfs+":
+                self.links[cnid] = special
         if not stat.S_IFMT(mode):
             mode |= stat.S_IFDIR | 0o755 if kind == "dir" else stat.S_IFREG | 0o644
         name = unicodedata.normalize("NFC", decode_name(units))
@@ -233,8 +246,27 @@ class HfsVolume:
         self.entries[cnid] = entry
         if cnid == CNID_ROOT_FOLDER:
             self.volume_name = name
+        elif parent == CNID_ROOT_FOLDER and kind == "dir" and units == PRIVATE_DIR_UNITS:
+            self.private = cnid  # hidden, as macOS hides it
         else:
             self.children.setdefault(parent, []).append((os.fsencode(name), cnid))
+
+    def _resolve_links(self) -> None:
+        """Give every hard link its indirect node's data, attributes and link count."""
+        if not self.links:
+            return
+        nodes = {os.fsdecode(n): c for n, c in self.children.get(self.private, [])}
+        for cnid, number in self.links.items():
+            link = self.entries[cnid]
+            node_cnid = nodes.get(f"iNode{number}")
+            if node_cnid is None:
+                raise ImageCorruptError(f"catalog: hard link {link.name!r} points to a missing iNode{number}")
+            node = self.entries[node_cnid]
+            node.nlink = self.specials.get(node_cnid) or node.nlink
+            self.entries[cnid] = dataclasses.replace(
+                node, cnid=cnid, parent=link.parent, name=link.name, link=node_cnid
+            )
+            self.alias[cnid] = node_cnid
 
     def _load_attributes(self) -> None:
         for node in self._leaves(self._attr, "attributes"):
@@ -306,11 +338,11 @@ class HfsVolume:
     def lookup(self, parent: int, name: bytes) -> int:
         for n, cnid in self.children.get(parent + 1, []):
             if n == name:
-                return cnid - 1
+                return self.alias.get(cnid, cnid) - 1
         raise KeyError(name)
 
     def readdir(self, ino: int) -> list[tuple[bytes, int]]:
-        return [(n, cnid - 1) for n, cnid in self.children.get(ino + 1, [])]
+        return [(n, self.alias.get(cnid, cnid) - 1) for n, cnid in self.children.get(ino + 1, [])]
 
     def readlink(self, ino: int) -> bytes:
         e = self._entry(ino)

@@ -21,7 +21,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from zlib_ng import zlib_ng
 
@@ -132,6 +132,41 @@ def _parse_mish(raw: bytes, where: str) -> tuple[int, int, int | None, list[Chun
     return first, count, crc, runs
 
 
+class Source(Protocol):
+    """Where the UDIF file's bytes come from: the file itself, or the plaintext of an encrypted
+    image (:class:`imaging.dmg_crypt.EncryptedFile`)."""
+
+    size_bytes: int
+
+    def pread(self, size: int, offset: int) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+def open_image(path: Path) -> int:
+    """A read-only descriptor of the image file at *path*.
+
+    Raises:
+        NotFoundError: no such file.
+    """
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise NotFoundError(f"no such image: {path}") from None
+
+
+class _PlainFile:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.size_bytes = os.fstat(fd).st_size
+
+    def pread(self, size: int, offset: int) -> bytes:
+        return os.pread(self.fd, size, offset)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 class UdifImage:
     """An open ``.dmg``: its partitions, a ``read`` of the whole disk, and ``verify``.
 
@@ -140,25 +175,22 @@ class UdifImage:
         ImageCorruptError: not a UDIF image, or its trailer or plist is damaged.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, source: Source | None = None) -> None:
         self.path = Path(path)
-        try:
-            self.fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise NotFoundError(f"no such image: {path}") from None
+        self.source = source or _PlainFile(open_image(self.path))
         try:
             self._parse()
         except BaseException:
-            os.close(self.fd)
+            self.source.close()
             raise
         self._lock = threading.Lock()
         self._cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
 
     def _parse(self) -> None:
-        self.file_bytes = os.fstat(self.fd).st_size
+        self.file_bytes = self.source.size_bytes
         if self.file_bytes < 512:
             raise ImageCorruptError(f"{self.path.name}: too small to be a DMG")
-        tail = os.pread(self.fd, 512, self.file_bytes - 512)
+        tail = self.source.pread(512, self.file_bytes - 512)
         f = KOLY.unpack(tail)
         if f[0] != KOLY_MAGIC:
             raise ImageCorruptError(f"{self.path.name}: no koly trailer (not a UDIF image)")
@@ -196,7 +228,7 @@ class UdifImage:
         if not self.xml_bytes:
             raise ImageCorruptError(f"{self.path.name}: no XML property list (old resource-fork images unsupported)")
         try:
-            doc = plistlib.loads(os.pread(self.fd, self.xml_bytes, self.xml_offset))
+            doc = plistlib.loads(self.source.pread(self.xml_bytes, self.xml_offset))
             blkx = doc["resource-fork"]["blkx"]
         except Exception as e:
             raise ImageCorruptError(f"{self.path.name}: property list unreadable ({type(e).__name__})") from None
@@ -230,7 +262,7 @@ class UdifImage:
         return {r.chunk_type for p in self.partitions for r in p.runs}
 
     def close(self) -> None:
-        os.close(self.fd)
+        self.source.close()
 
     def __enter__(self) -> UdifImage:
         return self
@@ -249,7 +281,7 @@ class UdifImage:
             return b""
         if r.offset + r.length > self.data_fork_offset + self.data_fork_bytes:
             raise ImageCorruptError(f"{where}: payload lies outside the data fork")
-        return os.pread(self.fd, r.length, self.data_fork_offset + r.offset)
+        return self.source.pread(r.length, self.data_fork_offset + r.offset)
 
     def _chunk(self, k: int) -> bytes:
         with self._lock:
@@ -322,7 +354,7 @@ class UdifImage:
             pos = self.data_fork_offset
             end = pos + self.data_fork_bytes
             while pos < end:
-                piece = os.pread(self.fd, min(1 << 20, end - pos), pos)
+                piece = self.source.pread(min(1 << 20, end - pos), pos)
                 if not piece:
                     break
                 crc = zlib_ng.crc32(piece, crc)

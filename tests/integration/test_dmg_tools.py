@@ -103,9 +103,11 @@ def test_dmg2img_and_hfsplus_tools(tmp_path: Path, home: Path, src: tuple[Path, 
     cli("bucket2dmg", str(root), "--output", str(image), "--format", "UDBZ", home=home)
     raw = tmp_path / "x.img"
     subprocess.run(["dmg2img", "-s", str(image), str(raw)], check=True, capture_output=True)
-    # libhfsp 1.0.4 (Debian hfsplus) looks for the backup volume header of a native volume in
-    # sector 1 instead of at the end (it never learns the device size): give it a copy there.
-    # That sector is in the boot blocks, which HFS+ ignores; everything else is read as written.
+    # libhfsp 1.0.4 (Debian hfsplus) bug: for an unwrapped HFS+ volume it never sets the volume
+    # size (maxblocks stays 3) and reads the "alternate" header from 512-byte block 3 - 2 = 1, in
+    # the boot blocks, instead of 1024 bytes before the end (TN1150); it fails the same way on
+    # volumes made by Apple's newfs_hfs (zeroed boot blocks). Give it a copy there; everything
+    # else is read as written (docs/dmg.md).
     with open(raw, "r+b") as f:
         f.seek(1024)
         header = f.read(512)

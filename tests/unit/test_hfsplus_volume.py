@@ -154,3 +154,29 @@ def test_undecodable_name_refused(tmp_path: Path) -> None:
     (src / os.fsdecode(b"bad\xff")).write_bytes(b"x")
     with pytest.raises(UnsupportedError):
         build(src)
+
+
+@pytest.mark.parametrize("case_clash", [False, True])
+def test_hard_links(tmp_path: Path, case_clash: bool) -> None:
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "a").write_bytes(b"linked data" * 500)
+    os.setxattr(src / "a", "user.tag", b"v")
+    os.link(src / "a", src / "d" / "b")
+    (src / "single").write_bytes(b"one")
+    os.link(src / "single", tmp_path / "outside")  # nlink 2, but one path in the tree: a plain file
+    if case_clash:  # HFSX: binary key order puts the private folder's NUL names first
+        (src / "X").write_bytes(b"")
+        (src / "x").write_bytes(b"")
+    data, w = build(src, include_metadata=True)
+    v = volume(data)
+    assert v.check() == [] and v.case_sensitive == case_clash
+    paths = dict(v.walk())
+    assert "\0\0\0\0HFS+ Private Data" not in paths  # hidden
+    a, b = paths["a"], paths["d/b"]
+    assert a.link == b.link != 0 and a.nlink == b.nlink == 2 and paths["single"].link == 0
+    assert v.read(a.ino, 0, a.size) == v.read(b.ino, 0, b.size) == b"linked data" * 500
+    node = v.lookup(1, b"a")
+    assert node == v.lookup(v.lookup(1, b"d"), b"b") == a.link - 1  # one inode for every link
+    assert v.getxattr(node, b"user.tag") == b"v"
+    assert w.file_count == v.file_count == sum(1 for e in v.entries.values() if e.kind != "dir")
