@@ -20,8 +20,12 @@ header structures. The password item sits at offset 0x2A8 and uses a 20-byte sal
 Debian's ``vfdecrypt`` reads it from there with that salt length (it ignores the item table);
 see docs/dmg.md for what that tool can and cannot decrypt.
 
+A ``.sparseimage`` is encrypted the same way (the whole ``sprs`` file inside); a sparse bundle
+keeps this header in its ``token`` and its bands encrypted in place (:mod:`imaging.sparse`).
+
 Both directions stream: :class:`EncryptedWriter` encrypts what is written to it block by block
-(memory: one 1 MiB batch); :class:`EncryptedFile` decrypts only the blocks a read touches.
+(memory: one 1 MiB batch), :class:`Sealer` encrypts blocks at any position (the sparse
+writers); :class:`EncryptedFile` decrypts only the blocks a read touches.
 """
 
 from __future__ import annotations
@@ -178,17 +182,27 @@ def crypt_blocks(keys: Keys, first: int, data: bytes | memoryview, *, encrypt: b
     Decrypting, a block stored as all zeros (a hole the writer left in free space, or a never
     written region) reads as zeros: no real ciphertext block is all zeros.
     """
-    out = bytearray(len(data))
     view = memoryview(data)
     aes = algorithms.AES(keys.aes)
+    if encrypt:  # CBC encryption chains: one context per block (each has its own IV)
+        out = bytearray(len(data))
+        for i in range(0, len(data), block):
+            c = Cipher(aes, modes.CBC(_block_iv(keys.hmac, first + i // block))).encryptor()
+            out[i : i + block] = c.update(view[i : i + block])
+        return bytes(out)
+    # Decryption does not chain: one CBC pass over all blocks with the first block's IV, then
+    # each later block's first 16 bytes, which came out XORed with the previous block's last
+    # ciphertext, get that XOR replaced by the block's own IV.
+    if len(data) % block:
+        raise ValueError("decrypt whole blocks")
+    out = bytearray(Cipher(aes, modes.CBC(_block_iv(keys.hmac, first))).decryptor().update(view))
     zero = bytes(block)
-    for i in range(0, len(data), block):
-        part = view[i : i + block]
-        if not encrypt and part == zero[: len(part)]:
-            continue
-        c = Cipher(aes, modes.CBC(_block_iv(keys.hmac, first + i // block)))
-        op = c.encryptor() if encrypt else c.decryptor()
-        out[i : i + block] = op.update(part)
+    for k, i in enumerate(range(0, len(data), block)):
+        if view[i : i + block] == zero:
+            out[i : i + block] = zero
+        elif k:
+            fix = int.from_bytes(view[i - 16 : i]) ^ int.from_bytes(_block_iv(keys.hmac, first + k))
+            out[i : i + 16] = (int.from_bytes(out[i : i + 16]) ^ fix).to_bytes(16)
     return bytes(out)
 
 

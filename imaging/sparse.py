@@ -217,8 +217,8 @@ class SparseBundle:
         if bundle_is_encrypted(self.path):
             if password is None:
                 raise UsageError(f"{name} is encrypted: give its password")
-            head = token.read_bytes()
-            c = open_container(lambda n, off: head[off : off + n], password, name)
+            with open(token, "rb", buffering=0) as f:
+                c = open_container(lambda n, off: os.pread(f.fileno(), n, off), password, name)
             if self.band_bytes % c.block_bytes:
                 raise ImageCorruptError(f"{name}: band size {self.band_bytes} is not whole encrypted blocks")
             self.keys, self.block_bytes, self.key_bits = c.keys, c.block_bytes, c.key_bits
