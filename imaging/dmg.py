@@ -285,7 +285,14 @@ def open_disk(path: Path, password: Password = None) -> Disk:
         except BaseException:
             plain.close()
             raise
-        return SparseImage(path, source=plain) if inner == SPRS_MAGIC else UdifImage(path, source=plain)
+        if inner == SPRS_MAGIC:
+            return SparseImage(path, source=plain)
+        try:
+            return UdifImage(path, source=plain)
+        except ImageCorruptError as e:
+            raise ImageCorruptError(
+                f"{Path(path).name}: the decrypted data is neither a sparse image nor a UDIF image ({e})"
+            ) from None
     return UdifImage(path)
 
 

@@ -307,7 +307,10 @@ def open_container(pread: Callable[[int, int], bytes], password: str, name: str)
         if kind != KEY_ITEM_PASSWORD:
             continue
         tried += 1
-        keys = unwrap_keys(pread(min(item_len, 1 << 16), item_off), password, key_bits // 8)
+        try:
+            keys = unwrap_keys(pread(min(item_len, 1 << 16), item_off), password, key_bits // 8)
+        except ImageCorruptError as e:
+            raise ImageCorruptError(f"{name}: {str(e).removeprefix('encrypted image: ')}") from None
         if keys is not None:
             return Container(keys, key_bits, block, size, offset)
     if not tried:

@@ -15,7 +15,7 @@ from imaging.hfsplus_read import HfsVolume
 from imaging.sparse import SPRS_HEADER, SPRS_NODE, SparseBundle, SparseImage, check_bundle_sidecar
 from imaging.sparse_write import kept_blocks, sparseimage_band_bytes, write_sparsebundle, write_sparseimage
 from imaging.udif import FileSpan, Piece
-from pool.errors import AuthError, BusyError, ImageCorruptError, UsageError
+from pool.errors import AuthError, BusyError, ImageCorruptError, UnsupportedError, UsageError
 
 PLAIN = os.urandom(3 * BLOCK_BYTES + 1234)
 
@@ -306,3 +306,22 @@ def test_sparseimage_reads_a_hand_made_chain_and_refuses_damaged_ones(tmp_path: 
     p.write_bytes(bytes(loop))
     with pytest.raises(ImageCorruptError, match="outside"):
         SparseImage(p)
+
+
+def test_encrypted_sparse_damage_is_named(tmp_path: Path) -> None:
+    make_tree(tmp_path / "src")
+    image = tmp_path / "e.sparseimage"
+    build_dmg(tmp_path / "src", image, fmt="SPARSE", encrypt="AES-128", password="pw")
+    raw = bytearray(image.read_bytes())
+    raw[DATA_OFFSET + 10] ^= 1  # the sprs header's block decrypts to garbage
+    image.write_bytes(bytes(raw))
+    with pytest.raises(ImageCorruptError, match="neither a sparse image nor a UDIF image"):
+        open_disk(image, "pw")
+    bundle = tmp_path / "e.sparsebundle"
+    build_dmg(tmp_path / "src", bundle, fmt="SPARSEBUNDLE", encrypt="AES-128", password="pw")
+    (bundle / "token").write_bytes((bundle / "token").read_bytes()[:0x2B0])
+    with pytest.raises(ImageCorruptError, match="e.sparsebundle: password key item truncated"):
+        open_disk(bundle, "pw")
+    (bundle / "token").write_bytes(b"junk")
+    with pytest.raises(UnsupportedError, match="not an encrcdsa header"):
+        open_disk(bundle, "pw")
