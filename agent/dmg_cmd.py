@@ -126,7 +126,7 @@ def password_options(f: Callable[..., Any]) -> Callable[..., Any]:
 )
 @click.option("--encrypt", type=click.Choice(["AES-128", "AES-256"]), default=None, help="Encrypt (needs a password).")
 @password_options
-@click.option("--band-size", default=None, help="SPARSE/SPARSEBUNDLE band size (default: 1MB+ / 8MB).")
+@click.option("--band-size", default=None, help="Band size: SPARSE (default: one header's worth), SPARSEBUNDLE (8MB).")
 @json_option
 def bucket2dmg(
     source: str,

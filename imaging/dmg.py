@@ -3,8 +3,8 @@
 Image kinds (``--format``): UDIF (``UDZO``, ``UDBZ``, ``ULFO``, ``ULMO``, ``UDRO``: a ``.dmg``
 with checksums, :mod:`imaging.udif`), optionally inside Apple's encrypted container
 (:mod:`imaging.dmg_crypt`); ``SPARSE`` (a growable ``.sparseimage``) and ``SPARSEBUNDLE`` (a
-``.sparsebundle`` folder of bands), :mod:`imaging.sparse`, plain or encrypted too. The volume inside is HFS+ streamed
-from :class:`imaging.hfsplus.HfsPlusWriter` (no raw image is staged), or with
+``.sparsebundle`` folder of bands), :mod:`imaging.sparse`, plain or encrypted too. The volume
+inside is HFS+ streamed from :class:`imaging.hfsplus.HfsPlusWriter` (no raw image is staged), or with
 ``--filesystem iso-udf`` an ISO9660 + Rock Ridge + Joliet + UDF volume (what ``hdiutil
 makehybrid`` makes) built by the ISO writer (:func:`imaging.iso_build.build_layout` and
 :func:`imaging.iso_write.write_image`: reproducible, owners and modes kept), staged in a
