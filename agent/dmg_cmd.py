@@ -126,7 +126,7 @@ def password_options(f: Callable[..., Any]) -> Callable[..., Any]:
 )
 @click.option("--encrypt", type=click.Choice(["AES-128", "AES-256"]), default=None, help="Encrypt (needs a password).")
 @password_options
-@click.option("--band-size", default=None, help="SPARSEBUNDLE band size (default 8MB).")
+@click.option("--band-size", default=None, help="Band size: SPARSE (default: one header's worth), SPARSEBUNDLE (8MB).")
 @json_option
 def bucket2dmg(
     source: str,
@@ -154,6 +154,7 @@ def bucket2dmg(
       darkstorage bucket2dmg photos -o p.dmg --include-permissions --source-date-epoch 1700000000
       darkstorage bucket2dmg secret -o s.dmg --encrypt AES-256 --password
       darkstorage bucket2dmg active -o active.sparsebundle --format SPARSEBUNDLE --size 10GB
+      darkstorage bucket2dmg vault -o v.sparsebundle --format SPARSEBUNDLE --encrypt AES-256 --password
     """
     from imaging.dmg import build_dmg
     from imaging.hfsplus import HfsOptions
@@ -165,8 +166,6 @@ def bucket2dmg(
         raise UsageError("--size applies to HFS+ volumes only")
     if password.given and not encrypt:
         raise UsageError("a password is only used with --encrypt AES-128|AES-256")
-    if encrypt and fmt in ("SPARSE", "SPARSEBUNDLE"):
-        raise UsageError("--encrypt works with the UDIF formats (UDZO, UDBZ, ULFO, ULMO, UDRO), not sparse images yet")
     if encrypt and not password.given:
         raise UsageError("--encrypt needs --password (asks), --password-env VAR or --password-file FILE")
     secret = password.get(confirm=True) if encrypt else None

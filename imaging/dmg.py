@@ -3,8 +3,8 @@
 Image kinds (``--format``): UDIF (``UDZO``, ``UDBZ``, ``ULFO``, ``ULMO``, ``UDRO``: a ``.dmg``
 with checksums, :mod:`imaging.udif`), optionally inside Apple's encrypted container
 (:mod:`imaging.dmg_crypt`); ``SPARSE`` (a growable ``.sparseimage``) and ``SPARSEBUNDLE`` (a
-``.sparsebundle`` folder of bands), :mod:`imaging.sparse`. The volume inside is HFS+ streamed
-from :class:`imaging.hfsplus.HfsPlusWriter` (no raw image is staged), or with
+``.sparsebundle`` folder of bands), :mod:`imaging.sparse`, plain or encrypted too. The volume
+inside is HFS+ streamed from :class:`imaging.hfsplus.HfsPlusWriter` (no raw image is staged), or with
 ``--filesystem iso-udf`` an ISO9660 + Rock Ridge + Joliet + UDF volume (what ``hdiutil
 makehybrid`` makes) built by the ISO writer (:func:`imaging.iso_build.build_layout` and
 :func:`imaging.iso_write.write_image`: reproducible, owners and modes kept), staged in a
@@ -28,17 +28,12 @@ from typing import Any
 from pool.errors import ImageCorruptError, UsageError
 
 from .common import SourceTree, walk_tree, write_sidecar
-from .dmg_crypt import EncryptedFile, EncryptedWriter, Keys, is_encrypted
-from .hfsplus import HfsOptions, HfsPlusWriter
+from .dmg_crypt import EncryptedFile, EncryptedWriter, Keys, Sealer, is_encrypted
+from .hfsplus import BLOCK_BYTES, HfsOptions, HfsPlusWriter
 from .hfsplus_format import UNKNOWN_ID
 from .hfsplus_read import HfsVolume
-from .sparse import (
-    SparseBundle,
-    SparseImage,
-    write_bundle_sidecar,
-    write_sparsebundle,
-    write_sparseimage,
-)
+from .sparse import SPRS_MAGIC, SparseBundle, SparseImage, bundle_is_encrypted, write_bundle_sidecar
+from .sparse_write import write_sparsebundle, write_sparseimage
 from .udif import FORMATS as UDIF_FORMATS
 from .udif import FileSpan, Piece, UdifResult, write_udif
 from .udif_read import UdifImage
@@ -146,9 +141,10 @@ def build_dmg(
         workers: compressing threads/processes (UDIF).
         progress: called with volume bytes consumed.
         on_plan: called once with the volume size in bytes before writing starts.
-        encrypt: ``AES-128`` or ``AES-256`` to write Apple's encrypted container (UDIF formats).
+        encrypt: ``AES-128`` or ``AES-256`` to write Apple's encrypted container (any format).
         password: the password for *encrypt*.
-        band_bytes: band size of a sparse bundle (default 8 MiB).
+        band_bytes: band size of a sparse image or bundle (default: 1 MiB or more, so that one
+            header indexes the disk / 8 MiB).
 
     Raises:
         UsageError: a bad option; NotFoundError: no such folder; UnsupportedError: a name or
@@ -159,16 +155,15 @@ def build_dmg(
         raise UsageError(f"unknown filesystem {filesystem!r} (hfs+ or iso-udf)")
     if fmt not in ALL_FORMATS:
         raise UsageError(f"unknown DMG format {fmt!r} (one of {', '.join(ALL_FORMATS)})")
-    if encrypt is not None and fmt in SPARSE_FORMATS:
-        raise UsageError("--encrypt works with the UDIF formats (UDZO, UDBZ, ULFO, ULMO, UDRO), not sparse images yet")
     if encrypt is not None and not password:
         raise UsageError("--encrypt needs a password")
-    if band_bytes is not None and fmt != "SPARSEBUNDLE":
-        raise UsageError("--band-size applies to SPARSEBUNDLE images only")
+    if band_bytes is not None and fmt not in SPARSE_FORMATS:
+        raise UsageError("--band-size applies to SPARSE and SPARSEBUNDLE images only")
     tree = walk_tree(source)
     files = sum(1 for e in tree.entries if e.kind != "dir")
     folders = len(tree.entries) - files - 1
     case_sensitive = False
+    free: list[tuple[int, int]] = []  # the volume's unallocated bytes (an encrypted sparse image skips them)
     output = Path(output)
     with tempfile.TemporaryDirectory(prefix=".dmg-", dir=output.parent) as staging:
         if filesystem == "hfs+":
@@ -177,6 +172,8 @@ def build_dmg(
             stream: Iterator[Piece] = writer.stream()
             volume_bytes = writer.size_bytes
             name = HFS_PARTITION
+            if writer.free_blocks:  # blocks [used, total - 1): the last one holds the alternate header
+                free.append((writer.used_blocks * BLOCK_BYTES, (writer.total_blocks - 1) * BLOCK_BYTES))
         else:
             iso = _iso_volume(tree, opts, Path(staging))
             stream = _file_stream(iso)
@@ -185,12 +182,16 @@ def build_dmg(
         if on_plan is not None:
             on_plan(volume_bytes)
         made = BuildResult(output, fmt, filesystem, case_sensitive, files, folders, tree.skipped, volume_bytes, 0, None)
+        made.encryption = encrypt
+        seal = Sealer(encrypt, password) if encrypt is not None and password else None
         if fmt == "SPARSE":
-            sres = write_sparseimage(output, stream, volume_bytes, progress=progress)
+            sres = write_sparseimage(
+                output, stream, volume_bytes, band_bytes=band_bytes, seal=seal, free=free, progress=progress
+            )
             made.sha256 = write_sidecar(output)
         elif fmt == "SPARSEBUNDLE":
             kw = {"band_bytes": band_bytes} if band_bytes is not None else {}
-            sres = write_sparsebundle(output, stream, volume_bytes, progress=progress, **kw)
+            sres = write_sparsebundle(output, stream, volume_bytes, seal=seal, free=free, progress=progress, **kw)
             write_bundle_sidecar(output)
         else:
             made.udif = _write_udif_file(
@@ -198,7 +199,6 @@ def build_dmg(
             )
             made.sha256 = write_sidecar(output, None if encrypt else made.udif.sha256)
             made.image_bytes = output.stat().st_size
-            made.encryption = encrypt
             return made
     made.image_bytes = sres.image_bytes
     made.bands = sres.bands_written
@@ -256,9 +256,18 @@ def image_kind(path: Path) -> str:
     return "UDIF"
 
 
+def _secret(path: Path, password: Password) -> str:
+    if password is None:
+        raise UsageError(
+            f"{Path(path).name} is encrypted: give its password (--password, --password-env VAR or --password-file FILE)"
+        )
+    return password() if callable(password) else password
+
+
 def open_disk(path: Path, password: Password = None) -> Disk:
-    """The disk inside the image at *path*: a UDIF file (plain or encrypted), a sparse image or a
-    sparse bundle. *password* is asked for (when a function) only if the image is encrypted.
+    """The disk inside the image at *path*: a UDIF file, a sparse image (each plain or inside
+    the encrypted container) or a sparse bundle (plain or encrypted). *password* is asked for
+    (when a function) only if the image is encrypted.
 
     Raises:
         NotFoundError: no such image. ImageCorruptError: not an image we read, or damaged.
@@ -266,16 +275,24 @@ def open_disk(path: Path, password: Password = None) -> Disk:
     """
     kind = image_kind(path)
     if kind == "SPARSEBUNDLE":
-        return SparseBundle(path)
+        return SparseBundle(path, _secret(path, password) if bundle_is_encrypted(path) else None)
     if kind == "SPARSE":
         return SparseImage(path)
     if kind == "ENCRYPTED":
-        if password is None:
-            raise UsageError(
-                f"{Path(path).name} is encrypted: give its password (--password, --password-env VAR or --password-file FILE)"
-            )
-        secret = password() if callable(password) else password
-        return UdifImage(path, source=EncryptedFile(path, secret))
+        plain = EncryptedFile(path, _secret(path, password))
+        try:
+            inner = plain.pread(len(SPRS_MAGIC), 0)
+        except BaseException:
+            plain.close()
+            raise
+        if inner == SPRS_MAGIC:
+            return SparseImage(path, source=plain)
+        try:
+            return UdifImage(path, source=plain)
+        except ImageCorruptError as e:
+            raise ImageCorruptError(
+                f"{Path(path).name}: the decrypted data is neither a sparse image nor a UDIF image ({e})"
+            ) from None
     return UdifImage(path)
 
 

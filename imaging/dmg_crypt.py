@@ -20,8 +20,12 @@ header structures. The password item sits at offset 0x2A8 and uses a 20-byte sal
 Debian's ``vfdecrypt`` reads it from there with that salt length (it ignores the item table);
 see docs/dmg.md for what that tool can and cannot decrypt.
 
+A ``.sparseimage`` is encrypted the same way (the whole ``sprs`` file inside); a sparse bundle
+keeps this header in its ``token`` and its bands encrypted in place (:mod:`imaging.sparse`).
+
 Both directions stream: :class:`EncryptedWriter` encrypts what is written to it block by block
-(memory: one 1 MiB batch); :class:`EncryptedFile` decrypts only the blocks a read touches.
+(memory: one 1 MiB batch), :class:`Sealer` encrypts blocks at any position (the sparse
+writers); :class:`EncryptedFile` decrypts only the blocks a read touches.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import hmac
 import os
 import struct
 import uuid as uuidlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -171,16 +176,146 @@ def _block_iv(hmac_key: bytes, n: int) -> bytes:
     return hmac.digest(hmac_key, struct.pack(">I", n), "sha1")[:16]
 
 
-def _crypt_blocks(keys: Keys, first: int, data: bytes | memoryview, *, encrypt: bool) -> bytes:
-    """En- or decrypt whole 4096-byte blocks of *data*, the first being block number *first*."""
-    out = bytearray(len(data))
+def crypt_blocks(keys: Keys, first: int, data: bytes | memoryview, *, encrypt: bool, block: int = BLOCK_BYTES) -> bytes:
+    """En- or decrypt whole *block*-byte blocks of *data*, the first being block number *first*.
+
+    Decrypting, a block stored as all zeros (a hole the writer left in free space, or a never
+    written region) reads as zeros: no real ciphertext block is all zeros.
+    """
     view = memoryview(data)
     aes = algorithms.AES(keys.aes)
-    for i in range(0, len(data), BLOCK_BYTES):
-        c = Cipher(aes, modes.CBC(_block_iv(keys.hmac, first + i // BLOCK_BYTES)))
-        op = c.encryptor() if encrypt else c.decryptor()
-        out[i : i + BLOCK_BYTES] = op.update(view[i : i + BLOCK_BYTES])
+    if encrypt:  # CBC encryption chains: one context per block (each has its own IV)
+        out = bytearray(len(data))
+        for i in range(0, len(data), block):
+            c = Cipher(aes, modes.CBC(_block_iv(keys.hmac, first + i // block))).encryptor()
+            out[i : i + block] = c.update(view[i : i + block])
+        return bytes(out)
+    # Decryption does not chain: one CBC pass over all blocks with the first block's IV, then
+    # each later block's first 16 bytes, which came out XORed with the previous block's last
+    # ciphertext, get that XOR replaced by the block's own IV.
+    if len(data) % block:
+        raise ValueError("decrypt whole blocks")
+    out = bytearray(Cipher(aes, modes.CBC(_block_iv(keys.hmac, first))).decryptor().update(view))
+    zero = bytes(block)
+    for k, i in enumerate(range(0, len(data), block)):
+        if view[i : i + block] == zero:
+            out[i : i + block] = zero
+        elif k:
+            fix = int.from_bytes(view[i - 16 : i]) ^ int.from_bytes(_block_iv(keys.hmac, first + k))
+            out[i : i + 16] = (int.from_bytes(out[i : i + 16]) ^ fix).to_bytes(16)
     return bytes(out)
+
+
+class Sealer:
+    """What a writer needs to encrypt a new image: fresh keys, the password key item, an id.
+
+    Args:
+        cipher: ``AES-128`` or ``AES-256``.
+        password: wraps the keys (PBKDF2 + 3DES, see the module docstring).
+        keys: the data keys (default: fresh random ones).
+        image_id: 16 bytes for the header's UUID (default: random).
+        iterations: PBKDF2 rounds.
+
+    Raises:
+        UsageError: an empty password or an unknown cipher.
+    """
+
+    def __init__(
+        self,
+        cipher: str | None,
+        password: str,
+        *,
+        keys: Keys | None = None,
+        image_id: bytes | None = None,
+        iterations: int = KDF_ITERATIONS,
+    ) -> None:
+        if not password:
+            raise UsageError("an empty password is not allowed")
+        self.keys = keys or Keys.new(cipher or "")
+        self.item = wrap_keys(self.keys, password, iterations=iterations)
+        self.image_id = image_id or uuidlib.uuid4().bytes
+
+    def encrypt(self, first: int, data: bytes | memoryview) -> bytes:
+        """*data* (whole 4096-byte blocks, the first being block number *first*) encrypted."""
+        return crypt_blocks(self.keys, first, data, encrypt=True)
+
+    def header(self, plain_bytes: int, *, data_offset: int = DATA_OFFSET) -> bytes:
+        """The ``DATA_OFFSET``-byte header region: the encrcdsa header for *plain_bytes* of data
+        at *data_offset*, one password key item at ``KEY_ITEM_OFFSET``."""
+        header = HEADER.pack(
+            MAGIC,
+            VERSION,
+            16,
+            CSSM_ALGMODE_CBC_IV8,
+            CSSM_ALGID_AES,
+            len(self.keys.aes) * 8,
+            CSSM_ALGID_SHA1HMAC,
+            HMAC_KEY_BYTES * 8,
+            self.image_id,
+            BLOCK_BYTES,
+            plain_bytes,
+            data_offset,
+            1,
+        ) + KEY_ITEM.pack(KEY_ITEM_PASSWORD, KEY_ITEM_OFFSET, len(self.item))
+        region = bytearray(DATA_OFFSET)
+        region[: len(header)] = header
+        region[KEY_ITEM_OFFSET : KEY_ITEM_OFFSET + len(self.item)] = self.item
+        return bytes(region)
+
+
+@dataclass(frozen=True)
+class Container:
+    """What an encrcdsa header says, with the keys a password opened.
+
+    Attributes:
+        keys: the data keys. key_bits: 128 or 256. block_bytes: plaintext bytes per block.
+        size_bytes: plaintext bytes (0 in a sparse bundle's ``token``). data_offset: where block
+        0 is stored (in the same file; a sparse bundle's blocks are in its bands instead).
+    """
+
+    keys: Keys
+    key_bits: int
+    block_bytes: int
+    size_bytes: int
+    data_offset: int
+
+
+def open_container(pread: Callable[[int, int], bytes], password: str, name: str) -> Container:
+    """Read the encrcdsa header through *pread(size, offset)* and unwrap its keys with *password*.
+
+    Raises:
+        AuthError: the password opens no key item. ImageCorruptError: not an encrcdsa v2
+        header, an unknown cipher, a block size this reader does not handle, or damage.
+    """
+    head = pread(1 << 16, 0)
+    if len(head) < HEADER.size or head[:8] != MAGIC:
+        raise ImageCorruptError(f"{name}: not an encrypted disk image (no encrcdsa header)")
+    f = HEADER.unpack_from(head)
+    version, _ivlen, mode, alg, key_bits, iv_alg, _iv_bits, _uuid, block, size, offset, n_items = f[1:]
+    if version != VERSION:
+        raise ImageCorruptError(f"{name}: encrcdsa version {version} is not read (only version 2)")
+    if (mode, alg, iv_alg) != (CSSM_ALGMODE_CBC_IV8, CSSM_ALGID_AES, CSSM_ALGID_SHA1HMAC) or key_bits not in (128, 256):
+        raise ImageCorruptError(f"{name}: unknown encryption (mode {mode}, algorithm {alg:#x}, {key_bits} bits)")
+    if block not in (512, 1024, 2048, BLOCK_BYTES, 8192, 16384, 32768, 65536):
+        raise ImageCorruptError(f"{name}: encrypted block size {block} is not read (a power of two, 512-65536)")
+    tried = 0
+    for i in range(n_items):
+        at = HEADER.size + i * KEY_ITEM.size
+        if at + KEY_ITEM.size > len(head):
+            break
+        kind, item_off, item_len = KEY_ITEM.unpack_from(head, at)
+        if kind != KEY_ITEM_PASSWORD:
+            continue
+        tried += 1
+        try:
+            keys = unwrap_keys(pread(min(item_len, 1 << 16), item_off), password, key_bits // 8)
+        except ImageCorruptError as e:
+            raise ImageCorruptError(f"{name}: {str(e).removeprefix('encrypted image: ')}") from None
+        if keys is not None:
+            return Container(keys, key_bits, block, size, offset)
+    if not tried:
+        raise ImageCorruptError(f"{name}: no password key in the encrypted image")
+    raise AuthError(f"wrong password for {name}")
 
 
 class EncryptedWriter:
@@ -206,12 +341,8 @@ class EncryptedWriter:
         image_id: bytes | None = None,
         iterations: int = KDF_ITERATIONS,
     ) -> None:
-        if not password:
-            raise UsageError("an empty password is not allowed")
         self.out = out
-        self.keys = keys
-        self.item = wrap_keys(keys, password, iterations=iterations)
-        self.image_id = image_id or uuidlib.uuid4().bytes
+        self.seal = Sealer(None, password, keys=keys, image_id=image_id, iterations=iterations)
         self.buf = bytearray()
         self.block = 0
         self.plain_bytes = 0
@@ -227,7 +358,7 @@ class EncryptedWriter:
         return len(data)
 
     def _flush(self, n_bytes: int) -> None:
-        self.out.write(_crypt_blocks(self.keys, self.block, memoryview(self.buf)[:n_bytes], encrypt=True))
+        self.out.write(self.seal.encrypt(self.block, memoryview(self.buf)[:n_bytes]))
         self.block += n_bytes // BLOCK_BYTES
         del self.buf[:n_bytes]
 
@@ -236,26 +367,8 @@ class EncryptedWriter:
         if self.buf:
             self.buf += bytes(-len(self.buf) % BLOCK_BYTES)
             self._flush(len(self.buf))
-        header = HEADER.pack(
-            MAGIC,
-            VERSION,
-            16,
-            CSSM_ALGMODE_CBC_IV8,
-            CSSM_ALGID_AES,
-            len(self.keys.aes) * 8,
-            CSSM_ALGID_SHA1HMAC,
-            HMAC_KEY_BYTES * 8,
-            self.image_id,
-            BLOCK_BYTES,
-            self.plain_bytes,
-            DATA_OFFSET,
-            1,
-        ) + KEY_ITEM.pack(KEY_ITEM_PASSWORD, KEY_ITEM_OFFSET, len(self.item))
-        region = bytearray(DATA_OFFSET)
-        region[: len(header)] = header
-        region[KEY_ITEM_OFFSET : KEY_ITEM_OFFSET + len(self.item)] = self.item
         self.out.seek(0)
-        self.out.write(region)
+        self.out.write(self.seal.header(self.plain_bytes))
         self.out.seek(0, os.SEEK_END)
         return self.plain_bytes
 
@@ -287,56 +400,29 @@ class EncryptedFile:
             raise
 
     def _open(self, password: str) -> Keys:
-        name = self.path.name
-        head = os.pread(self.fd, 1 << 16, 0)
-        if len(head) < HEADER.size or head[:8] != MAGIC:
-            raise ImageCorruptError(f"{name}: not an encrypted disk image (no encrcdsa header)")
-        f = HEADER.unpack_from(head)
-        version, _ivlen, mode, alg, key_bits, iv_alg, _iv_bits, _uuid, block, size, offset, n_items = f[1:]
-        if version != VERSION:
-            raise ImageCorruptError(f"{name}: encrcdsa version {version} is not read (only version 2)")
-        if (mode, alg, iv_alg) != (CSSM_ALGMODE_CBC_IV8, CSSM_ALGID_AES, CSSM_ALGID_SHA1HMAC) or key_bits not in (
-            128,
-            256,
-        ):
-            raise ImageCorruptError(f"{name}: unknown encryption (mode {mode}, algorithm {alg:#x}, {key_bits} bits)")
-        if block != BLOCK_BYTES:
-            raise ImageCorruptError(f"{name}: encrypted block size {block} is not read (only {BLOCK_BYTES})")
-        self.key_bits = key_bits
-        self.size_bytes = size
-        self.data_offset = offset
-        file_bytes = os.fstat(self.fd).st_size
-        if offset + -(-size // BLOCK_BYTES) * BLOCK_BYTES > file_bytes:
-            raise ImageCorruptError(f"{name}: encrypted data is truncated")
-        tried = 0
-        for i in range(n_items):
-            at = HEADER.size + i * KEY_ITEM.size
-            if at + KEY_ITEM.size > len(head):
-                break
-            kind, item_off, item_len = KEY_ITEM.unpack_from(head, at)
-            if kind != KEY_ITEM_PASSWORD:
-                continue
-            tried += 1
-            keys = unwrap_keys(os.pread(self.fd, item_len, item_off), password, key_bits // 8)
-            if keys is not None:
-                return keys
-        if not tried:
-            raise ImageCorruptError(f"{name}: no password key in the encrypted image")
-        raise AuthError(f"wrong password for {name}")
+        c = open_container(lambda n, off: os.pread(self.fd, n, off), password, self.path.name)
+        self.key_bits = c.key_bits
+        self.block_bytes = c.block_bytes
+        self.size_bytes = c.size_bytes
+        self.data_offset = c.data_offset
+        if c.data_offset + -(-c.size_bytes // c.block_bytes) * c.block_bytes > os.fstat(self.fd).st_size:
+            raise ImageCorruptError(f"{self.path.name}: encrypted data is truncated")
+        return c.keys
 
     def pread(self, size: int, offset: int) -> bytes:
         """Up to *size* plaintext bytes from *offset* (short at the end)."""
         size = max(0, min(size, self.size_bytes - offset))
         if size == 0:
             return b""
-        first = offset // BLOCK_BYTES
-        last = (offset + size - 1) // BLOCK_BYTES
-        n = (last - first + 1) * BLOCK_BYTES
-        raw = os.pread(self.fd, n, self.data_offset + first * BLOCK_BYTES)
+        block = self.block_bytes
+        first = offset // block
+        last = (offset + size - 1) // block
+        n = (last - first + 1) * block
+        raw = os.pread(self.fd, n, self.data_offset + first * block)
         if len(raw) != n:
             raise ImageCorruptError(f"{self.path.name}: encrypted data is truncated")
-        plain = _crypt_blocks(self.keys, first, raw, encrypt=False)
-        skip = offset - first * BLOCK_BYTES
+        plain = crypt_blocks(self.keys, first, raw, encrypt=False, block=block)
+        skip = offset - first * block
         return plain[skip : skip + size]
 
     def close(self) -> None:

@@ -1,28 +1,42 @@
-"""Apple's growable disk images: ``.sparseimage`` (one file) and ``.sparsebundle`` (a folder).
+"""Apple's growable disk images: ``.sparseimage`` (one file) and ``.sparsebundle`` (a folder):
+the format, the readers and the bundle sidecar (writers: :mod:`imaging.sparse_write`).
 
 Both hold a raw disk (here the HFS+ volume, with no container checksums) cut into *bands*;
 a band that was never written does not exist and reads as zeros, so a 10 GB volume with 5 MB of
 files takes about 5 MB (``hdiutil create -type SPARSE|SPARSEBUNDLE``).
 
-``.sparseimage`` (facts from libyal's libmodi documentation "Mac OS sparse image format" and the
-header structures in Simon Gander's fsdump): a 4096-byte header, big-endian: ``"sprs"``,
-version 3, sectors per band, flags (1), the disk size in sectors (32 bits), the offset of a next
-index node (0: none), the disk size in sectors (64 bits), then from offset 64 an array of 1008
-band numbers: entry *i* holds (1 + the disk band stored at file offset ``4096 + i * band_bytes``)
-or 0. Bands are stored in the order they were first written. Apple's tools chain further
-4096-byte index nodes when more than 1008 bands are in use; we size the bands so that one
-header indexes them all (at least 1 MiB; 11 MiB for a 10 GiB volume), which is what libmodi
-reads, and this reader refuses index chains.
+``.sparseimage`` (facts from libyal's libmodi documentation "Mac OS sparse image format", the
+header and index node structures in Simon Gander's fsdump and apfs-fuse): a 4096-byte header,
+big-endian: ``"sprs"``, version 3, sectors per band, flags (1), the disk size in sectors (32
+bits), the offset of the first index node (0: none), the disk size in sectors (64 bits), then
+from offset 64 an array of 1008 band numbers: entry *i* holds (1 + the disk band stored at file
+offset ``4096 + i * band_bytes``) or 0. Bands are stored in the order they were first written.
+When all 1008 entries are in use, a 4096-byte *index node* is appended where the next band
+would go: ``"sprs"``, its number (0 for the first), flags (1), the offset of the next node (64
+bits), 36 zero bytes, then from offset 0x38 an array of 1010 band numbers for the bands stored
+right after the node (``node + 4096 + i * band_bytes``); the header and each node point to the
+next node. hdiutil's default band is 1 MiB, so its images of more than 1008 MiB of data chain
+nodes. libmodi reads neither chains nor disks of more than 1008 bands, so our writer's default
+band (a power of two of at least 1 MiB) keeps the disk within one header's entries (16 MiB
+bands for 10 GB); a smaller ``--band-size`` chains nodes as hdiutil does.
 
 ``.sparsebundle`` (libmodi's "sparse bundle" notes; Apple's Time Machine layout): a folder with
 ``Info.plist`` (``CFBundleInfoDictionaryVersion`` 6.0, ``band-size``, ``bundle-backingstore-
 version`` 1, ``diskimage-bundle-type`` ``com.apple.diskimage.sparsebundle``, ``size``), its
-copy ``Info.bckup``, an empty ``token`` (it holds the encryption header when encrypted), and
+copy ``Info.bckup``, a ``token`` (empty, or the encryption header when encrypted), and
 ``bands/`` with one file per written band named by its number in lowercase hex (``0``, ``1``,
 ... ``a``...). A band file shorter than the band reads as zeros beyond its end.
 
-Writers stream: the disk arrives as the same pieces the UDIF writer takes (bytes, an int for
-that many zero bytes, :class:`~imaging.udif.FileSpan`); all-zero stretches are never written.
+Encrypted (``hdiutil create -encryption``, container of :mod:`imaging.dmg_crypt`): a
+``.sparseimage`` is wrapped whole, as a ``.dmg`` is: the file is an encrcdsa header followed by
+the encrypted ``sprs`` file (header, bands, index nodes), block *n* being the ``sprs`` file's
+bytes ``[4096 n, 4096 (n + 1))``. A sparse bundle keeps the encrcdsa header (its data length 0)
+in ``token`` and its bands encrypted in place: block *n* is the disk's bytes ``[4096 n, 4096
+(n + 1))``, stored at that offset of its band file, IV from the disk block number. Sources: the
+sparse bundle readers of apfs-fuse (DiskImageFile/DeviceSparsebundle, Jief Luce) and
+sparsebundlefs, and the layout table of sample images published as "alienjax/UDIF" (header
+then encrypted data for a .dmg, a .sparseimage and a joined bundle alike). Blocks stored as all
+zeros (holes: free space the writer skipped) read as zeros.
 """
 
 from __future__ import annotations
@@ -31,299 +45,95 @@ import hashlib
 import os
 import plistlib
 import struct
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
-from pool.errors import BusyError, ImageCorruptError, NotFoundError, UnsupportedError, UsageError
+from pool.errors import ImageCorruptError, NotFoundError, UnsupportedError, UsageError
 
-from .udif import SECTOR_BYTES, FileSpan, Piece
-from .udif_read import open_image
+from .dmg_crypt import MAGIC as ENCRYPTED_MAGIC
+from .dmg_crypt import crypt_blocks, open_container
+from .udif import SECTOR_BYTES
+from .udif_read import Source, open_image
 
 SPRS_MAGIC = b"sprs"
-SPRS_HEADER_BYTES = 4096
+SPRS_HEADER_BYTES = 4096  #: the header and each index node
 SPRS_HEADER = struct.Struct(">4sIIIIQQ28s")  # magic, version, sectors/band, flags, sectors32, next, sectors64
 SPRS_MAX_BANDS = (SPRS_HEADER_BYTES - SPRS_HEADER.size) // 4  #: 1008 band numbers in the header
-assert SPRS_HEADER.size == 64
+SPRS_NODE = struct.Struct(">4sIIQ36s")  # magic, node number, flags, next node offset
+SPRS_NODE_BANDS = (SPRS_HEADER_BYTES - SPRS_NODE.size) // 4  #: 1010 band numbers in an index node
+assert SPRS_HEADER.size == 64 and SPRS_NODE.size == 0x38
 MIB = 1 << 20
 BUNDLE_BAND_BYTES = 8 * MIB  #: hdiutil's default band size for sparse bundles
 BUNDLE_TYPE = "com.apple.diskimage.sparsebundle"
-_SLICE_BYTES = MIB
-_ZEROS = bytes(_SLICE_BYTES)
-
-
-def piece_slices(pieces: Iterable[Piece]) -> Iterator[bytes | int]:
-    """The disk's bytes as ``bytes`` of at most 1 MiB or ints (that many zero bytes).
-
-    Raises:
-        BusyError: a :class:`FileSpan`'s file changed size while it was read.
-    """
-    for piece in pieces:
-        if isinstance(piece, int):
-            if piece:
-                yield piece
-        elif isinstance(piece, FileSpan):
-            with open(piece.path, "rb", buffering=0) as f:
-                left = piece.size
-                while left:
-                    data = f.read(min(left, _SLICE_BYTES))
-                    if not data:
-                        raise BusyError(
-                            f"{piece.label} shrank while it was being imaged: rerun when it is not changing"
-                        )
-                    left -= len(data)
-                    yield data
-                if f.read(1):
-                    raise BusyError(f"{piece.label} grew while it was being imaged: rerun when it is not changing")
-        else:
-            for i in range(0, len(piece), _SLICE_BYTES):
-                yield piece[i : i + _SLICE_BYTES]
-
-
-def _is_zero(data: bytes) -> bool:
-    return data == _ZEROS[: len(data)] if len(data) <= _SLICE_BYTES else data.count(0) == len(data)
-
-
-@dataclass
-class SparseResult:
-    """What a sparse writer made (sizes in bytes)."""
-
-    disk_bytes: int
-    band_bytes: int
-    bands_written: int
-    image_bytes: int  #: bytes the image takes on disk (allocated: unwritten parts of bands are holes)
-
-
-class _BandWriter:
-    """Feeds disk pieces into bands; subclasses store a band's bytes."""
-
-    def __init__(self, disk_bytes: int, band_bytes: int, progress: Callable[[int], None] | None) -> None:
-        self.disk_bytes = disk_bytes
-        self.band_bytes = band_bytes
-        self.progress = progress
-        self.pos = 0
-
-    def has(self, band: int) -> bool:
-        raise NotImplementedError
-
-    def put(self, band: int, offset: int, data: bytes) -> None:
-        raise NotImplementedError
-
-    def feed(self, pieces: Iterable[Piece]) -> None:
-        for s in piece_slices(pieces):
-            n = s if isinstance(s, int) else len(s)
-            if self.pos + n > self.disk_bytes:
-                raise UsageError(f"the volume is larger than the {self.disk_bytes}-byte disk")
-            if not isinstance(s, int):
-                view = memoryview(s)
-                at = 0
-                while at < n:
-                    band, off = divmod(self.pos + at, self.band_bytes)
-                    take = min(n - at, self.band_bytes - off)
-                    part = bytes(view[at : at + take])
-                    if self.has(band) or not _is_zero(part):
-                        self.put(band, off, part)
-                    at += take
-            self.pos += n
-            if self.progress is not None:
-                self.progress(n)
-        if self.pos != self.disk_bytes:
-            raise UsageError(f"the volume holds {self.pos} bytes, the disk {self.disk_bytes}")
-
-
-def sparseimage_band_bytes(disk_bytes: int) -> int:
-    """Band size for a ``.sparseimage`` of *disk_bytes*: 1 MiB, or the smallest whole number of
-    MiB that keeps the bands within the header's 1008 entries (11 MiB for 10 GiB)."""
-    return max(1, -(-disk_bytes // (SPRS_MAX_BANDS * MIB))) * MIB
-
-
-class _SparseImageWriter(_BandWriter):
-    def __init__(self, fd: int, disk_bytes: int, progress: Callable[[int], None] | None) -> None:
-        super().__init__(disk_bytes, sparseimage_band_bytes(disk_bytes), progress)
-        self.fd = fd
-        self.slots: dict[int, int] = {}  # disk band -> slot in the file
-
-    def has(self, band: int) -> bool:
-        return band in self.slots
-
-    def put(self, band: int, offset: int, data: bytes) -> None:
-        slot = self.slots.setdefault(band, len(self.slots))
-        os.pwrite(self.fd, data, SPRS_HEADER_BYTES + slot * self.band_bytes + offset)
-
-    def header(self) -> bytes:
-        sectors = self.disk_bytes // SECTOR_BYTES
-        head = SPRS_HEADER.pack(SPRS_MAGIC, 3, self.band_bytes // SECTOR_BYTES, 1, sectors, 0, sectors, bytes(28))
-        numbers = [0] * SPRS_MAX_BANDS
-        for band, slot in self.slots.items():
-            numbers[slot] = band + 1
-        return head + struct.pack(f">{SPRS_MAX_BANDS}I", *numbers) + bytes(SPRS_HEADER_BYTES - 64 - 4 * SPRS_MAX_BANDS)
-
-
-def write_sparseimage(
-    output: Path, pieces: Iterable[Piece], disk_bytes: int, *, progress: Callable[[int], None] | None = None
-) -> SparseResult:
-    """Write a ``.sparseimage`` of the disk *pieces* describes (replaced atomically when complete).
-
-    Raises:
-        UsageError: *disk_bytes* is not whole sectors, over 2 TiB, or differs from the pieces' total.
-        BusyError: a source file changed size while it was read.
-    """
-    if disk_bytes % SECTOR_BYTES or disk_bytes // SECTOR_BYTES > 0xFFFFFFFF:
-        raise UsageError("a sparse image holds whole sectors, at most 2 TiB")
-    output = Path(output)
-    tmp = output.with_name(f".{output.name}.part")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        w = _SparseImageWriter(fd, disk_bytes, progress)
-        w.feed(pieces)
-        size = SPRS_HEADER_BYTES + len(w.slots) * w.band_bytes
-        os.ftruncate(fd, size)  # the last band's unwritten tail must exist (as a hole)
-        os.pwrite(fd, w.header(), 0)
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, output)
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        tmp.unlink(missing_ok=True)
-    return SparseResult(disk_bytes, w.band_bytes, len(w.slots), os.stat(output).st_blocks * 512)
-
-
-class _BundleWriter(_BandWriter):
-    def __init__(self, bands: Path, disk_bytes: int, band_bytes: int, progress: Callable[[int], None] | None) -> None:
-        super().__init__(disk_bytes, band_bytes, progress)
-        self.bands = bands
-        self.written: set[int] = set()
-        self.fd = -1
-        self.fd_band = -1
-
-    def has(self, band: int) -> bool:
-        return band in self.written
-
-    def put(self, band: int, offset: int, data: bytes) -> None:
-        if band != self.fd_band:
-            self.close()
-            flags = os.O_WRONLY | os.O_CREAT | (0 if band in self.written else os.O_TRUNC)
-            self.fd = os.open(self.bands / f"{band:x}", flags, 0o644)
-            self.fd_band = band
-            self.written.add(band)
-        os.pwrite(self.fd, data, offset)
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-            self.fd_band = -1
-
-
-def bundle_info(disk_bytes: int, band_bytes: int) -> bytes:
-    """The ``Info.plist`` of a sparse bundle (XML property list)."""
-    return plistlib.dumps(
-        {
-            "CFBundleInfoDictionaryVersion": "6.0",
-            "band-size": band_bytes,
-            "bundle-backingstore-version": 1,
-            "diskimage-bundle-type": BUNDLE_TYPE,
-            "size": disk_bytes,
-        },
-        fmt=plistlib.FMT_XML,
-        sort_keys=True,
-    )
-
-
-def write_sparsebundle(
-    output: Path,
-    pieces: Iterable[Piece],
-    disk_bytes: int,
-    *,
-    band_bytes: int = BUNDLE_BAND_BYTES,
-    progress: Callable[[int], None] | None = None,
-) -> SparseResult:
-    """Write a ``.sparsebundle`` folder of the disk *pieces* describes; an existing *output*
-    folder is replaced only once the new one is complete.
-
-    Raises:
-        UsageError: a band size that is not a positive multiple of 512, or a size mismatch.
-        BusyError: a source file changed size while it was read.
-    """
-    if band_bytes <= 0 or band_bytes % SECTOR_BYTES:
-        raise UsageError("the band size must be a positive multiple of 512 bytes")
-    output = Path(output)
-    tmp = output.with_name(f".{output.name}.part")
-    _remove_tree(tmp)
-    (tmp / "bands").mkdir(parents=True)
-    w = _BundleWriter(tmp / "bands", disk_bytes, band_bytes, progress)
-    try:
-        w.feed(pieces)
-        w.close()
-        for band in w.written:  # whole bands (the last one up to the disk's end) as files with holes
-            os.truncate(tmp / "bands" / f"{band:x}", min(band_bytes, disk_bytes - band * band_bytes))
-        info = bundle_info(disk_bytes, band_bytes)
-        (tmp / "Info.plist").write_bytes(info)
-        (tmp / "Info.bckup").write_bytes(info)
-        (tmp / "token").write_bytes(b"")
-        old = output.with_name(f".{output.name}.old")
-        if output.exists():
-            os.replace(output, old)
-        os.replace(tmp, output)
-        _remove_tree(old)
-    finally:
-        w.close()
-        _remove_tree(tmp)
-    used = sum(os.stat(output / "bands" / f"{b:x}").st_blocks * 512 for b in w.written)
-    return SparseResult(disk_bytes, band_bytes, len(w.written), used)
-
-
-def _remove_tree(path: Path) -> None:
-    if not path.exists():
-        return
-    for p in sorted(path.rglob("*"), key=lambda q: len(q.parts), reverse=True):
-        p.rmdir() if p.is_dir() and not p.is_symlink() else p.unlink()
-    path.rmdir()
-
-
-# -- readers ----------------------------------------------------------------------------------
 
 
 class SparseImage:
     """An open ``.sparseimage``: ``read(offset, size)`` of the disk inside (thread-safe: ``pread``).
 
+    Args:
+        path: the file.
+        source: where its bytes come from when not the file itself (the plaintext of an
+            encrypted image, :class:`imaging.dmg_crypt.EncryptedFile`); closed with the image.
+
     Raises (from the constructor):
-        NotFoundError: no such file. ImageCorruptError: not a sparse image or a damaged header.
-        UnsupportedError: an image with chained index nodes (over 1008 bands in use).
+        NotFoundError: no such file. ImageCorruptError: not a sparse image, a damaged header or
+        index node (a chain that loops or leaves the file, a band listed twice).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, source: Source | None = None) -> None:
         self.path = Path(path)
-        self.fd = open_image(self.path)
+        if source is None:
+            fd = open_image(self.path)
+            self.file_bytes = os.fstat(fd).st_size
+            self._pread: Callable[[int, int], bytes] = lambda n, off: os.pread(fd, n, off)
+            self._close: Callable[[], None] = lambda: os.close(fd)
+        else:
+            self.file_bytes = source.size_bytes
+            self._pread, self._close = source.pread, source.close
         try:
             self._parse()
         except BaseException:
-            os.close(self.fd)
+            self._close()
             raise
 
     def _parse(self) -> None:
         name = self.path.name
-        head = os.pread(self.fd, SPRS_HEADER_BYTES, 0)
+        head = self._pread(SPRS_HEADER_BYTES, 0)
         if len(head) < SPRS_HEADER_BYTES or head[:4] != SPRS_MAGIC:
             raise ImageCorruptError(f"{name}: not a sparse image (no sprs header)")
-        _m, _v, spb, _flags, sectors32, next_node, sectors64, _r = SPRS_HEADER.unpack_from(head)
-        if next_node:
-            raise UnsupportedError(f"{name}: sparse images with index nodes (over 1008 bands) are not read yet")
+        _m, _v, spb, _flags, sectors32, node, sectors64, _r = SPRS_HEADER.unpack_from(head)
         if spb == 0:
             raise ImageCorruptError(f"{name}: sparse image header says 0 sectors per band")
         self.band_bytes = spb * SECTOR_BYTES
         self.size_bytes = (sectors64 or sectors32) * SECTOR_BYTES
-        file_bytes = os.fstat(self.fd).st_size
         self.offsets: dict[int, int] = {}  # disk band -> file offset
-        for slot, number in enumerate(struct.unpack_from(f">{SPRS_MAX_BANDS}I", head, 64)):
+        self.index_nodes: list[int] = []  # file offsets of the chained index nodes
+        self._add(head, SPRS_HEADER.size, SPRS_MAX_BANDS, SPRS_HEADER_BYTES, "header")
+        while node:
+            where = f"index node at {node}"
+            if node in self.index_nodes or node % SECTOR_BYTES or node + SPRS_HEADER_BYTES > self.file_bytes:
+                raise ImageCorruptError(f"{name}: the {where} is damaged (loops or lies outside the file)")
+            data = self._pread(SPRS_HEADER_BYTES, node)
+            magic, _nr, _flags, next_node, _r = SPRS_NODE.unpack_from(data)
+            if magic != SPRS_MAGIC:
+                raise ImageCorruptError(f"{name}: the {where} has no sprs signature")
+            self.index_nodes.append(node)
+            self._add(data, SPRS_NODE.size, SPRS_NODE_BANDS, node + SPRS_HEADER_BYTES, where)
+            node = next_node
+
+    def _add(self, data: bytes, at: int, count: int, base: int, where: str) -> None:
+        """Map the band numbers of one header or index node (stored from *base* on)."""
+        for slot, number in enumerate(struct.unpack_from(f">{count}I", data, at)):
             if not number:
                 continue
-            at = SPRS_HEADER_BYTES + slot * self.band_bytes
-            if (number - 1) * self.band_bytes >= self.size_bytes or at >= file_bytes or number - 1 in self.offsets:
-                raise ImageCorruptError(f"{name}: band table entry {slot} (band {number}) is damaged")
-            self.offsets[number - 1] = at
+            off = base + slot * self.band_bytes
+            if (
+                (number - 1) * self.band_bytes >= self.size_bytes
+                or off >= self.file_bytes
+                or number - 1 in self.offsets
+            ):
+                raise ImageCorruptError(f"{self.path.name}: {where} band entry {slot} (band {number}) is damaged")
+            self.offsets[number - 1] = off
 
     def read(self, offset: int, size: int) -> bytes:
         """Up to *size* bytes of the disk from *offset* (zeros where no band was written)."""
@@ -333,11 +143,11 @@ class SparseImage:
         at = self.offsets.get(band)
         if at is None:
             return bytes(n)
-        data = os.pread(self.fd, n, at + off)
+        data = self._pread(n, at + off)
         return data + bytes(n - len(data))
 
     def close(self) -> None:
-        os.close(self.fd)
+        self._close()
 
     def __enter__(self) -> SparseImage:
         return self
@@ -360,15 +170,31 @@ def _read_bands(
     return bytes(out)
 
 
+def bundle_is_encrypted(path: Path) -> bool:
+    """True when the sparse bundle folder *path* has an encrcdsa ``token``."""
+    try:
+        with open(Path(path) / "token", "rb") as f:
+            return f.read(len(ENCRYPTED_MAGIC)) == ENCRYPTED_MAGIC
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return False
+
+
 class SparseBundle:
     """An open ``.sparsebundle`` folder: ``read(offset, size)`` of the disk inside.
 
+    Args:
+        path: the folder.
+        password: the password of an encrypted bundle (ignored for a plain one).
+
+    Attributes:
+        key_bits: 128 or 256 when encrypted, else None.
+
     Raises (from the constructor):
-        NotFoundError: no such folder. ImageCorruptError: no readable ``Info.plist`` or a bad one.
-        UnsupportedError: an encrypted bundle (a non-empty ``token``).
+        NotFoundError: no such folder. ImageCorruptError: no readable ``Info.plist`` or a bad
+        one, a damaged ``token``. UsageError: encrypted and no password. AuthError: wrong password.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, password: str | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_dir():
             raise NotFoundError(f"no such sparse bundle: {path}")
@@ -383,12 +209,31 @@ class SparseBundle:
             raise ImageCorruptError(f"{name}: Info.plist unreadable ({type(e).__name__})") from None
         if info.get("diskimage-bundle-type") != BUNDLE_TYPE or self.band_bytes <= 0 or self.size_bytes < 0:
             raise ImageCorruptError(f"{name}: Info.plist does not describe a sparse bundle")
-        token = self.path / "token"
-        if token.exists() and token.stat().st_size:
-            raise UnsupportedError(f"{name}: encrypted sparse bundles are not read yet")
         self.bands = self.path / "bands"
+        self.key_bits: int | None = None
+        token = self.path / "token"
+        if token.exists() and token.stat().st_size and not bundle_is_encrypted(self.path):
+            raise UnsupportedError(f"{name}: its token is not an encrcdsa header (unknown encryption)")
+        if bundle_is_encrypted(self.path):
+            if password is None:
+                raise UsageError(f"{name} is encrypted: give its password")
+            with open(token, "rb", buffering=0) as f:
+                c = open_container(lambda n, off: os.pread(f.fileno(), n, off), password, name)
+            if self.band_bytes % c.block_bytes:
+                raise ImageCorruptError(f"{name}: band size {self.band_bytes} is not whole encrypted blocks")
+            self.keys, self.block_bytes, self.key_bits = c.keys, c.block_bytes, c.key_bits
 
     def _band(self, band: int, off: int, n: int) -> bytes:
+        if self.key_bits is None:
+            return self._stored(band, off, n)
+        block = self.block_bytes
+        first = off // block * block
+        end = -(-(off + n) // block) * block
+        raw = self._stored(band, first, end - first)
+        plain = crypt_blocks(self.keys, (band * self.band_bytes + first) // block, raw, encrypt=False, block=block)
+        return plain[off - first : off - first + n]
+
+    def _stored(self, band: int, off: int, n: int) -> bytes:
         try:
             with open(self.bands / f"{band:x}", "rb", buffering=0) as f:
                 data = os.pread(f.fileno(), n, off)

@@ -20,7 +20,7 @@ from imaging.common import walk_tree
 from imaging.dmg_crypt import EncryptedFile, EncryptedWriter, Keys
 from imaging.hfsplus import HfsOptions, HfsPlusWriter
 from imaging.udif import write_udif
-from tests.conftest import cli, wait_until
+from tests.conftest import Mount, cli, wait_until
 from tests.integration.test_dmg_tools import make_tree, nfc_files
 
 needs_7zz = pytest.mark.skipif(shutil.which("7zz") is None, reason="Debian package 7zip not installed")
@@ -107,15 +107,22 @@ def test_encrypted_cli_prompt_file_env_wrong_password_and_mount(
         input=f"{PW}\n{PW}\n",
     )
     assert image.read_bytes()[:8] == b"encrcdsa"
+    cli_opens_encrypted(image, files, tmp_path, home)
+
+
+def cli_opens_encrypted(image: Path, files: dict[str, bytes], tmp_path: Path, home: Path) -> None:
+    """Every password option opens *image* (ls, verify, extract, mount), a wrong password gives
+    one line and exit 15 (AUTH), no password and no terminal exit 2."""
     pwfile = tmp_path / "pw.txt"
     pwfile.write_text(PW + "\n")
     ls = cli("dmg", "ls", str(image), "--password-file", str(pwfile), "--json", home=home).stdout
-    assert {e["path"] for e in json.loads(ls)} >= {"a.txt", "sub/deeper/data.bin"}
-    cli("dmg", "verify", str(image), "--password-file", str(pwfile), home=home)
+    assert {unicodedata.normalize("NFC", e["path"]) for e in json.loads(ls)} >= set(files)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DMGPW", PW)
+        cli("dmg", "verify", str(image), "--password-env", "DMGPW", home=home)
     out = tmp_path / "out"
     cli("dmg", "extract", str(image), "-o", str(out), "--password", home=home, input=PW + "\n")
     assert nfc_files(out) == files
-    # wrong password: one line, exit 15 (AUTH); no password and no terminal: exit 2
     bad = tmp_path / "bad.txt"
     bad.write_text("nope\n")
     res = cli("dmg", "ls", str(image), "--password-file", str(bad), home=home, check=False)
@@ -269,19 +276,8 @@ def test_aes256_decrypted_by_openssl_then_7zip(tmp_path: Path, home: Path, monke
     raw = image.read_bytes()
     assert raw[:8] == b"encrcdsa" and struct.unpack_from(">I", raw, 24)[0] == 256
     block, size, offset, n_items = struct.unpack_from(">IQQI", raw, 0x34)
-    kind, item_off, _item_len = struct.unpack_from(">IQQ", raw, 0x4C)
-    assert (n_items, kind) == (1, 1)
-    _kdf, _prng, rounds, salt_len, salt, iv_len, iv, _bits, _alg, _pad, _mode, blob_len = struct.unpack_from(
-        ">IIII32sI32sIIIII", raw, item_off
-    )
-    blob = raw[item_off + 0x68 : item_off + 0x68 + blob_len]
-    kek = _openssl(
-        "kdf", "-keylen", "24", "-binary", "-kdfopt", "digest:SHA1", "-kdfopt", f"pass:{PW}",
-        "-kdfopt", f"hexsalt:{salt[:salt_len].hex()}", "-kdfopt", f"iter:{rounds}", "PBKDF2",
-    )  # fmt: skip
-    keyblob = _openssl("enc", "-d", "-des-ede3-cbc", "-K", kek.hex(), "-iv", iv[:iv_len].hex(), data=blob)
-    assert keyblob.endswith(b"CKIE\x00") and len(keyblob) == 32 + 20 + 5
-    aes, hmac_key = keyblob[:32], keyblob[32:52]
+    assert n_items == 1
+    aes, hmac_key = openssl_keys(raw[:offset], PW)
     plain = b""
     for n in range(-(-size // block)):
         block_iv = _openssl(
@@ -342,3 +338,174 @@ def test_hard_links_stay_links(tmp_path: Path, home: Path) -> None:
         assert (view / "c.txt").read_bytes() == b"shared\n" * 1000
     finally:
         subprocess.run(["fusermount3", "-u", str(view)], capture_output=True)
+
+
+# -- encrypted sparse images and bundles ------------------------------------------------------
+
+needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+
+
+def small_tree(root: Path) -> dict[str, bytes]:
+    """A few small files (names with accents and emoji, a subfolder): few blocks to decrypt."""
+    files = {"a.txt": b"alpha\n" * 300, "café ü/😀.md": b"emoji " * 2000, "sub/deeper/data.bin": os.urandom(40_000)}
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return {unicodedata.normalize("NFC", k): v for k, v in files.items()}
+
+
+def openssl_keys(region: bytes, password: str) -> tuple[bytes, bytes]:
+    """The AES and HMAC keys of an encrcdsa header region, unwrapped by the openssl command line
+    alone: PBKDF2-HMAC-SHA1 of the password (openssl kdf), 3DES-EDE-CBC (openssl enc)."""
+    import struct
+
+    key_bits = struct.unpack_from(">I", region, 24)[0]
+    kind, item_off, _len = struct.unpack_from(">IQQ", region, 0x4C)
+    assert region[:8] == b"encrcdsa" and kind == 1
+    _kdf, _prng, rounds, salt_len, salt, iv_len, iv, _bits, _alg, _pad, _mode, blob_len = struct.unpack_from(
+        ">IIII32sI32sIIIII", region, item_off
+    )
+    blob = region[item_off + 0x68 : item_off + 0x68 + blob_len]
+    kek = _openssl(
+        "kdf", "-keylen", "24", "-binary", "-kdfopt", "digest:SHA1", "-kdfopt", f"pass:{password}",
+        "-kdfopt", f"hexsalt:{salt[:salt_len].hex()}", "-kdfopt", f"iter:{rounds}", "PBKDF2",
+    )  # fmt: skip
+    keyblob = _openssl("enc", "-d", "-des-ede3-cbc", "-K", kek.hex(), "-iv", iv[:iv_len].hex(), data=blob)
+    n = key_bits // 8
+    assert keyblob.endswith(b"CKIE\x00") and len(keyblob) == n + 20 + 5
+    return keyblob[:n], keyblob[n : n + 20]
+
+
+def openssl_decrypt(keys: tuple[bytes, bytes], blocks: dict[int, bytes], tmp: Path) -> dict[int, bytes]:
+    """Decrypt 4096-byte ciphertext blocks (by block number) with openssl alone: the IVs are
+    HMAC-SHA1(HMAC key, number) from one ``openssl dgst -mac HMAC`` over a 4-byte file per
+    block, then ``openssl enc -aes-N-cbc`` per block. An all-zero block (a hole) stays zeros."""
+    import struct
+
+    aes, hmac_key = keys
+    nums = [n for n in sorted(blocks) if blocks[n].count(0) != len(blocks[n])]
+    if not nums:
+        return {n: bytes(4096) for n in blocks}
+    tmp.mkdir(exist_ok=True)
+    names = []
+    for n in nums:
+        (tmp / f"{n}").write_bytes(struct.pack(">I", n))
+        names.append(f"{n}")
+    digests = subprocess.run(
+        ["openssl", "dgst", "-sha1", "-mac", "HMAC", "-macopt", f"hexkey:{hmac_key.hex()}", *names],
+        cwd=tmp, capture_output=True, check=True, text=True,
+    ).stdout.splitlines()  # fmt: skip
+    ivs = {int(line[line.index("(") + 1 : line.index(")")]): line.rsplit("= ", 1)[1][:32] for line in digests}
+    out = {n: bytes(4096) for n in blocks}
+    for n in nums:
+        cbc = f"-aes-{len(aes) * 8}-cbc"
+        out[n] = _openssl("enc", "-d", cbc, "-nopad", "-K", aes.hex(), "-iv", ivs[n], data=blocks[n])
+    return out
+
+
+def decrypt_sparseimage(image: Path, password: str, out: Path) -> None:
+    """An encrypted .sparseimage decrypted by openssl into a plain one (the sprs file inside)."""
+    import struct
+
+    raw = image.read_bytes()
+    size, offset = struct.unpack_from(">QQ", raw, 0x38)
+    assert offset + size <= len(raw)
+    blocks = {n: raw[offset + n * 4096 : offset + (n + 1) * 4096] for n in range(-(-size // 4096))}
+    plain = openssl_decrypt(openssl_keys(raw[:offset], password), blocks, out.parent / "ivs")
+    out.write_bytes(b"".join(plain[n] for n in sorted(plain))[:size])
+
+
+def decrypt_sparsebundle(bundle: Path, password: str, out: Path) -> None:
+    """An encrypted .sparsebundle decrypted by openssl into a plain one: the keys from ``token``,
+    each band's blocks with IVs from the disk block number (band * band size + offset) / 4096."""
+    info = plistlib.loads((bundle / "Info.plist").read_bytes())
+    keys = openssl_keys((bundle / "token").read_bytes(), password)
+    (out / "bands").mkdir(parents=True)
+    shutil.copy(bundle / "Info.plist", out / "Info.plist")
+    (out / "token").write_bytes(b"")
+    for band in (bundle / "bands").iterdir():
+        data = band.read_bytes()
+        first = int(band.name, 16) * info["band-size"] // 4096
+        blocks = {first + i: data[i * 4096 : (i + 1) * 4096] for i in range(len(data) // 4096)}
+        plain = openssl_decrypt(keys, blocks, out.parent / f"ivs-{band.name}")
+        (out / "bands" / band.name).write_bytes(b"".join(plain[n] for n in sorted(plain)))
+
+
+@needs_openssl
+@pytest.mark.fuse
+@pytest.mark.parametrize(
+    "fmt,name,cipher", [("SPARSE", "e.sparseimage", "AES-128"), ("SPARSEBUNDLE", "e.sparsebundle", "AES-256")]
+)
+def test_encrypted_sparse_formats_opened_by_openssl_then_libmodi(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, name: str, cipher: str
+) -> None:
+    """hdiutil's encrypted sparse layouts, checked without our code: openssl unwraps the keys
+    and decrypts every stored block into a plain image or bundle, which libmodi + libfshfs read
+    file by file. Then our CLI opens the encrypted image with each password option."""
+    pytest.importorskip("pymodi")
+    pytest.importorskip("pyfshfs")
+    files = small_tree(tmp_path / "src")
+    image = tmp_path / name
+    monkeypatch.setenv("DMGPW", PW)
+    res = json.loads(
+        cli(
+            "bucket2dmg", str(tmp_path / "src"), "-o", str(image), "--format", fmt, "--size", "5GB",
+            "--encrypt", cipher, "--password-env", "DMGPW", "--json", home=home,
+        ).stdout
+    )  # fmt: skip
+    assert res["encryption"] == cipher
+    used = sum(p.stat().st_blocks * 512 for p in [image, *image.rglob("*")] if p.is_file())
+    assert used < 20 * (1 << 20), used  # free space is not stored
+    plain = tmp_path / ("plain.sparseimage" if fmt == "SPARSE" else "plain.sparsebundle")
+    (decrypt_sparseimage if fmt == "SPARSE" else decrypt_sparsebundle)(image, PW, plain)
+    assert libmodi_files(plain) == files
+    cli_opens_encrypted(image, files, tmp_path, home)
+
+
+def test_sparseimage_with_index_node_chain_through_the_cli(tmp_path: Path, home: Path) -> None:
+    """``--band-size 4KB``: more than 1008 bands stored, so index nodes are chained as hdiutil
+    chains them past 1008 MiB with its 1 MiB bands (libmodi reads no chains: our reader only)."""
+    root = tmp_path / "src"
+    root.mkdir()
+    files = {"big.bin": os.urandom(6 << 20), "small.txt": b"small\n"}
+    for n, d in files.items():
+        (root / n).write_bytes(d)
+    for enc in ([], ["--encrypt", "AES-128", "--password-file", str(tmp_path / "pw")]):
+        (tmp_path / "pw").write_text(PW)
+        image = tmp_path / f"c{len(enc)}.sparseimage"
+        cli("bucket2dmg", str(root), "-o", str(image), "--format", "SPARSE", "--band-size", "4KB", *enc, home=home)
+        pw = enc[-2:]
+        cli("dmg", "verify", str(image), *pw, home=home)
+        out = tmp_path / f"out{len(enc)}"
+        cli("dmg", "extract", str(image), "-o", str(out), *pw, home=home)
+        assert nfc_files(out) == files
+    plain = (tmp_path / "c0.sparseimage").read_bytes()
+    assert plain[:4] == b"sprs" and int.from_bytes(plain[20:28], "big") == 4096 + 1008 * 4096
+
+
+@pytest.mark.fuse
+def test_dmg_sync_of_encrypted_images(tmp_path: Path, home: Path, mounted: Mount) -> None:
+    """``dmg sync`` restores an encrypted UDZO image and an encrypted sparse bundle into buckets
+    through the running mount; a wrong password (exit 15) or none (exit 2) copies nothing."""
+    files = small_tree(tmp_path / "src")
+    pwfile, bad = tmp_path / "pw.txt", tmp_path / "bad.txt"
+    pwfile.write_text(PW + "\n")
+    bad.write_text("wrong\n")
+    for fmt, name, bucket in (("UDZO", "s.dmg", "r1"), ("SPARSEBUNDLE", "s.sparsebundle", "r2")):
+        image = tmp_path / name
+        cli(
+            "bucket2dmg", str(tmp_path / "src"), "-o", str(image), "--format", fmt, "--encrypt", "AES-256",
+            "--password-file", str(pwfile), home=home,
+        )  # fmt: skip
+        cli("bucket", "create", bucket, home=home)
+        res = cli("dmg", "sync", str(image), "--to", bucket, "--password-file", str(bad), home=home, check=False)
+        assert res.returncode == 15 and "wrong password" in res.stderr and "Traceback" not in res.stderr
+        res = cli("dmg", "sync", str(image), "--to", bucket, home=home, check=False, stdin=subprocess.DEVNULL)
+        assert res.returncode == 2 and "password" in res.stderr
+        assert not any((mounted.path / bucket).iterdir())
+        dry = cli("dmg", "sync", str(image), "--to", bucket, "--dry-run", "--password-file", str(pwfile), home=home)
+        assert "would copy 3 file(s)" in dry.stdout and not any((mounted.path / bucket).iterdir())
+        cli("dmg", "sync", str(image), "--to", bucket, "--password-file", str(pwfile), home=home)
+        assert nfc_files(mounted.path / bucket) == files
+        again = cli("dmg", "sync", str(image), "--to", bucket, "--password-file", str(pwfile), home=home)
+        assert "copied 0 file(s)" in again.stdout
