@@ -164,7 +164,7 @@ def sync_run(
 def _run_now(registry: Any, pair: Any, *, dry_run: bool, force: bool, as_json: bool) -> None:
     from sync.service import run_registered, summary_line
 
-    if as_json or dry_run:
+    if as_json or dry_run or not console.is_terminal:  # a bar shows on terminals only
         outcome = run_registered(registry, pair, dry_run=dry_run, force=force)
     else:
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn

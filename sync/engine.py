@@ -16,7 +16,7 @@ nothing is deleted; a first sync into an empty or missing destination folder sim
 from __future__ import annotations
 
 import logging
-import socket
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,7 +52,7 @@ class RunOutcome:
 
 def host_name() -> str:
     """This machine's short host name, safe inside a file name (for conflict copies)."""
-    name = socket.gethostname().split(".")[0] or "host"
+    name = os.uname().nodename.split(".")[0] or "host"
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
 
 
@@ -73,6 +73,23 @@ def _prehash(side: Side, view: SideView, workers: int) -> None:
     with ThreadPoolExecutor(max_workers=workers) as ex:
         for e, h in zip(files, ex.map(lambda e: side.hash(e.rel), files), strict=True):
             view.hashes[e.rel] = h
+
+
+def _scan(
+    sides: dict[int, Side], filters: Filters, journal: Journal
+) -> tuple[list[dict[str, Entry]], dict[str, Synced]]:
+    """Both sides' scans and the journal's rows. Listing a remote store waits on the network,
+    so remote sides are listed in threads meanwhile; local scans run one after the other
+    (CPython threads take turns on the interpreter, and thousands of short ``lstat`` calls
+    handing it back and forth make two scanning threads slower than one)."""
+    remote = [n for n in (1, 2) if not sides[n].is_local]
+    if not remote:
+        return [sides[1].scan(filters), sides[2].scan(filters)], journal.load()
+    with ThreadPoolExecutor(max_workers=len(remote)) as ex:
+        listing = {n: ex.submit(sides[n].scan, filters) for n in remote}
+        local = {n: sides[n].scan(filters) for n in (1, 2) if n not in listing}
+        rows = journal.load()
+        return [local[n] if n in local else listing[n].result() for n in (1, 2)], rows
 
 
 def check_safety(plan: Plan, stats: dict[int, SideStats], sides: dict[int, Side], options: SyncOptions) -> None:
@@ -163,8 +180,7 @@ def _run(
     stored = journal.get_meta("fold_case")
     fold_case = stored == "1" if stored is not None else (sides[1].fold_case or sides[2].fold_case)
     filters = Filters.from_options(options.excludes, options.filter_from)
-    with ThreadPoolExecutor(max_workers=2) as ex:
-        scans = list(ex.map(lambda s: s.scan(filters), (sides[1], sides[2])))
+    scans, rows = _scan(sides, filters, journal)
     views = {n: _view(sides[n], scans[n - 1], options) for n in (1, 2)}
     if held and not options.force:
         for n in (1, 2):
@@ -176,7 +192,6 @@ def _run(
     if options.checksum:
         for n in (1, 2):
             _prehash(sides[n], views[n], options.transfers)
-    rows = journal.load()
     _recover_pending(journal, rows, views, fold_case, dry_run)
     plan, stats = plan_sync(views[1], views[2], rows, options, first_run=first_run, fold_case=fold_case, host=host)
     check_safety(plan, stats, sides, options)
@@ -224,7 +239,7 @@ def _recover_pending(
         if done:
             assert now is not None
             e1, e2 = (src, now) if dst == 2 else (now, src)
-            rows[key] = Synced(key, FILE, None, e1, e2)
+            rows[key] = Synced.of(key, FILE, None, e1, e2)
             if not dry_run:
                 journal.commit_copy(key, e1, e2, None)
         elif not dry_run:
