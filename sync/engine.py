@@ -217,7 +217,8 @@ def _recover_pending(
     journal: Journal, rows: dict[str, Synced], views: dict[int, SideView], fold_case: bool, dry_run: bool
 ) -> None:
     """Copies a killed run finished but never committed: where the destination holds a file of
-    the source's size and mtime (within its window), the key counts as synced with those states."""
+    the source's size and mtime (within its window), the key counts as synced with those states
+    (unless its journal row says so already: a copy committed before the kill keeps its row)."""
     pending = journal.pending()
     if not pending:
         return
@@ -236,14 +237,22 @@ def _recover_pending(
             and now.size == src.size
             and abs(now.mtime_ns - src.mtime_ns) <= views[dst].window_ns
         )
-        if done:
-            assert now is not None
-            e1, e2 = (src, now) if dst == 2 else (now, src)
-            rows[key] = Synced.of(key, FILE, None, e1, e2)
-            if not dry_run:
-                journal.commit_copy(key, e1, e2, None)
-        elif not dry_run:
-            journal.clear_pending(key)
+        if not done:
+            continue
+        assert now is not None
+        j = rows.get(key)
+        if j is not None and _same_file(j.side(dst), now) and _same_file(j.side(3 - dst), src):
+            continue  # committed before the kill
+        e1, e2 = (src, now) if dst == 2 else (now, src)
+        rows[key] = Synced.of(key, FILE, None, e1, e2)
+        if not dry_run:
+            journal.commit_copy(key, e1, e2, None)
+    if not dry_run:
+        journal.clear_all_pending()
+
+
+def _same_file(a: Entry, b: Entry) -> bool:
+    return a.kind == b.kind == FILE and a.size == b.size and a.mtime_ns == b.mtime_ns
 
 
 def _journal_files(journal: Journal) -> int:

@@ -159,6 +159,7 @@ class Executor:
             self._mkdir(d)
         self.journal.begin_copies((c.key, c.dst, c.src_entry) for c in plan.copies if c.src_entry.kind == FILE)
         self._parallel(plan.copies, self._copy_work, self._copy_done)
+        self.journal.clear_all_pending()
         for c in plan.chmods:
             self._chmod(c)
         self._parallel(plan.deletes, self._delete_work, self._delete_done)
@@ -308,7 +309,6 @@ class Executor:
         if rec is not None:
             self._records.append(rec)
         if status == "dst-changed" or after is None:
-            self.journal.clear_pending(c.key)
             self._changed(c.dst_rel)
             return 0, 0
         if status == "src-changed":

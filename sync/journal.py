@@ -25,20 +25,25 @@ Schema (``PRAGMA user_version`` holds the number of migrations applied)::
         etag1      TEXT,              -- ETag / version id on side 1, NULL where it has none
         rel2, size2, mtime2_ns, mode2, etag2   -- the same for side 2
         synced_ns  INTEGER NOT NULL   -- when this row was committed, ns since the epoch
-    )
-    pending(                          -- copies started but not committed (migration 2)
+    ) WITHOUT ROWID                   -- (since migration 3: one b-tree, one page per commit)
+    pending(                          -- copies started, not known finished (migration 2)
         key          TEXT PRIMARY KEY,
         dst          INTEGER NOT NULL,  -- the side being written (1 or 2)
         src_rel      TEXT NOT NULL,     -- the source as scanned: name, size, mtime, mode
         src_size     INTEGER NOT NULL,
         src_mtime_ns INTEGER NOT NULL,
         src_mode     INTEGER
-    )
+    ) WITHOUT ROWID
 
-A ``pending`` row is written before a copy starts and removed with the commit of its ``entries``
-row. A run killed between the two leaves it: the next run finds the destination holding a file
-of the source's size and mtime (the copy finished) and treats the key as synced then, so a later
-edit on either side is a one-sided change, not a conflict (see :meth:`Journal.recovered`).
+The ``pending`` rows of a run's copies are written (one transaction) before the copies start;
+each finished copy commits its ``entries`` row on its own, and the pending rows go when the copy
+phase ends. A run killed in between leaves them: for each, the next run finds the destination
+holding a file of the source's size and mtime (the copy finished) and treats the key as synced
+then, so a later edit on either side is a one-sided change, not a conflict; a copy whose
+``entries`` row was committed already keeps that row (see ``sync.engine``).
+
+The WAL is checkpointed every :data:`CHECKPOINT_PAGES` pages (SQLite's default is 1,000): a run
+commits a row per file, and each checkpoint flushes the disk.
 """
 
 from __future__ import annotations
@@ -74,7 +79,31 @@ MIGRATIONS: list[str] = [
         src_size INTEGER NOT NULL, src_mtime_ns INTEGER NOT NULL, src_mode INTEGER
     );
     """,
+    """
+    CREATE TABLE entries3 (
+        key TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        hash TEXT,
+        target TEXT,
+        rel1 TEXT NOT NULL, size1 INTEGER NOT NULL, mtime1_ns INTEGER NOT NULL, mode1 INTEGER, etag1 TEXT,
+        rel2 TEXT NOT NULL, size2 INTEGER NOT NULL, mtime2_ns INTEGER NOT NULL, mode2 INTEGER, etag2 TEXT,
+        synced_ns INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO entries3 SELECT key, kind, hash, target, rel1, size1, mtime1_ns, mode1, etag1,
+        rel2, size2, mtime2_ns, mode2, etag2, synced_ns FROM entries;
+    DROP TABLE entries;
+    ALTER TABLE entries3 RENAME TO entries;
+    CREATE TABLE pending3 (
+        key TEXT PRIMARY KEY, dst INTEGER NOT NULL, src_rel TEXT NOT NULL,
+        src_size INTEGER NOT NULL, src_mtime_ns INTEGER NOT NULL, src_mode INTEGER
+    ) WITHOUT ROWID;
+    INSERT INTO pending3 SELECT key, dst, src_rel, src_size, src_mtime_ns, src_mode FROM pending;
+    DROP TABLE pending;
+    ALTER TABLE pending3 RENAME TO pending;
+    """,
 ]
+
+CHECKPOINT_PAGES = 10_000
 
 
 class Synced(NamedTuple):
@@ -138,6 +167,7 @@ class Journal:
             self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
             self._migrate()
         except sqlite3.DatabaseError as e:
             raise CatalogError(f"sync journal {path} is unreadable: {e}") from None
@@ -227,27 +257,19 @@ class Journal:
                 ((key, dst, e.rel, e.size, e.mtime_ns, e.mode) for key, dst, e in copies),
             )
 
-    def record_copies(self, rows: list[tuple[str, Entry, Entry, str | None]]) -> None:
-        """Record finished copies ``(key, e1, e2, digest)`` and drop their pending rows (inside a
-        :meth:`transaction`, so both happen or neither)."""
-        self.put_many(rows)
-        self.clear_pending_many(r[0] for r in rows)
-
     def commit_copy(self, key: str, e1: Entry, e2: Entry, digest: str | None) -> None:
-        """Record the finished copy of *key* and drop its pending row, in one transaction."""
-        with self.transaction():
-            self.record_copies([(key, e1, e2, digest)])
+        """Record the finished copy of *key* (commits at once; its pending row stays until
+        :meth:`clear_all_pending`)."""
+        self.put(key, e1, e2, digest)
 
     def pending(self) -> list[tuple[str, int, Entry]]:
         """Copies a killed run started and never committed: ``(key, dst side, source as scanned)``."""
         rows = self.db.execute("SELECT key, dst, src_rel, src_size, src_mtime_ns, src_mode FROM pending")
         return [(k, dst, Entry(rel, "file", size, mtime, mode)) for k, dst, rel, size, mtime, mode in rows]
 
-    def clear_pending(self, key: str) -> None:
-        self.db.execute("DELETE FROM pending WHERE key = ?", (key,))
-
-    def clear_pending_many(self, keys: Iterable[str]) -> None:
-        self.db.executemany("DELETE FROM pending WHERE key = ?", ((k,) for k in keys))
+    def clear_all_pending(self) -> None:
+        """Forget every pending copy (their phase is over: each finished, failed or was skipped)."""
+        self.db.execute("DELETE FROM pending")
 
     def remove(self, key: str) -> None:
         self.db.execute("DELETE FROM entries WHERE key = ?", (key,))

@@ -48,7 +48,8 @@ class SideView:
 
     Attributes:
         number: 1 or 2.
-        scan: the side's entries keyed by rel (from :mod:`sync.scanner`).
+        scan: the side's entries keyed by rel (from :mod:`sync.scanner`); the planner may use
+            it as :attr:`entries` and add reserved conflict-copy names to it.
         has_dirs, has_links, has_modes: capabilities (see :class:`sync.sides.Side`).
         window_ns: mtimes closer than this are equal on this side.
         hasher: XXH3-128 hex of an entry's content on this side (may be slow: remote reads).
@@ -61,7 +62,7 @@ class SideView:
     has_modes: bool = True
     window_ns: int = 0
     hasher: Callable[[Entry], str] | None = None
-    entries: dict[str, Entry] = field(default_factory=dict)  # by key, filled by the planner
+    entries: dict[str, Entry] = field(default_factory=dict)  # by key, filled by the planner (may be scan)
     hashes: dict[str, str] = field(default_factory=dict)  # rel -> digest computed in this run
 
     def hash(self, e: Entry) -> str:
@@ -134,8 +135,9 @@ class Planner:
         """Key side *n*'s scan; report entries the pair cannot carry or whose names collide."""
         v = self.v[n]
         dirs = v.has_dirs and other.has_dirs
-        if dirs and other.has_links and not self.fold_case and all(map(_is_nfc, v.scan)):
-            v.entries = dict(v.scan)  # every name is its own key: nothing to drop, nothing collides
+        own_keys = all(map(str.isascii, v.scan)) or all(map(_is_nfc, v.scan))
+        if dirs and other.has_links and not self.fold_case and own_keys:
+            v.entries = v.scan  # every name is its own key: nothing to drop, nothing collides
             return
         for rel in sorted(v.scan):
             e = v.scan[rel]
