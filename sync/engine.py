@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +68,8 @@ def _view(side: Side, scan: dict, options: SyncOptions) -> SideView:  # type: ig
 
 
 def _prehash(side: Side, view: SideView, workers: int) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
     files = [e for e in view.scan.values() if e.kind == FILE]
     with ThreadPoolExecutor(max_workers=workers) as ex:
         for e, h in zip(files, ex.map(lambda e: side.hash(e.rel), files), strict=True):
@@ -85,6 +86,8 @@ def _scan(
     remote = [n for n in (1, 2) if not sides[n].is_local]
     if not remote:
         return [sides[1].scan(filters), sides[2].scan(filters)], journal.load()
+    from concurrent.futures import ThreadPoolExecutor
+
     with ThreadPoolExecutor(max_workers=len(remote)) as ex:
         listing = {n: ex.submit(sides[n].scan, filters) for n in remote}
         local = {n: sides[n].scan(filters) for n in (1, 2) if n not in listing}

@@ -263,7 +263,8 @@ class Journal:
         self.put(key, e1, e2, digest)
 
     def pending(self) -> list[tuple[str, int, Entry]]:
-        """Copies a killed run started and never committed: ``(key, dst side, source as scanned)``."""
+        """Copies noted by a run that did not end its copy phase (it was killed): ``(key, dst
+        side, source as scanned)``; those it committed have their ``entries`` row too."""
         rows = self.db.execute("SELECT key, dst, src_rel, src_size, src_mtime_ns, src_mode FROM pending")
         return [(k, dst, Entry(rel, "file", size, mtime, mode)) for k, dst, rel, size, mtime, mode in rows]
 
