@@ -15,9 +15,11 @@ nothing is deleted; a first sync into an empty or missing destination folder sim
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,7 +147,7 @@ def run_pair(
         NotFoundError: path1 does not exist on the first run.
         AuthError: a store rejected the credentials.
     """
-    with pair_lock(lock_path, name):
+    with pair_lock(lock_path, name), _cyclic_gc_paused():
         use_file = journal_path is not None and (not dry_run or journal_path.exists())
         journal = Journal(journal_path if use_file and journal_path is not None else ":memory:")
         try:
@@ -214,6 +216,21 @@ def _run(
     if not result.failures:
         journal.mark_completed()
     return RunOutcome(plan, result, first_run, stats)
+
+
+@contextlib.contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for a run: scans and the journal make hundreds of
+    thousands of tuples (no reference cycles) and each collection walks all of them again, which
+    cost a rescan of 100,000 files about a tenth of its time. Reference counting still frees
+    everything; the collector runs again afterwards (unless something else had paused it)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _recover_pending(
