@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_new = tuple.__new__
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -114,7 +115,10 @@ def scan_local(root: str, filters: Filters | None = None, temps: list[str] | Non
                     m = st.st_mode
                     if stat.S_ISREG(m):
                         if rules is None or not rules.excluded(rel):
-                            out[rel] = Entry(rel, FILE, st.st_size, st.st_mtime_ns, m & 0o7777)
+                            # Entry(rel, FILE, size, mtime, mode) without the keyword handling
+                            out[rel] = _new(
+                                Entry, (rel, FILE, st.st_size, st.st_mtime_ns, m & 0o7777, None, None, None)
+                            )
                     elif stat.S_ISDIR(m):
                         if rules is None or not rules.excluded(rel, is_dir=True):
                             out[rel] = Entry(rel, DIR, 0, st.st_mtime_ns, m & 0o7777)
