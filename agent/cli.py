@@ -10,25 +10,69 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from pool.errors import DarkstorageError, ExitCode
-from pool.pool import Pool
 from pool.units import format_size
 
 from . import __version__
 from .console import console, emit_json, error_line
 
+if TYPE_CHECKING:
+    from pool.pool import Pool
+
 
 def open_pool() -> Pool:
+    from pool.pool import Pool
+
     return Pool.open()
+
+
+#: the other command groups, imported when one of them runs (``darkstorage sync`` needs no FUSE,
+#: trio or fsspec): command name -> "module:attribute"
+LAZY_COMMANDS = {
+    "mount": "agent.mount_cmd:mount",
+    "umount": "agent.mount_cmd:umount",
+    "status": "agent.mount_cmd:status",
+    "tiers": "agent.tiers_cmd:tiers",
+    "integrations": "agent.integrations_cmd:integrations",
+    "push": "agent.transfer_cmd:push",
+    "pull": "agent.transfer_cmd:pull",
+    "transfers": "agent.transfer_cmd:transfers_cmd",
+    "sync": "agent.sync_cmd:sync",
+    "replicate": "agent.sync_cmd:replicate",
+    "agent": "agent.daemon:agent",
+    "bucket2iso": "agent.iso_cmd:bucket2iso",
+    "iso": "agent.iso_cmd:iso",
+    "bucket2dmg": "agent.dmg_cmd:bucket2dmg",
+    "dmg": "agent.dmg_cmd:dmg",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose :data:`LAZY_COMMANDS` are imported when used (``--help`` imports them all)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = LAZY_COMMANDS.get(cmd_name)
+        if target is None or cmd_name in self.commands:
+            return super().get_command(ctx, cmd_name)
+        import importlib
+
+        module, _, attr = target.partition(":")
+        command = getattr(importlib.import_module(module), attr)
+        self.add_command(command, cmd_name)
+        return command  # type: ignore[no-any-return]
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="darkstorage")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 def main(verbose: int) -> None:
@@ -53,6 +97,8 @@ def init(as_json: bool) -> None:
       darkstorage init
       DARKSTORAGE_HOME=/srv/pool darkstorage init
     """
+    from pool.pool import Pool
+
     pool, created = Pool.init()
     home = str(pool.config.home)
     if as_json:
@@ -131,22 +177,6 @@ def bucket_remove(name: str, force: bool) -> None:
     n = pool.remove_bucket(name, force=force)
     notify_mount(pool)
     console.print(f"removed bucket {name}" + (f" and {n} file(s)" if n else ""))
-
-
-# -- the other command groups -----------------------------------------------------------------
-
-from .daemon import agent  # noqa: E402
-from .dmg_cmd import bucket2dmg, dmg  # noqa: E402
-from .integrations_cmd import integrations  # noqa: E402
-from .iso_cmd import bucket2iso, iso  # noqa: E402
-from .mount_cmd import mount, status, umount  # noqa: E402
-from .sync_cmd import replicate, sync  # noqa: E402
-from .tiers_cmd import tiers  # noqa: E402
-from .transfer_cmd import pull, push, transfers_cmd  # noqa: E402
-
-for _command in (mount, umount, status, tiers, integrations, push, pull, transfers_cmd, sync, replicate, agent,
-                 bucket2iso, iso, bucket2dmg, dmg):
-    main.add_command(_command)
 
 
 def run() -> None:

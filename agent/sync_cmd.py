@@ -164,7 +164,7 @@ def sync_run(
 def _run_now(registry: Any, pair: Any, *, dry_run: bool, force: bool, as_json: bool) -> None:
     from sync.service import run_registered, summary_line
 
-    if as_json or dry_run:
+    if as_json or dry_run or not console.is_terminal:  # a bar shows on terminals only
         outcome = run_registered(registry, pair, dry_run=dry_run, force=force)
     else:
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
@@ -204,18 +204,20 @@ def _run_now(registry: Any, pair: Any, *, dry_run: bool, force: bool, as_json: b
     names = (pair.path1, pair.path2)
     if dry_run:
         for line in plan.lines(names):
-            console.print(line, markup=False, soft_wrap=True)
-        console.print(f"{summary_line(outcome)} (dry run: nothing changed)")
+            console.print(line, markup=False, emoji=False, soft_wrap=True)
+        console.print(f"{summary_line(outcome)} (dry run: nothing changed)", emoji=False)
         return
     for c in plan.conflicts:
         kept = f"; other version kept as {c.copy_rel}" if c.copy_rel else ""
-        console.print(f"conflict {c.rel}: {names[c.winner - 1]} won ({c.policy}){kept}", markup=False, soft_wrap=True)
+        console.print(
+            f"conflict {c.rel}: {names[c.winner - 1]} won ({c.policy}){kept}", markup=False, emoji=False, soft_wrap=True
+        )
     for s in plan.skips:
-        console.print(f"skipped {s.rel}: {s.reason}", style="yellow", markup=False, soft_wrap=True)
+        console.print(f"skipped {s.rel}: {s.reason}", style="yellow", markup=False, emoji=False, soft_wrap=True)
     r = outcome.result
     size = f" ({format_size(r.copied_bytes)})" if r and r.copied_bytes else ""
     first = " [first run: merged, nothing deleted]" if outcome.first_run else ""
-    console.print(f"sync {pair.name}: {summary_line(outcome)}{size}{first}", markup=False, soft_wrap=True)
+    console.print(f"sync {pair.name}: {summary_line(outcome)}{size}{first}", markup=False, emoji=False, soft_wrap=True)
 
 
 @sync.command("list")
@@ -270,8 +272,8 @@ def sync_status(pair: str, as_json: bool) -> None:
         return
     for k in ("name", "path1", "path2", "direction", "schedule", "realtime", "paused", "journal_entries",
               "first_run_done", "last_result", "last_message"):  # fmt: skip
-        console.print(f"{k:>16}: {data[k]}", markup=False, soft_wrap=True)
-    console.print(f"{'options':>16}: {p.options}", markup=False, soft_wrap=True)
+        console.print(f"{k:>16}: {data[k]}", markup=False, emoji=False, soft_wrap=True)
+    console.print(f"{'options':>16}: {p.options}", markup=False, emoji=False, soft_wrap=True)
 
 
 def _set_paused(pair: str, paused: bool) -> None:

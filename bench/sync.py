@@ -24,22 +24,31 @@ After every row both sides are checked against the expected tree: the same relat
 XXH3-128 of every file's content on A and on B, and mtimes of A and B within 1 s of each other.
 A tool that leaves a difference gets its time marked ``(differs)`` and a note, so nobody wins
 by doing less. The page cache is flushed (``sync``) before each timed run; ``--drop-caches``
-also drops it (root only). Ratios are ``other_time / darkstorage_time``: above 1 darkstorage
-is faster. A missing ``rclone``/``unison`` binary skips that tool. Nothing is downloaded.
+also drops it (root only). ``--repeat N`` runs every tool's three rows N times on fresh copies,
+the tools taking turns (a shared machine's load then falls on all of them alike); the table
+shows each row's fastest run with the CPU seconds (user + system, children included) it used.
+Ratios are ``other_time / darkstorage_time`` of those fastest runs: above 1 darkstorage is
+faster. A missing ``rclone``/``unison`` binary skips that tool. Nothing is downloaded.
+
+darkstorage's Python modules are byte-compiled before the runs (``compileall``, untimed), as
+an installed package is (pip compiles at install time): with ``PYTHONDONTWRITEBYTECODE`` set,
+a source checkout would otherwise compile its modules again in every timed run.
 
 Run:
     .venv/bin/python bench/sync.py
     .venv/bin/python bench/sync.py --files 1000 --large-count 1 --large-size 8M --only darkstorage,unison
-    .venv/bin/python bench/sync.py --files 10000,30000 --json sync.json
+    .venv/bin/python bench/sync.py --files 10000,30000 --repeat 3 --json sync.json
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import platform
 import random
+import resource
 import shutil
 import signal
 import subprocess
@@ -264,7 +273,34 @@ def drop_caches() -> bool:
         return False
 
 
-def run_tool(tool: str, a: Path, b: Path, state: Path, first: bool, log: Path, args: argparse.Namespace) -> float:
+@dataclass
+class Timing:
+    """One tool's rows at one tree size: ``(wall s, CPU s)`` of every run, failures, differences."""
+
+    runs: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    failed: set[str] = field(default_factory=set)
+    differs: dict[str, list[str]] = field(default_factory=dict)
+
+    def best(self, key: str) -> tuple[float, float] | None:
+        """The fastest run of row *key* (None when it failed or never ran)."""
+        if key in self.failed or not self.runs.get(key):
+            return None
+        return min(self.runs[key])
+
+    def wall(self, key: str) -> float | None:
+        b = self.best(key)
+        return b[0] if b else None
+
+
+def child_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run_tool(
+    tool: str, a: Path, b: Path, state: Path, first: bool, log: Path, args: argparse.Namespace
+) -> tuple[float, float]:
+    """Run *tool* once: ``(wall seconds, CPU seconds)``."""
     cmd, env = tool_command(tool, a, b, state, first)
     os.sync()
     if args.drop_caches and not drop_caches():
@@ -273,19 +309,19 @@ def run_tool(tool: str, a: Path, b: Path, state: Path, first: bool, log: Path, a
     with open(log, "ab") as out:
         out.write(f"\n$ {' '.join(cmd)}\n".encode())
         out.flush()
-        t0 = time.perf_counter()
+        cpu0, t0 = child_cpu_s(), time.perf_counter()
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, cwd=ROOT,
                               timeout=args.timeout)  # fmt: skip
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, child_cpu_s() - cpu0
     if proc.returncode != 0:
         tail = log.read_text(errors="replace")[-600:].strip().replace("\n", " | ")
         raise RuntimeError(f"exit {proc.returncode}: ...{tail}")
-    return elapsed
+    return elapsed, cpu
 
 
 def bench_tool(tool: str, n_files: int, master: Path, tree: Tree, changes: Changes, base: Path,
-               args: argparse.Namespace, res: dict[str, float | None], bad: dict[str, list[str]]) -> None:  # fmt: skip
-    """Run the three rows for *tool* on a fresh copy of *master*, filling *res* and *bad*."""
+               args: argparse.Namespace, timing: Timing) -> None:  # fmt: skip
+    """Run the three rows for *tool* on a fresh copy of *master*, adding to *timing*."""
     tdir = base / f"{tool}-{n_files}"
     tdir.mkdir()
     try:
@@ -299,25 +335,26 @@ def bench_tool(tool: str, n_files: int, master: Path, tree: Tree, changes: Chang
                 apply_changes(changes, a, b)
                 expected = changes.expected(tree.expected)
             try:
-                res[key] = run_tool(tool, a, b, state, key == "first", log, args)
+                wall, cpu = run_tool(tool, a, b, state, key == "first", log, args)
             except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
-                res[key] = None
+                timing.failed.add(key)
                 note(f"{tool} {n_files:,} files: {ROWS[key]} failed: {e}")
                 return
+            timing.runs.setdefault(key, []).append((wall, cpu))
             problems = verify(a, b, expected)
             if problems:
-                bad[key] = problems
+                timing.differs[key] = problems
                 note(f"{tool} {n_files:,} files: {ROWS[key]}: sides differ: {'; '.join(problems)}")
             flag = " [red](differs)[/]" if problems else " [green]ok[/]"
-            console.print(f"  {tool:<12} {ROWS[key]:<22} {res[key]:9.3f} s{flag}")
+            console.print(f"  {tool:<12} {ROWS[key]:<22} {wall:9.3f} s {cpu:8.2f} CPU-s{flag}")
     finally:
         shutil.rmtree(tdir, ignore_errors=True)
 
 
-def fmt_time(t: float | None, differs: bool) -> str:
-    if t is None:
+def fmt_time(best: tuple[float, float] | None, differs: bool) -> str:
+    if best is None:
         return "[red]failed[/]"
-    s = f"{t:.2f} s"
+    s = f"{best[0]:.2f} s ({best[1]:.2f} CPU-s)"
     return f"{s} [red](differs)[/]" if differs else s
 
 
@@ -328,10 +365,10 @@ def fmt_ratio(other: float | None, ds: float | None) -> str:
     return f"[{'green' if r >= 1 else 'red'}]{r:.2f}x[/]"
 
 
-def ratios(other: dict[str, float | None], ds: dict[str, float | None]) -> dict[str, float]:
+def ratios(other: Timing, ds: Timing) -> dict[str, float]:
     out: dict[str, float] = {}
     for key in ROWS:
-        o, d = other.get(key), ds.get(key)
+        o, d = other.wall(key), ds.wall(key)
         if o and d:
             out[key] = o / d
     return out
@@ -342,8 +379,7 @@ def load_line() -> str:
     return f"load average {la[0]:.2f}, {la[1]:.2f}, {la[2]:.2f} on {os.cpu_count()} CPUs"
 
 
-def report(results: dict[int, dict[str, dict[str, float | None]]], differs: dict[int, dict[str, dict[str, list[str]]]],
-           tools: list[str], args: argparse.Namespace, load_start: str) -> None:  # fmt: skip
+def report(results: dict[int, dict[str, Timing]], tools: list[str], args: argparse.Namespace, load_start: str) -> None:
     large = f"{args.large_count} x {args.large_size / (1 << 20):g} MiB" if args.large_count else "no large files"
     table = Table(title=f"darkstorage sync benchmark (small files {args.min_size:,}-{args.max_size:,} B, {large})")
     table.add_column("files", justify="right")
@@ -353,15 +389,19 @@ def report(results: dict[int, dict[str, dict[str, float | None]]], differs: dict
     peers = [p for p in PEERS if p in tools] if "darkstorage" in tools else []
     for p in peers:
         table.add_column(f"ds vs {p}", justify="right")
+    none = Timing()
     for n, per_tool in results.items():
         for key, label in ROWS.items():
-            cells = [fmt_time(per_tool.get(t, {}).get(key), key in differs[n].get(t, {})) if key in per_tool.get(t, {})
-                     else "-" for t in tools]  # fmt: skip
-            ds = per_tool.get("darkstorage", {}).get(key)
-            ratio_cells = [fmt_ratio(per_tool.get(p, {}).get(key), ds) for p in peers]
+            cells = [fmt_time(per_tool[t].best(key), key in per_tool[t].differs)
+                     if t in per_tool and (key in per_tool[t].runs or key in per_tool[t].failed) else "-"
+                     for t in tools]  # fmt: skip
+            ds = per_tool.get("darkstorage", none).wall(key)
+            ratio_cells = [fmt_ratio(per_tool.get(p, none).wall(key), ds) for p in peers]
             table.add_row(f"{n:,}", label, *cells, *ratio_cells)
         table.add_section()
     console.print()
+    if args.repeat > 1:
+        console.print(f"Each cell: the fastest of {args.repeat} runs, and the CPU seconds that run used.")
     if peers:
         console.print("Ratios are other_time / darkstorage_time: [green]>1 means darkstorage is faster[/], "
                       "[red]<1 means darkstorage is slower[/].")  # fmt: skip
@@ -373,10 +413,15 @@ def report(results: dict[int, dict[str, dict[str, float | None]]], differs: dict
             "large_count": args.large_count, "large_size_bytes": args.large_size, "rows": ROWS, "units": "seconds",
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
                         "load_start": load_start, "load_end": load_line()},
-            "results": {str(n): r for n, r in results.items()},
-            "differences": {str(n): d for n, d in differs.items()}, "notes": notes,
+            "repeat": args.repeat,
+            "results": {str(n): {t: {k: tm.wall(k) for k in ROWS if k in tm.runs or k in tm.failed}
+                                 for t, tm in r.items()} for n, r in results.items()},
+            "runs_wall_cpu": {str(n): {t: tm.runs for t, tm in r.items()} for n, r in results.items()},
+            "differences": {str(n): {t: tm.differs for t, tm in r.items()} for n, r in results.items()},
+            "notes": notes,
             "ratios_other_over_darkstorage": {
-                str(n): {p: ratios(r.get(p, {}), r.get("darkstorage", {})) for p in peers} for n, r in results.items()
+                str(n): {p: ratios(r.get(p, none), r.get("darkstorage", none)) for p in peers}
+                for n, r in results.items()
             },
         }  # fmt: skip
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
@@ -400,7 +445,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tmpdir", default=None, help="where to make the temp dir (default: system temp dir)")
     ap.add_argument("--drop-caches", action="store_true", help="drop the page cache before every timed run (root)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds one tool run may take (default 3600)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of every row per tool, fastest shown (default 1)")
     args = ap.parse_args(argv)
+    if args.repeat < 1:
+        ap.error("--repeat must be at least 1")
     if args.min_size > args.max_size:
         ap.error("--min-size is larger than --max-size")
     if args.large_count < 0:
@@ -416,10 +464,12 @@ def main(argv: list[str] | None = None) -> int:
     if "rclone" in tools:
         note("rclone bisync's first run uses --resync (required: it has no listings yet)")
     signal.signal(signal.SIGTERM, on_sigterm)
+    if "darkstorage" in tools:
+        for package in ("agent", "pool", "sync", "vfs", "imaging"):
+            compileall.compile_dir(ROOT / package, quiet=1)
     load_start = load_line()
     console.print(f"machine: {load_start}")
-    results: dict[int, dict[str, dict[str, float | None]]] = {}
-    differs: dict[int, dict[str, dict[str, list[str]]]] = {}
+    results: dict[int, dict[str, Timing]] = {}
     base = Path(tempfile.mkdtemp(prefix="darkstorage-syncbench-", dir=args.tmpdir))
     try:
         for n in args.files:
@@ -432,10 +482,12 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"tree: {len(tree.expected):,} files in {time.perf_counter() - t0:.1f} s; change row: "
                           f"{len(changes.modify_a)} modified on A, {len(changes.delete_b)} deleted on B, "
                           f"{len(changes.new_a)} new on A, {len(changes.new_b)} new on B")  # fmt: skip
-            results[n], differs[n] = {}, {}
-            for tool in tools:
-                results[n][tool], differs[n][tool] = {}, {}  # filled row by row, so an interrupted run still reports
-                bench_tool(tool, n, master, tree, changes, base, args, results[n][tool], differs[n][tool])
+            results[n] = {t: Timing() for t in tools}  # filled run by run, so an interrupted bench still reports
+            for r in range(args.repeat):
+                if args.repeat > 1:
+                    console.print(f"[bold]run {r + 1} of {args.repeat}[/] ({load_line()})")
+                for tool in tools[r % len(tools) :] + tools[: r % len(tools)]:  # the tools take turns going first
+                    bench_tool(tool, n, master, tree, changes, base, args, results[n][tool])
             shutil.rmtree(master, ignore_errors=True)
     except KeyboardInterrupt:
         console.print("[red]interrupted; cleaning up[/]")
@@ -443,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(base, ignore_errors=True)
         if results:
-            report(results, differs, tools, args, load_start)
+            report(results, tools, args, load_start)
     return 0
 
 

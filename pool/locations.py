@@ -22,12 +22,13 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import fsspec
-from fsspec.implementations.local import LocalFileSystem
+from typing import TYPE_CHECKING
 
 from .config import pool_home
 from .errors import NotFoundError, UnsupportedError, UsageError
+
+if TYPE_CHECKING:  # fsspec is imported where a filesystem is made (local sync roots need none)
+    import fsspec
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +112,22 @@ def mounted_root(home: Path) -> Path | None:
     return mp if os.path.ismount(mp) else None
 
 
+def is_local_spec(text: str) -> bool:
+    """Whether location *text* names a local folder or file (``.``, ``..``, ``~``, ``./x``,
+    ``../x``, ``/abs``, ``~/x``)."""
+    return text in (".", "..", "~") or text.startswith(("./", "../", "/", "~/", "~"))
+
+
+def local_root(path: str | Path) -> str:
+    """The root of local *path* as a :class:`Location` holds it: ``~`` expanded, absolute, normalised."""
+    return os.path.normpath(str(Path(os.path.expanduser(str(path))).absolute())).rstrip("/") or "/"
+
+
 def local_location(path: str | Path, display: str | None = None) -> Location:
     """A :class:`Location` for a local folder or file (``~`` expanded, made absolute)."""
-    p = Path(os.path.expanduser(str(path))).absolute()
-    root = os.path.normpath(str(p))
-    return Location("local", LocalFileSystem(skip_instance_cache=True), root.rstrip("/") or "/", display or str(path))
+    from fsspec.implementations.local import LocalFileSystem
+
+    return Location("local", LocalFileSystem(skip_instance_cache=True), local_root(path), display or str(path))
 
 
 def _split_rel(text: str, what: str) -> list[str]:
@@ -176,6 +188,8 @@ def bucket_location(bucket: str, parts: list[str], *, home: Path, display: str) 
     mounted, else a :class:`~pool.poolfs.PoolFileSystem`."""
     mp = mounted_root(home)
     if mp is not None:
+        from fsspec.implementations.local import LocalFileSystem
+
         root = str(mp / bucket / "/".join(parts)).rstrip("/")
         return Location("bucket", LocalFileSystem(skip_instance_cache=True), root, display)
     from .poolfs import PoolFileSystem
@@ -209,7 +223,7 @@ def resolve_location(spec: str, *, destination: bool = False, home: Path | None 
         if not name or not _NAME_RE.match(name):
             raise UsageError(f"bad integration path {mask_secrets(spec)!r}: expected integration:NAME/path")
         return integration_location(name, rel, home=home, display=spec)
-    if text in (".", "..", "~") or text.startswith(("./", "../", "/", "~/", "~")):
+    if is_local_spec(text):
         return local_location(text)
     if "://" in text:
         raise UsageError(

@@ -229,6 +229,28 @@ class TransferLog:
         )
         return rec
 
+    def add_finished(self, records: list[TransferRecord]) -> None:
+        """Insert transfers that have finished already (their ``id`` is not used), in one
+        transaction: for callers that copy many small files and record them in groups."""
+        rows = [
+            (r.source, r.destination, r.bytes, r.resumed_bytes, r.parts_sent, r.duration_ns, r.throughput_bytes_per_s,
+             r.attempts, r.status, r.error, r.xxh3_128, r.started_ns, r.finished_ns)
+            for r in records
+        ]  # fmt: skip
+        with self._lock:
+            self.db.execute("BEGIN")
+            try:
+                self.db.executemany(
+                    "INSERT INTO transfers (source, destination, bytes, resumed_bytes, parts_sent, duration_ns,"
+                    " throughput_bytes_per_s, attempts, status, error, xxh3_128, started_ns, finished_ns)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    rows,
+                )
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
     def recent(self, limit: int = 20, *, failed_only: bool = False) -> list[TransferRecord]:
         """The last *limit* rows, newest first (only ``failed`` ones with *failed_only*)."""
         where = "WHERE status = 'failed'" if failed_only else ""

@@ -38,12 +38,11 @@ from .locations import Location, mask_secrets
 from .multipart import multipart_upload
 from .notify import NotifyConfig, notify
 from .resilience import CircuitBreaker, bandwidth_bucket, circuit_breaker, is_auth_error, is_transient
+from .tempnames import PARTIAL_MARK, TMP_MARK
 from .transferlog import TransferLog, TransferRecord
 
 log = logging.getLogger(__name__)
 
-PARTIAL_MARK = ".darkstorage-partial-"
-TMP_MARK = ".darkstorage-tmp-"
 LOCAL_LIMIT_KEY = "*"
 """Bandwidth-limit key of transfers with no integration on either side."""
 

@@ -1,35 +1,44 @@
 """Carrying out a plan: parallel transfers, the journal committed per file, crash safety.
 
-Phases run in the order of :mod:`sync.plan`. File copies go through
-:func:`pool.transfers.copy_file` (temporary name + rename, read-back verification, retries with
-backoff, bandwidth limit) on ``options.transfers`` worker threads; the journal is written only by
-the calling thread, one row per finished file.
+Phases run in the order of :mod:`sync.plan`. File copies run on ``options.transfers`` worker
+threads (:func:`sync.workers.run_parallel`): between two local folders through
+:func:`sync.localcopy.copy_local`, otherwise through :func:`pool.transfers.copy_file` (both:
+temporary name + rename, XXH3-128 of the bytes as they pass, read-back verification; the latter
+also retries with backoff); both honour the bandwidth limit. The journal is written only by the
+calling thread, one transaction per finished file.
 
 Before changing a destination the executor re-stats it: if it is no longer what the scan saw, a
 user changed it during the run and the action is skipped (the next run sees both changes). After a
-copy it re-stats the source: if the source changed meanwhile, the journal records the source state
+copy it checks the source: if the source changed meanwhile, the journal records the source state
 as scanned, so the next run sees the change and carries it. A run killed at any point leaves every
 journal row true for what both sides hold, so the rerun converges: a copy done but not committed
-looks like "both changed identically" (no conflict), a delete done but not committed like "deleted
-on both sides".
+is still noted as pending and is recognised by its size and mtime, a delete done but not committed
+looks like "deleted on both sides".
+
+Copies between local folders are not flushed to disk one by one (as with ``cp``, rclone and
+unison): the kernel writes them back within its writeback delay; run ``sync`` before unplugging.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from pool.errors import AuthError, DarkstorageError
-from pool.transferlog import TransferLog
-from pool.transfers import TransferOptions, copy_file
+from pool.locations import mask_secrets
 
 from .journal import Journal
-from .model import DIR, FILE, LINK, Entry
+from .localcopy import copy_local
+from .model import DIR, FILE, LINK, Entry, parent_of
 from .options import SyncOptions
 from .plan import Chmod, Copy, Delete, Mkdir, Move, Plan
 from .sides import Side
+from .workers import Outcome, run_parallel
+
+if TYPE_CHECKING:
+    from pool.transferlog import TransferLog, TransferRecord
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +124,17 @@ class Executor:
         self.options = options
         self.tlog = transfer_log
         self.progress = progress or (lambda files, nbytes: None)
-        self.topts = TransferOptions(transfers=options.transfers, bwlimit_bytes_per_s=options.bwlimit_bytes_per_s)
         self.result = RunResult()
+        self._records: list[TransferRecord] = []  # local copies not in the transfer log yet
+        self._take: Callable[[int], None] | None = None
+        self._chunk = 1 << 20
+        if options.bwlimit_bytes_per_s:
+            from pool.resilience import bandwidth_bucket
+            from pool.transfers import LOCAL_LIMIT_KEY
+
+            bucket = bandwidth_bucket(LOCAL_LIMIT_KEY, options.bwlimit_bytes_per_s)
+            if bucket is not None:
+                self._take, self._chunk = bucket.take, bucket.chunk_bytes
 
     def _put(self, key: str, side_n: int, e_side: Entry, e_other: Entry, digest: str | None) -> None:
         e1, e2 = (e_side, e_other) if side_n == 1 else (e_other, e_side)
@@ -139,11 +157,12 @@ class Executor:
             self._move(m)
         for d in plan.mkdirs:
             self._mkdir(d)
-        self._begin_copies(plan.copies)
-        self._parallel(plan.copies, self._copy_work, self._copy_commit)
+        self.journal.begin_copies((c.key, c.dst, c.src_entry) for c in plan.copies if c.src_entry.kind == FILE)
+        self._parallel(plan.copies, self._copy_work, self._copy_done)
+        self.journal.clear_all_pending()
         for c in plan.chmods:
             self._chmod(c)
-        self._parallel(plan.deletes, self._delete_work, self._delete_commit)
+        self._parallel(plan.deletes, self._delete_work, self._delete_done)
         for r in plan.rmdirs:
             try:
                 if self.sides[r.side].rmdir(r.entry.rel):
@@ -154,25 +173,12 @@ class Executor:
         self.result.conflicts = len(plan.conflicts)
         return self.result
 
-    def _begin_copies(self, copies: list[Copy]) -> None:
-        db = self.journal.db
-        db.execute("BEGIN")
-        for c in copies:
-            if c.src_entry.kind == FILE:
-                self.journal.begin_copy(c.key, c.dst, c.src_entry)
-        db.execute("COMMIT")
-
     def _journal_only(self, plan: Plan) -> None:
-        db = self.journal.db
         for i in range(0, len(plan.records), RECORD_BATCH):
-            db.execute("BEGIN")
-            for r in plan.records[i : i + RECORD_BATCH]:
-                self.journal.put(r.key, r.e1, r.e2, r.hash)
-            db.execute("COMMIT")
-        db.execute("BEGIN")
-        for f in plan.forgets:
-            self.journal.remove(f.key)
-        db.execute("COMMIT")
+            with self.journal.transaction():
+                self.journal.put_many((r.key, r.e1, r.e2, r.hash) for r in plan.records[i : i + RECORD_BATCH])
+        with self.journal.transaction():
+            self.journal.remove_many(f.key for f in plan.forgets)
 
     def _move(self, m: Move) -> None:
         side = self.sides[m.side]
@@ -225,60 +231,86 @@ class Executor:
 
     # -- parallel phases ----------------------------------------------------------------------
 
-    def _parallel(self, items: list, work: Callable, commit: Callable) -> None:  # type: ignore[type-arg]
-        if not items:
-            return
-        auth: list[AuthError] = []
-        with ThreadPoolExecutor(max_workers=self.options.transfers, thread_name_prefix="sync") as ex:
-            futures: dict[Future[object], object] = {ex.submit(work, it): it for it in items}
-            for fut in as_completed(futures):
-                it = futures[fut]
-                try:
-                    outcome = fut.result()
-                except AuthError as e:
-                    auth.append(e)
-                    for f in futures:
-                        f.cancel()
-                    continue
-                except (OSError, DarkstorageError) as e:
-                    self._fail(getattr(it, "dst_rel", None) or it.entry.rel, e)  # type: ignore[attr-defined]
-                    continue
-                commit(it, outcome)
-        if auth:
-            raise auth[0]
+    def _parallel(
+        self, items: list[Any], work: Callable[[Any], Any], done: Callable[[Any, Any], tuple[int, int]]
+    ) -> None:
+        def one_done(o: Outcome[Any, Any]) -> None:
+            if o.error is not None:
+                self._fail(getattr(o.item, "dst_rel", None) or o.item.entry.rel, o.error)
+                return
+            files, nbytes = done(o.item, o.value)
+            if files or nbytes:
+                self.progress(files, nbytes)
+            if len(self._records) >= RECORD_BATCH:
+                self._record_transfers()
 
-    def _copy_work(self, c: Copy) -> tuple[str, Entry | None, str | None]:
-        """In a worker: pre-check, copy, post-check. Returns ``(status, dst entry, digest)``."""
+        try:
+            run_parallel(items, work, one_done, workers=self.options.transfers, size_of=_size_of)
+        finally:
+            self._record_transfers()
+
+    def _record_transfers(self) -> None:
+        """Write the transfer-log rows of local copies (in groups: the log is not what makes a
+        run safe to kill, the journal is)."""
+        if self._records and self.tlog is not None:
+            self.tlog.add_finished(self._records)
+        self._records = []
+
+    def _copy_work(self, c: Copy) -> tuple[str, Entry | None, str | None, Any]:
+        """In a worker: pre-check, copy, post-check. Returns ``(status, dst entry, digest,
+        transfer record of a local copy or None)``."""
         src, dst = self.sides[c.src], self.sides[c.dst]
         now = dst.stat(c.dst_rel)
         if not same_state(dst, now, c.dst_before):
-            return "dst-changed", None, None
+            return "dst-changed", None, None, None
         e = c.src_entry
         if now is not None and now.kind != e.kind:
             if now.kind == DIR:
                 if not dst.rmdir(c.dst_rel):
-                    return "dst-changed", None, None
+                    return "dst-changed", None, None, None
             else:
                 dst.delete(c.dst_rel)
-        digest: str | None
         if e.kind == LINK:
             assert e.target is not None
             dst.symlink(c.dst_rel, e.target)
-            digest = c.hash
-        else:
-            rec = copy_file(src.location, e.rel, dst.location, c.dst_rel, options=self.topts, log=self.tlog)  # type: ignore[arg-type]
-            digest = rec.xxh3_128
+            return "ok", dst.stat(c.dst_rel), c.hash, None
+        if src.is_local and dst.is_local:
+            return self._copy_local(c, src, dst)
+        from pool.transfers import TransferOptions, copy_file
+
+        topts = TransferOptions(transfers=self.options.transfers, bwlimit_bytes_per_s=self.options.bwlimit_bytes_per_s)
+        rec = copy_file(src.transfer_location, e.rel, dst.transfer_location, c.dst_rel, options=topts, log=self.tlog)
         after = dst.stat(c.dst_rel)
         if c.verify_source and not same_state(src, src.stat(e.rel), e):
-            return "src-changed", after, digest
-        return "ok", after, digest
+            return "src-changed", after, rec.xxh3_128, None
+        return "ok", after, rec.xxh3_128, None
 
-    def _copy_commit(self, c: Copy, outcome: tuple[str, Entry | None, str | None]) -> None:
-        status, after, digest = outcome
+    def _copy_local(self, c: Copy, src: Side, dst: Side) -> tuple[str, Entry | None, str | None, Any]:
+        from pool.transferlog import TransferRecord
+
+        sp, dp = src.path(c.src_entry.rel), dst.path(c.dst_rel)
+        try:
+            r = copy_local(sp, dp, c.dst_rel, c.src_entry, take=self._take, chunk_bytes=self._chunk)
+        except FileNotFoundError:
+            if src.stat(c.src_entry.rel) is None:
+                raise
+            dst.makedirs(parent_of(c.dst_rel))  # its folder went away during the run: make it again
+            r = copy_local(sp, dp, c.dst_rel, c.src_entry, take=self._take, chunk_bytes=self._chunk)
+        size = r.after.size
+        took = max(r.finished_ns - r.started_ns, 1)
+        rec = TransferRecord(0, mask_secrets(f"{src.display.rstrip('/')}/{c.src_entry.rel}"),
+                             mask_secrets(f"{dst.display.rstrip('/')}/{c.dst_rel}"), bytes=size,
+                             duration_ns=took, throughput_bytes_per_s=size / (took / 1e9), attempts=r.attempts,
+                             status="ok", xxh3_128=r.digest, started_ns=r.started_ns, finished_ns=r.finished_ns)  # fmt: skip
+        return ("src-changed" if c.verify_source and r.source_changed else "ok"), r.after, r.digest, rec
+
+    def _copy_done(self, c: Copy, outcome: tuple[str, Entry | None, str | None, Any]) -> tuple[int, int]:
+        status, after, digest, rec = outcome
+        if rec is not None:
+            self._records.append(rec)
         if status == "dst-changed" or after is None:
-            self.journal.clear_pending(c.key)
             self._changed(c.dst_rel)
-            return
+            return 0, 0
         if status == "src-changed":
             # the journal keeps the source as scanned: the next run sees it changed and copies again
             self._changed(c.src_entry.rel)
@@ -287,7 +319,7 @@ class Executor:
         self.journal.commit_copy(c.key, e1, e2, digest)
         self.result.copied += 1
         self.result.copied_bytes += c.size if c.src_entry.kind == FILE else 0
-        self.progress(1, c.size)
+        return 1, c.size
 
     def _delete_work(self, d: Delete) -> str:
         side = self.sides[d.side]
@@ -296,10 +328,14 @@ class Executor:
         side.delete(d.entry.rel)
         return "ok"
 
-    def _delete_commit(self, d: Delete, outcome: str) -> None:
+    def _delete_done(self, d: Delete, outcome: str) -> tuple[int, int]:
         if outcome == "changed":
             self._changed(d.entry.rel)
-            return
+            return 0, 0
         self.journal.remove(d.key)
         self.result.deleted += 1
-        self.progress(1, 0)
+        return 1, 0
+
+
+def _size_of(item: Any) -> int:
+    return int(getattr(item, "size", 0))

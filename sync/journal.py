@@ -1,15 +1,16 @@
 """The journal of a sync pair: what both sides looked like at the last successful sync, per path.
 
-One SQLite database per pair (``<pool home>/sync/pairs/<pair>.db``, WAL mode). Every file the
-executor finishes is committed on its own, so a run killed at any point leaves a journal that is
-true for every path it names.
+One SQLite database per pair (``<pool home>/sync/pairs/<pair>.db``, WAL mode). The executor
+commits what it finished in small groups (see :mod:`sync.executor`); every commit leaves a
+journal that is true for every path it names, and copies are noted in ``pending`` before they
+start, so a run killed at any point is recognised and completed by the next one.
 
 Schema (``PRAGMA user_version`` holds the number of migrations applied)::
 
     meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)
         path1, path2     the two roots as the user wrote them (display form)
         fold_case        "1" when keys are case-folded (a side is case-insensitive)
-        completed_ns     end of the last run that finished (absent: the first run has not
+        completed_ns     end of the first run that finished (absent: the first run has not
                          finished, so the next run is again a merge that never deletes)
     entries(
         key        TEXT PRIMARY KEY,  -- NFC path (case-folded if fold_case): see sync.model.key_of
@@ -24,29 +25,35 @@ Schema (``PRAGMA user_version`` holds the number of migrations applied)::
         etag1      TEXT,              -- ETag / version id on side 1, NULL where it has none
         rel2, size2, mtime2_ns, mode2, etag2   -- the same for side 2
         synced_ns  INTEGER NOT NULL   -- when this row was committed, ns since the epoch
-    )
-    pending(                          -- copies started but not committed (migration 2)
+    ) WITHOUT ROWID                   -- (since migration 3: one b-tree, one page per commit)
+    pending(                          -- copies started, not known finished (migration 2)
         key          TEXT PRIMARY KEY,
         dst          INTEGER NOT NULL,  -- the side being written (1 or 2)
         src_rel      TEXT NOT NULL,     -- the source as scanned: name, size, mtime, mode
         src_size     INTEGER NOT NULL,
         src_mtime_ns INTEGER NOT NULL,
         src_mode     INTEGER
-    )
+    ) WITHOUT ROWID
 
-A ``pending`` row is written before a copy starts and removed with the commit of its ``entries``
-row. A run killed between the two leaves it: the next run finds the destination holding a file
-of the source's size and mtime (the copy finished) and treats the key as synced then, so a later
-edit on either side is a one-sided change, not a conflict (see :meth:`Journal.recovered`).
+The ``pending`` rows of a run's copies are written (one transaction) before the copies start;
+each finished copy commits its ``entries`` row on its own, and the pending rows go when the copy
+phase ends. A run killed in between leaves them: for each, the next run finds the destination
+holding a file of the source's size and mtime (the copy finished) and treats the key as synced
+then, so a later edit on either side is a one-sided change, not a conflict; a copy whose
+``entries`` row was committed already keeps that row (see ``sync.engine``).
+
+The WAL is checkpointed every :data:`CHECKPOINT_PAGES` pages (SQLite's default is 1,000): a run
+commits a row per file, and each checkpoint flushes the disk.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 from pool.errors import CatalogError
 
@@ -72,25 +79,74 @@ MIGRATIONS: list[str] = [
         src_size INTEGER NOT NULL, src_mtime_ns INTEGER NOT NULL, src_mode INTEGER
     );
     """,
+    """
+    CREATE TABLE entries3 (
+        key TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        hash TEXT,
+        target TEXT,
+        rel1 TEXT NOT NULL, size1 INTEGER NOT NULL, mtime1_ns INTEGER NOT NULL, mode1 INTEGER, etag1 TEXT,
+        rel2 TEXT NOT NULL, size2 INTEGER NOT NULL, mtime2_ns INTEGER NOT NULL, mode2 INTEGER, etag2 TEXT,
+        synced_ns INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO entries3 SELECT key, kind, hash, target, rel1, size1, mtime1_ns, mode1, etag1,
+        rel2, size2, mtime2_ns, mode2, etag2, synced_ns FROM entries;
+    DROP TABLE entries;
+    ALTER TABLE entries3 RENAME TO entries;
+    CREATE TABLE pending3 (
+        key TEXT PRIMARY KEY, dst INTEGER NOT NULL, src_rel TEXT NOT NULL,
+        src_size INTEGER NOT NULL, src_mtime_ns INTEGER NOT NULL, src_mode INTEGER
+    ) WITHOUT ROWID;
+    INSERT INTO pending3 SELECT key, dst, src_rel, src_size, src_mtime_ns, src_mode FROM pending;
+    DROP TABLE pending;
+    ALTER TABLE pending3 RENAME TO pending;
+    """,
 ]
 
+CHECKPOINT_PAGES = 10_000
 
-@dataclass(frozen=True, slots=True)
-class Synced:
-    """One journal row: the path's state on both sides when it was last in sync.
+
+class Synced(NamedTuple):
+    """One journal row: the path's state on both sides when it was last in sync (the columns of
+    ``entries``, in that order; a journal of 100,000 paths loads 100,000 of these at every run).
 
     Attributes:
         key: the matching key (see :func:`sync.model.key_of`).
         kind: ``"file"``, ``"dir"`` or ``"link"``.
         hash: XXH3-128 hex of the content, or None if never hashed.
-        side1, side2: the entry on each side (rel, size, mtime_ns, mode, etag).
+        target: symlink target (links only).
+        rel1, size1, mtime1_ns, mode1, etag1: side 1 (see the schema); ``rel2`` ... the same
+            for side 2. :attr:`side1` and :attr:`side2` give them as entries.
     """
 
     key: str
     kind: str
     hash: str | None
-    side1: Entry
-    side2: Entry
+    target: str | None
+    rel1: str
+    size1: int
+    mtime1_ns: int
+    mode1: int | None
+    etag1: str | None
+    rel2: str
+    size2: int
+    mtime2_ns: int
+    mode2: int | None
+    etag2: str | None
+
+    @classmethod
+    def of(cls, key: str, kind: str, digest: str | None, e1: Entry, e2: Entry) -> Synced:
+        """The row for *key* in sync with side states *e1* and *e2* (content *digest*)."""
+        return cls(key, kind, digest, e1.target, e1.rel, e1.size, e1.mtime_ns, e1.mode, e1.etag,
+                   e2.rel, e2.size, e2.mtime_ns, e2.mode, e2.etag)  # fmt: skip
+
+    @property
+    def side1(self) -> Entry:
+        return Entry(self.rel1, self.kind, self.size1, self.mtime1_ns, self.mode1, self.hash, self.etag1, self.target)
+
+    @property
+    def side2(self) -> Entry:
+        return Entry(self.rel2, self.kind, self.size2, self.mtime2_ns, self.mode2, self.hash, self.etag2, self.target)
 
     def side(self, n: int) -> Entry:
         return self.side1 if n == 1 else self.side2
@@ -111,6 +167,7 @@ class Journal:
             self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
             self._migrate()
         except sqlite3.DatabaseError as e:
             raise CatalogError(f"sync journal {path} is unreadable: {e}") from None
@@ -145,63 +202,81 @@ class Journal:
         return self.get_meta("completed_ns") is not None
 
     def mark_completed(self) -> None:
-        self.set_meta("completed_ns", str(time.time_ns()))
+        """Note that a run finished (once: a rescan that changed nothing writes nothing)."""
+        if not self.completed:
+            self.set_meta("completed_ns", str(time.time_ns()))
 
     # -- entries ------------------------------------------------------------------------------
 
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One transaction around the statements run inside (rolled back if one raises)."""
+        self.db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
     def load(self) -> dict[str, Synced]:
         """Every row, keyed by key."""
-        out: dict[str, Synced] = {}
-        for r in self.db.execute(
-            "SELECT key, kind, hash, target, rel1, size1, mtime1_ns, mode1, etag1,"
-            " rel2, size2, mtime2_ns, mode2, etag2 FROM entries"
-        ):
-            key, kind, h, target = r[0], r[1], r[2], r[3]
-            e1 = Entry(r[4], kind, r[5], r[6], r[7], h, r[8], target)
-            e2 = Entry(r[9], kind, r[10], r[11], r[12], h, r[13], target)
-            out[key] = Synced(key, kind, h, e1, e2)
-        return out
+        new = tuple.__new__  # Synced._make without its length check: the query names every field
+        rows = self.db.execute(f"SELECT {', '.join(Synced._fields)} FROM entries")
+        return {r[0]: new(Synced, r) for r in rows}
 
     def count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM entries").fetchone()[0])
 
-    def put(self, key: str, e1: Entry, e2: Entry, digest: str | None) -> None:
-        """Record *key* as in sync with side states *e1*, *e2* (commits at once)."""
-        self.db.execute(
-            "INSERT OR REPLACE INTO entries (key, kind, hash, target, rel1, size1, mtime1_ns, mode1, etag1,"
-            " rel2, size2, mtime2_ns, mode2, etag2, synced_ns) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (key, e1.kind, digest, e1.target, e1.rel, e1.size, e1.mtime_ns, e1.mode, e1.etag,
-             e2.rel, e2.size, e2.mtime_ns, e2.mode, e2.etag, time.time_ns()),
-        )  # fmt: skip
+    _PUT = (
+        "INSERT OR REPLACE INTO entries (key, kind, hash, target, rel1, size1, mtime1_ns, mode1, etag1,"
+        " rel2, size2, mtime2_ns, mode2, etag2, synced_ns) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    )
 
-    def begin_copy(self, key: str, dst: int, src: Entry) -> None:
-        """Note that a copy of *src* onto side *dst* starts (commits at once)."""
-        self.db.execute(
-            "INSERT OR REPLACE INTO pending (key, dst, src_rel, src_size, src_mtime_ns, src_mode) VALUES (?,?,?,?,?,?)",
-            (key, dst, src.rel, src.size, src.mtime_ns, src.mode),
-        )
+    @staticmethod
+    def _row(key: str, e1: Entry, e2: Entry, digest: str | None, now_ns: int) -> tuple[object, ...]:
+        return (key, e1.kind, digest, e1.target, e1.rel, e1.size, e1.mtime_ns, e1.mode, e1.etag,
+                e2.rel, e2.size, e2.mtime_ns, e2.mode, e2.etag, now_ns)  # fmt: skip
+
+    def put(self, key: str, e1: Entry, e2: Entry, digest: str | None) -> None:
+        """Record *key* as in sync with side states *e1*, *e2* (commits at once outside a
+        :meth:`transaction`)."""
+        self.db.execute(self._PUT, self._row(key, e1, e2, digest, time.time_ns()))
+
+    def put_many(self, rows: Iterable[tuple[str, Entry, Entry, str | None]]) -> None:
+        """:meth:`put` for each ``(key, e1, e2, digest)``."""
+        now = time.time_ns()
+        self.db.executemany(self._PUT, (self._row(k, e1, e2, h, now) for k, e1, e2, h in rows))
+
+    def begin_copies(self, copies: Iterable[tuple[str, int, Entry]]) -> None:
+        """Note that copies ``(key, dst side, source entry)`` start, in one transaction."""
+        with self.transaction():
+            self.db.executemany(
+                "INSERT OR REPLACE INTO pending (key, dst, src_rel, src_size, src_mtime_ns, src_mode)"
+                " VALUES (?,?,?,?,?,?)",
+                ((key, dst, e.rel, e.size, e.mtime_ns, e.mode) for key, dst, e in copies),
+            )
 
     def commit_copy(self, key: str, e1: Entry, e2: Entry, digest: str | None) -> None:
-        """Record the finished copy of *key* and drop its pending row, in one transaction."""
-        self.db.execute("BEGIN")
-        try:
-            self.put(key, e1, e2, digest)
-            self.db.execute("DELETE FROM pending WHERE key = ?", (key,))
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
+        """Record the finished copy of *key* (commits at once; its pending row stays until
+        :meth:`clear_all_pending`)."""
+        self.put(key, e1, e2, digest)
 
     def pending(self) -> list[tuple[str, int, Entry]]:
-        """Copies a killed run started and never committed: ``(key, dst side, source as scanned)``."""
+        """Copies noted by a run that did not end its copy phase (it was killed): ``(key, dst
+        side, source as scanned)``; those it committed have their ``entries`` row too."""
         rows = self.db.execute("SELECT key, dst, src_rel, src_size, src_mtime_ns, src_mode FROM pending")
         return [(k, dst, Entry(rel, "file", size, mtime, mode)) for k, dst, rel, size, mtime, mode in rows]
 
-    def clear_pending(self, key: str) -> None:
-        self.db.execute("DELETE FROM pending WHERE key = ?", (key,))
+    def clear_all_pending(self) -> None:
+        """Forget every pending copy (their phase is over: each finished, failed or was skipped)."""
+        self.db.execute("DELETE FROM pending")
 
     def remove(self, key: str) -> None:
         self.db.execute("DELETE FROM entries WHERE key = ?", (key,))
+
+    def remove_many(self, keys: Iterable[str]) -> None:
+        self.db.executemany("DELETE FROM entries WHERE key = ?", ((k,) for k in keys))
 
     def rows(self) -> Iterator[tuple[str, str, str | None]]:
         """``(key, kind, hash)`` of every row, sorted by key (for status and tests)."""

@@ -8,16 +8,22 @@ either side is case-insensitive (:func:`key_of`).
 
 from __future__ import annotations
 
+import os
 import unicodedata
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 FILE, DIR, LINK = "file", "dir", "link"
 TEMP_PREFIX = ".dsync-tmp-"  #: temporary names of transfers in progress (never synced)
 
 
+def temp_name(tag: str = "") -> str:
+    """A fresh temporary name (:data:`TEMP_PREFIX`, *tag*, 12 random hex digits)."""
+    return f"{TEMP_PREFIX}{tag}{os.urandom(6).hex()}"
+
+
 def key_of(rel: str, *, fold_case: bool) -> str:
     """The matching key of *rel*: NFC (UAX #15 canonical composition), case-folded if asked."""
-    k = unicodedata.normalize("NFC", rel)
+    k = rel if rel.isascii() else unicodedata.normalize("NFC", rel)
     return k.casefold() if fold_case else k
 
 
@@ -27,9 +33,10 @@ def parent_of(rel: str) -> str:
     return rel[:i] if i >= 0 else ""
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """One file, directory or symlink as a side shows it now (or did at the last sync).
+
+    A named tuple: scans and journal loads make one per path, so it has to be cheap to build.
 
     Attributes:
         rel: path relative to the root, as this side spells it.
@@ -52,7 +59,7 @@ class Entry:
     target: str | None = None
 
     def with_hash(self, digest: str | None) -> Entry:
-        return replace(self, hash=digest)
+        return self._replace(hash=digest)
 
     def with_rel(self, rel: str) -> Entry:
-        return replace(self, rel=rel)
+        return self._replace(rel=rel)

@@ -1,5 +1,7 @@
 """The actions a sync run carries out, and the plan that groups them in execution order.
 
+Actions are named tuples (a first sync plans one per file, so they must be cheap to make).
+
 Order (see :mod:`sync.executor`): journal-only records and forgets, then moves (detected moves,
 case-only renames, conflict copies renamed aside), then new directories, then copies (in
 parallel) and permission changes, then deletes, then empty directories deepest first.
@@ -8,13 +10,12 @@ parallel) and permission changes, then deletes, then empty directories deepest f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .model import Entry
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """Both sides already agree on *key*: write the journal row only."""
 
     key: str
@@ -23,15 +24,13 @@ class Record:
     hash: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class Forget:
+class Forget(NamedTuple):
     """*key* is gone from both sides: drop its journal row."""
 
     key: str
 
 
-@dataclass(frozen=True, slots=True)
-class Move:
+class Move(NamedTuple):
     """Rename *entry* on *side* to *new_rel* (key *new_key*).
 
     ``reason``: ``"move"`` (the other side moved it: *other* is the other side's entry at the new
@@ -49,8 +48,7 @@ class Move:
     hash: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Mkdir:
+class Mkdir(NamedTuple):
     """Create directory *dst_rel* on side *dst* (mirrors *src_entry* of the other side)."""
 
     dst: int
@@ -60,8 +58,7 @@ class Mkdir:
     dst_before: Entry | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Copy:
+class Copy(NamedTuple):
     """Copy *src_entry* from side *src* to *dst_rel* on side *dst*.
 
     *dst_before* is what the destination held when scanned (None: nothing); the executor skips the
@@ -83,8 +80,7 @@ class Copy:
         return self.src_entry.size if self.src_entry.kind == "file" else 0
 
 
-@dataclass(frozen=True, slots=True)
-class Chmod:
+class Chmod(NamedTuple):
     """Set permission bits *mode* on *side*'s *rel*; the journal row becomes (e1, e2)."""
 
     side: int
@@ -96,8 +92,7 @@ class Chmod:
     hash: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class Delete:
+class Delete(NamedTuple):
     """Delete file or link *entry* (as scanned) on *side*."""
 
     side: int
@@ -105,8 +100,7 @@ class Delete:
     entry: Entry
 
 
-@dataclass(frozen=True, slots=True)
-class Rmdir:
+class Rmdir(NamedTuple):
     """Remove directory *entry* on *side* if it is empty by then."""
 
     side: int
@@ -114,8 +108,7 @@ class Rmdir:
     entry: Entry
 
 
-@dataclass(frozen=True, slots=True)
-class Conflict:
+class Conflict(NamedTuple):
     """Both sides changed *rel* differently (report only: the work is in moves and copies)."""
 
     key: str
@@ -125,8 +118,7 @@ class Conflict:
     copy_rel: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class Skip:
+class Skip(NamedTuple):
     """Something on *side* that is not synced, and why (one line)."""
 
     side: int

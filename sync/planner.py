@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import os
 import time
+import unicodedata
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from .journal import Synced
 from .model import DIR, FILE, LINK, Entry, key_of
@@ -47,7 +48,8 @@ class SideView:
 
     Attributes:
         number: 1 or 2.
-        scan: the side's entries keyed by rel (from :mod:`sync.scanner`).
+        scan: the side's entries keyed by rel (from :mod:`sync.scanner`); the planner may use
+            it as :attr:`entries` and add reserved conflict-copy names to it.
         has_dirs, has_links, has_modes: capabilities (see :class:`sync.sides.Side`).
         window_ns: mtimes closer than this are equal on this side.
         hasher: XXH3-128 hex of an entry's content on this side (may be slow: remote reads).
@@ -60,7 +62,7 @@ class SideView:
     has_modes: bool = True
     window_ns: int = 0
     hasher: Callable[[Entry], str] | None = None
-    entries: dict[str, Entry] = field(default_factory=dict)  # by key, filled by the planner
+    entries: dict[str, Entry] = field(default_factory=dict)  # by key, filled by the planner (may be scan)
     hashes: dict[str, str] = field(default_factory=dict)  # rel -> digest computed in this run
 
     def hash(self, e: Entry) -> str:
@@ -123,6 +125,9 @@ class Planner:
         self._handled: set[str] = set()
         self._index(1, v2)
         self._index(2, v1)
+        self._settled_files = 0
+        self._settled = self._find_settled()
+        self._unsettled = [j for key, j in journal.items() if key not in self._settled]
 
     # -- indexing -----------------------------------------------------------------------------
 
@@ -130,6 +135,10 @@ class Planner:
         """Key side *n*'s scan; report entries the pair cannot carry or whose names collide."""
         v = self.v[n]
         dirs = v.has_dirs and other.has_dirs
+        own_keys = all(map(str.isascii, v.scan)) or all(map(_is_nfc, v.scan))
+        if dirs and other.has_links and not self.fold_case and own_keys:
+            v.entries = v.scan  # every name is its own key: nothing to drop, nothing collides
+            return
         for rel in sorted(v.scan):
             e = v.scan[rel]
             if e.kind == DIR and not dirs:
@@ -144,6 +153,47 @@ class Planner:
                 self.plan.skips.append(Skip(n, rel, f"same {why} name as {first.rel}: not synced to avoid overwriting"))
                 continue
             v.entries[k] = e
+
+    def _find_settled(self) -> set[str]:
+        """Keys both sides hold exactly as the journal recorded them (spelling, kind, mode, ETag;
+        files: size and mtime; links: target), with permission bits agreeing: nothing to do,
+        whatever the rules. Most keys of a rescan; they skip the per-key rules. ``checksum``
+        compares contents, so then no key is settled without its rules."""
+        if self.options.checksum:
+            return set()
+        e1s, e2s = self.v[1].entries, self.v[2].entries
+        both_modes = self.v[1].has_modes and self.v[2].has_modes
+        out = set()
+        for key, j in self.journal.items():
+            a = e1s.get(key)
+            b = e2s.get(key)
+            if a is None or b is None:
+                continue
+            kind = j.kind
+            if (
+                a.kind != kind
+                or b.kind != kind
+                or a.rel != j.rel1
+                or b.rel != j.rel2
+                or a.mode != j.mode1
+                or b.mode != j.mode2
+                or a.etag != j.etag1
+                or b.etag != j.etag2
+                or (both_modes and a.mode != b.mode)
+            ):
+                continue
+            if kind == DIR:
+                out.add(key)
+            elif (
+                a.size == j.size1
+                and a.mtime_ns == j.mtime1_ns
+                and b.size == j.size2
+                and b.mtime_ns == j.mtime2_ns
+                and a.target == b.target == j.target
+            ):
+                out.add(key)
+                self._settled_files += kind == FILE
+        return out
 
     # -- per-side state -----------------------------------------------------------------------
 
@@ -201,7 +251,9 @@ class Planner:
     # -- building the plan --------------------------------------------------------------------
 
     def build(self) -> Plan:
-        keys = set(self.journal) | set(self.v[1].entries) | set(self.v[2].entries)
+        keys = {j.key for j in self._unsettled}
+        keys |= self.v[1].entries.keys() - self.journal.keys()
+        keys |= self.v[2].entries.keys() - self.journal.keys()
         self._count_stats()
         self._detect_moves(1)
         if not self.one_way:
@@ -218,13 +270,15 @@ class Planner:
         return self.plan
 
     def _count_stats(self) -> None:
-        for key, j in self.journal.items():
+        for st in self.stats.values():
+            st.journal_files = st.present = self._settled_files
+        for j in self._unsettled:
             if j.kind != FILE:
                 continue
             for n in (1, 2):
                 st = self.stats[n]
                 st.journal_files += 1
-                s = self.state(n, key)
+                s = self.state(n, j.key)
                 if s == DELETED:
                     st.deleted += 1
                 else:
@@ -236,15 +290,16 @@ class Planner:
         """Files gone from side *a* whose content reappears under a new name on side *a*."""
         b = 3 - a
         gone: dict[tuple[int, str], list[str]] = defaultdict(list)
-        for key, j in self.journal.items():
+        for j in self._unsettled:
+            key = j.key
             if j.kind == FILE and j.hash and self.state(a, key) == DELETED and self.state(b, key) in SAME:
-                gone[(j.side(a).size, j.hash)].append(key)
+                gone[(j.size1 if a == 1 else j.size2, j.hash)].append(key)
         if not gone or self.first_run:
             return
         sizes = {size for size, _ in gone}
-        for key, e in sorted(self.v[a].entries.items()):
-            if e.kind != FILE or e.size not in sizes or key in self.journal or key in self.v[b].entries:
-                continue
+        new = [(key, e) for key, e in self.v[a].entries.items()
+               if e.kind == FILE and e.size in sizes and key not in self.journal and key not in self.v[b].entries]  # fmt: skip
+        for key, e in sorted(new):
             candidates = gone.get((e.size, self.v[a].hash(e)))
             if not candidates:
                 continue
@@ -305,27 +360,26 @@ class Planner:
             and b.mode is not None
             and a.mode != b.mode
         ):
-            j1 = j.side1.mode if j is not None else None
+            j1 = j.mode1 if j is not None else None
             # the side whose mode moved on since the last sync wins (path1 if both or unknown)
             if j is not None and a.mode == j1 and not self.one_way:
-                self.plan.chmods.append(Chmod(1, key, a.rel, b.mode, replace(a, mode=b.mode), b, h))
+                self.plan.chmods.append(Chmod(1, key, a.rel, b.mode, a._replace(mode=b.mode), b, h))
             else:
-                self.plan.chmods.append(Chmod(2, key, b.rel, a.mode, a, replace(b, mode=a.mode), h))
+                self.plan.chmods.append(Chmod(2, key, b.rel, a.mode, a, b._replace(mode=a.mode), h))
             return
-        if j is None or s1 == TOUCHED or s2 == TOUCHED or a.rel != j.side1.rel or b.rel != j.side2.rel:
+        if j is None or s1 == TOUCHED or s2 == TOUCHED or a.rel != j.rel1 or b.rel != j.rel2:
             self.plan.records.append(Record(key, a, b, h))
-        elif a.mode != j.side1.mode or b.mode != j.side2.mode or a.etag != j.side1.etag or b.etag != j.side2.etag:
+        elif a.mode != j.mode1 or b.mode != j.mode2 or a.etag != j.etag1 or b.etag != j.etag2:
             self.plan.records.append(Record(key, a, b, h))
 
     def _case_rename(self, key: str, a: Entry, b: Entry, j: Synced) -> bool:
         """A case-only rename on one side (same folded key, new spelling): rename the other."""
-        import unicodedata
 
         def nfc(s: str) -> str:
             return unicodedata.normalize("NFC", s)
 
-        renamed1 = nfc(a.rel) != nfc(j.side1.rel)
-        renamed2 = nfc(b.rel) != nfc(j.side2.rel)
+        renamed1 = nfc(a.rel) != nfc(j.rel1)
+        renamed2 = nfc(b.rel) != nfc(j.rel2)
         if renamed1 == renamed2 or (self.one_way and renamed2):
             return False
         src, e, other = (1, a, b) if renamed1 else (2, b, a)
@@ -454,6 +508,10 @@ class Planner:
             self._in_sync(key, a, b, None)
         else:
             self._conflict(key, a, b)  # the destination's own version is kept as a conflict copy
+
+
+def _is_nfc(rel: str) -> bool:
+    return rel.isascii() or unicodedata.is_normalized("NFC", rel)
 
 
 def plan_sync(

@@ -26,7 +26,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import socket
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -87,6 +86,7 @@ class Registry:
         try:
             self.db = sqlite3.connect(str(self.dir / "registry.db"), isolation_level=None, timeout=30)
             self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL: a crash loses at most the last commit
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             if version > len(MIGRATIONS):
                 raise CatalogError(f"sync registry {self.dir} is from a newer darkstorage")
@@ -127,6 +127,10 @@ class Registry:
         """Insert or update pair *p* (its run outcome columns are kept when None)."""
         if not p.created_ns:
             p.created_ns = time.time_ns()
+        known = self.find(p.name)
+        mine = ("path1", "path2", "direction", "options", "schedule", "realtime", "paused")
+        if known is not None and all(getattr(known, k) == getattr(p, k) for k in mine):
+            return  # the same pair run again: nothing to write
         self.db.execute(
             "INSERT INTO pairs (name, path1, path2, direction, options, schedule, realtime, paused, created_ns)"
             " VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET path1=excluded.path1,"
@@ -181,7 +185,7 @@ def pair_lock(path: Path, name: str) -> Iterator[None]:
             who = f" (pid {holder[0]} on {holder[1]})" if len(holder) >= 2 else ""
             raise BusyError(f"sync pair {name} is already running{who}") from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()} {time.time_ns()}\n".encode(), 0)
+        os.pwrite(fd, f"{os.getpid()} {os.uname().nodename} {time.time_ns()}\n".encode(), 0)
         try:
             yield
         finally:

@@ -15,22 +15,26 @@ import os
 import stat
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
-
-import fsspec
-import pathspec
+from typing import TYPE_CHECKING, Any
 
 from pool.errors import UsageError
-from pool.transfers import PARTIAL_MARK, TMP_MARK
+from pool.tempnames import PARTIAL_MARK, TMP_MARK
 
 from .model import DIR, FILE, LINK, TEMP_PREFIX, Entry
 
+if TYPE_CHECKING:
+    import fsspec
+
 log = logging.getLogger(__name__)
+
+_new = tuple.__new__
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def is_temp_name(name: str) -> bool:
-    """Names of transfers in progress (ours and :mod:`pool.transfers`'s): never synced."""
-    return name.startswith(TEMP_PREFIX) or PARTIAL_MARK in name or TMP_MARK in name
+    """Names of transfers in progress (ours and :mod:`pool.transfers`'s, all starting with a
+    dot): never synced."""
+    return name.startswith(".") and (name.startswith(TEMP_PREFIX) or PARTIAL_MARK in name or TMP_MARK in name)
 
 
 class Filters:
@@ -43,7 +47,11 @@ class Filters:
 
     def __init__(self, lines: Iterable[str] = ()) -> None:
         self.lines = [ln for ln in (s.rstrip("\n") for s in lines) if ln.strip() and not ln.lstrip().startswith("#")]
-        self._spec = pathspec.GitIgnoreSpec.from_lines(self.lines) if self.lines else None
+        self._spec = None
+        if self.lines:
+            import pathspec
+
+            self._spec = pathspec.GitIgnoreSpec.from_lines(self.lines)
 
     @classmethod
     def from_options(cls, excludes: Iterable[str] = (), filter_files: Iterable[str] = ()) -> Filters:
@@ -69,56 +77,64 @@ class Filters:
 def scan_local(root: str, filters: Filters | None = None, temps: list[str] | None = None) -> dict[str, Entry]:
     """Every entry below local directory *root*, keyed by ``rel``.
 
-    Symlinks are listed as links (target read with ``readlink``), never followed; sockets, FIFOs
-    and device nodes are skipped. An excluded directory is not descended into. Temporary files of
-    transfers (see :func:`is_temp_name`) are not listed but appended to *temps* when given.
+    One ``lstat`` per entry (:meth:`os.DirEntry.stat` of a folder opened by descriptor, so
+    ``fstatat``: links not followed, no path walk per file); symlinks are listed
+    as links (target read with ``readlink``), never followed; sockets, FIFOs and device nodes are
+    skipped. An excluded directory is not descended into. Temporary files of transfers (see
+    :func:`is_temp_name`) are not listed but appended to *temps* when given.
 
     Raises:
         FileNotFoundError: *root* does not exist.
     """
     out: dict[str, Entry] = {}
     stack = [""]
-    use_filters = filters is not None and filters.lines
+    rules = filters if filters is not None and filters.lines else None
     while stack:
         d = stack.pop()
+        prefix = f"{d}/" if d else ""
         try:
-            it = os.scandir(os.path.join(root, d) if d else root)
+            # entries are stat-ed relative to their folder (fstatat): no path walk per file
+            fd = os.open(f"{root}/{d}" if d else root, _DIR_FLAGS)
         except (FileNotFoundError, NotADirectoryError):
             if not d:
                 raise
             continue  # removed while scanning: the next run sees it
-        with it:
-            for de in it:
-                name = de.name
-                rel = f"{d}/{name}" if d else name
-                if is_temp_name(name):
-                    if temps is not None:
-                        temps.append(rel)
-                    continue
-                try:
-                    st = de.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                m = st.st_mode
-                if stat.S_ISREG(m):
-                    if use_filters and filters.excluded(rel):  # type: ignore[union-attr]
-                        continue
-                    out[rel] = Entry(rel, FILE, st.st_size, st.st_mtime_ns, stat.S_IMODE(m))
-                elif stat.S_ISDIR(m):
-                    if use_filters and filters.excluded(rel, is_dir=True):  # type: ignore[union-attr]
-                        continue
-                    out[rel] = Entry(rel, DIR, 0, st.st_mtime_ns, stat.S_IMODE(m))
-                    stack.append(rel)
-                elif stat.S_ISLNK(m):
-                    if use_filters and filters.excluded(rel):  # type: ignore[union-attr]
+        try:
+            with os.scandir(fd) as it:
+                for de in it:
+                    name = de.name
+                    rel = prefix + name
+                    if name[0] == "." and is_temp_name(name):
+                        if temps is not None:
+                            temps.append(rel)
                         continue
                     try:
-                        target = os.readlink(de.path)
-                    except OSError:
+                        st = de.stat(follow_symlinks=False)
+                    except FileNotFoundError:
                         continue
-                    out[rel] = Entry(rel, LINK, len(target), st.st_mtime_ns, None, target=target)
-                else:
-                    log.info("skipping %s: not a file, directory or symlink", de.path)
+                    m = st.st_mode
+                    if stat.S_ISREG(m):
+                        if rules is None or not rules.excluded(rel):
+                            # Entry(rel, FILE, size, mtime, mode) without the keyword handling
+                            out[rel] = _new(
+                                Entry, (rel, FILE, st.st_size, st.st_mtime_ns, m & 0o7777, None, None, None)
+                            )
+                    elif stat.S_ISDIR(m):
+                        if rules is None or not rules.excluded(rel, is_dir=True):
+                            out[rel] = Entry(rel, DIR, 0, st.st_mtime_ns, m & 0o7777)
+                            stack.append(rel)
+                    elif stat.S_ISLNK(m):
+                        if rules is not None and rules.excluded(rel):
+                            continue
+                        try:
+                            target = os.readlink(name, dir_fd=fd)
+                        except OSError:
+                            continue
+                        out[rel] = Entry(rel, LINK, len(target), st.st_mtime_ns, None, target=target)
+                    else:
+                        log.info("skipping %s/%s: not a file, directory or symlink", root, rel)
+        finally:
+            os.close(fd)
     return out
 
 

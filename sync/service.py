@@ -12,34 +12,50 @@ from pathlib import Path
 
 from pool.config import pool_home
 from pool.errors import DarkstorageError, SyncAbortedError, TransferError, UsageError
-from pool.locations import Location, resolve_location
+from pool.locations import Location, is_local_spec, local_root, resolve_location
 from pool.transferlog import TransferLog
 
 from .engine import RunOutcome, run_pair
 from .options import SyncOptions
 from .plan import Plan
 from .registry import Pair, Registry, pair_id
+from .sides import LocalRoot
 
 log = logging.getLogger(__name__)
 
 
-def canonical_spec(spec: str, *, destination: bool = False, home: Path | None = None) -> tuple[str, Location]:
-    """The form a root is registered under (local folders absolute) and its Location now.
+def resolve_root(spec: str, *, destination: bool = False, home: Path | None = None) -> LocalRoot | Location:
+    """A sync root: a :class:`sync.sides.LocalRoot` for a local folder, else the Location of
+    :func:`pool.locations.resolve_location` (a bucket is the mounted view while the pool is mounted).
 
     Raises:
         UsageError, NotFoundError: from :func:`pool.locations.resolve_location`.
     """
-    loc = resolve_location(spec, destination=destination, home=home)
+    text = spec.strip()
+    if is_local_spec(text):
+        return LocalRoot(local_root(text), text)
+    return resolve_location(spec, destination=destination, home=home)
+
+
+def canonical_spec(
+    spec: str, *, destination: bool = False, home: Path | None = None
+) -> tuple[str, LocalRoot | Location]:
+    """The form a root is registered under (local folders absolute) and the root now.
+
+    Raises:
+        UsageError, NotFoundError: from :func:`pool.locations.resolve_location`.
+    """
+    loc = resolve_root(spec, destination=destination, home=home)
     if loc.kind == "local":
         return loc.root, loc
     return spec.strip(), loc
 
 
-def locations_of(pair: Pair, home: Path | None = None) -> tuple[Location, Location]:
+def locations_of(pair: Pair, home: Path | None = None) -> tuple[LocalRoot | Location, LocalRoot | Location]:
     """Both roots of *pair* resolved now (a bucket is the mounted view while the pool is mounted)."""
     return (
-        resolve_location(pair.path1, home=home),
-        resolve_location(pair.path2, destination=True, home=home),
+        resolve_root(pair.path1, home=home),
+        resolve_root(pair.path2, destination=True, home=home),
     )
 
 

@@ -1,28 +1,33 @@
-"""One side of a sync pair: a Location (fsspec filesystem + root) with what it can store.
+"""One side of a sync pair: a root (a :class:`LocalRoot` folder, or a Location: fsspec
+filesystem + root) with what it can store.
 
-Local roots (fsspec ``LocalFileSystem``: a folder, or a pool bucket seen through the live mount)
-are read and changed with :mod:`os` directly; other roots through their fsspec filesystem.
-Capabilities decide what the planner may propagate: real directories (empty ones are synced),
-symlinks, permission bits, the mtime precision, and whether names are case-insensitive.
+Local roots (a :class:`LocalRoot`, or a Location whose filesystem is fsspec's
+``LocalFileSystem``: a pool bucket seen through the live mount) are read and changed with
+:mod:`os` directly; other roots through their fsspec filesystem. Capabilities decide what the
+planner may propagate: real directories (empty ones are synced), symlinks, permission bits, the
+mtime precision, and whether names are case-insensitive.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
-import secrets
 import stat
-from typing import Any, BinaryIO, Protocol
-
-import fsspec
-from fsspec.implementations.local import LocalFileSystem
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from pool.hashing import hash_stream
 
-from .model import DIR, FILE, LINK, TEMP_PREFIX, Entry, parent_of
+from .model import DIR, FILE, LINK, Entry, parent_of, temp_name
 from .scanner import Filters, entry_from_info, scan_fs, scan_local
+
+if TYPE_CHECKING:
+    import fsspec
+
+    from pool.locations import Location
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +46,41 @@ class LocationLike(Protocol):
     def display(self) -> str: ...
 
 
+@dataclass(frozen=True)
+class LocalRoot:
+    """A local folder as a sync root. The engine works on it with :mod:`os` calls, so no fsspec
+    filesystem is made unless a transfer to or from a remote store needs one (:attr:`fs`).
+
+    Attributes:
+        root: absolute, normalised path (see :func:`pool.locations.local_root`).
+        display: the folder as the user wrote it.
+    """
+
+    root: str
+    display: str
+    kind: str = "local"
+
+    @functools.cached_property
+    def location(self) -> Location:
+        """The same folder as a :class:`pool.locations.Location` (for :mod:`pool.transfers`)."""
+        from pool.locations import local_location
+
+        return local_location(self.root, self.display)
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        return self.location.fs
+
+
 def _protocols(fs: fsspec.AbstractFileSystem) -> set[str]:
     p = fs.protocol
     return {p} if isinstance(p, str) else set(p)
+
+
+def _is_local_fs(fs: fsspec.AbstractFileSystem) -> bool:
+    from fsspec.implementations.local import LocalFileSystem  # loaded already: *fs* is a filesystem
+
+    return isinstance(fs, LocalFileSystem)
 
 
 class Side:
@@ -61,16 +98,22 @@ class Side:
     def __init__(self, location: LocationLike, number: int) -> None:
         self.location = location
         self.number = number
-        self.fs = location.fs
         self.root = location.root.rstrip("/") if location.root != "/" else "/"
         self.display = location.display
-        self.is_local = isinstance(self.fs, LocalFileSystem)
+        self.is_local = isinstance(location, LocalRoot) or _is_local_fs(location.fs)
+        self.fs: Any = None if self.is_local else location.fs  # local sides use os calls only
         self.has_dirs = self.is_local or bool(_protocols(self.fs) & _DIR_PROTOCOLS)
         self.has_links = self.is_local
         self.has_modes = self.is_local
         self.mtime_precision_ns = 1 if self.is_local else 1_000_000_000
         self.fold_case = self._probe_fold_case()
         self.temps: list[str] = []  # temporary files of transfers found by the last scan
+
+    @property
+    def transfer_location(self) -> Location:
+        """This side as a :class:`pool.locations.Location`, for :func:`pool.transfers.copy_file`."""
+        loc = self.location
+        return loc.location if isinstance(loc, LocalRoot) else loc  # type: ignore[return-value]
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -204,7 +247,7 @@ class Side:
             if os.path.lexists(dp) and not (case_only and os.path.samefile(sp, dp)):
                 raise FileExistsError(errno.EEXIST, "destination exists", dp)
             if case_only:
-                tmp = self.path(f"{parent_of(dst_rel)}/{TEMP_PREFIX}{secrets.token_hex(6)}".lstrip("/"))
+                tmp = self.path(f"{parent_of(dst_rel)}/{temp_name()}".lstrip("/"))
                 os.rename(sp, tmp)
                 os.rename(tmp, dp)
             else:
@@ -218,7 +261,7 @@ class Side:
         """Create (or replace) symlink *rel* → *target*, atomically via a temporary name."""
         self.makedirs(parent_of(rel))
         p = self.path(rel)
-        tmp = os.path.join(os.path.dirname(p), f"{TEMP_PREFIX}{secrets.token_hex(6)}")
+        tmp = os.path.join(os.path.dirname(p), temp_name())
         os.symlink(target, tmp)
         os.replace(tmp, p)
 
@@ -231,7 +274,7 @@ class Side:
         ext4 casefold folders, APFS/HFS+ by default). Remote roots are taken as case-sensitive."""
         if not self.is_local or not os.path.isdir(self.root):
             return False
-        probe = os.path.join(self.root, f"{TEMP_PREFIX}case-{secrets.token_hex(4)}")
+        probe = os.path.join(self.root, temp_name("case-"))
         try:
             fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         except OSError:

@@ -304,23 +304,28 @@ def test_dry_run_changes_nothing(pair: Pair) -> None:
 def test_files_changing_during_a_run_are_left_for_the_next_run(pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
     seed(pair)
     pair.one.write("a.txt", b"version 1")
-    import sync.executor as ex
+    import pool.transfers
+    import sync.executor
 
-    real = ex.copy_file
+    def edit_first(real: Any) -> Any:
+        """*real* copier, after a.txt was rewritten (scanned as version 1, copied as version 2)."""
 
-    def copy_then_edit(src: Location, src_rel: str, *a: Any, **kw: Any) -> Any:
-        rec = real(src, src_rel, *a, **kw)
-        if src_rel == "a.txt":
-            pair.one.write("a.txt", b"version 2, written during the copy")
-        return rec
+        def copy(src: Any, *a: Any, **kw: Any) -> Any:
+            if str(src).endswith("/a.txt") or a[0] == "a.txt":
+                pair.one.write("a.txt", b"version 2, written during the run")
+            return real(src, *a, **kw)
 
-    monkeypatch.setattr(ex, "copy_file", copy_then_edit)
+        return copy
+
+    # a local destination is written by sync.localcopy, a remote one by pool.transfers
+    monkeypatch.setattr(sync.executor, "copy_local", edit_first(sync.executor.copy_local))
+    monkeypatch.setattr(pool.transfers, "copy_file", edit_first(pool.transfers.copy_file))
     out = pair.sync()
     assert out.result is not None and out.result.changed_during_run == ["a.txt"]
-    monkeypatch.setattr(ex, "copy_file", real)
+    monkeypatch.undo()
     out = pair.sync()
     assert not out.plan.conflicts
-    assert pair.assert_same()["a.txt"] == b"version 2, written during the copy"
+    assert pair.assert_same()["a.txt"] == b"version 2, written during the run"
 
 
 def test_lock_per_pair(pair: Pair) -> None:

@@ -32,7 +32,7 @@ class World:
         e, _ = f(rel, data, mtime_s)
         h = xxhash.xxh3_128_hexdigest(data)
         self.sides[1][rel] = self.sides[2][rel] = (e, data)
-        self.journal[key_of(rel, fold_case=False)] = Synced(rel, FILE, h, e, e)
+        self.journal[key_of(rel, fold_case=False)] = Synced.of(rel, FILE, h, e, e)
 
     def put(self, n: int, rel: str, data: bytes, mtime_s: int = 2000) -> None:
         self.sides[n][rel] = f(rel, data, mtime_s)
@@ -179,7 +179,7 @@ def test_case_only_rename_on_case_insensitive_pair_is_a_rename() -> None:
     e, _ = f("Report.txt", b"r")
     w.sides[1]["report.txt"] = (e.with_rel("report.txt"), b"r")
     w.sides[2]["Report.txt"] = (e, b"r")
-    w.journal["report.txt"] = Synced("report.txt", FILE, xxhash.xxh3_128_hexdigest(b"r"), e, e)
+    w.journal["report.txt"] = Synced.of("report.txt", FILE, xxhash.xxh3_128_hexdigest(b"r"), e, e)
     p = w.plan(fold_case=True)
     [m] = p.moves
     assert (m.side, m.entry.rel, m.new_rel, m.reason) == (2, "Report.txt", "report.txt", "case")

@@ -1,0 +1,81 @@
+"""Local roots without fsspec: the local copier, and a LocalRoot synced with an fsspec store.
+
+The store is fsspec's in-memory filesystem (a real fsspec filesystem, no server needed); the
+S3 and SFTP servers are exercised in tests/integration/test_sync_scenarios.py.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import xxhash
+from fsspec.implementations.memory import MemoryFileSystem
+
+from pool.locations import Location
+from sync.engine import run_pair
+from sync.localcopy import copy_local
+from sync.model import FILE, TEMP_PREFIX, Entry
+from sync.options import SyncOptions
+from sync.sides import LocalRoot, Side
+
+
+def _entry(path: Path, rel: str) -> Entry:
+    st = path.stat()
+    return Entry(rel, FILE, st.st_size, st.st_mtime_ns, st.st_mode & 0o7777)
+
+
+def test_copy_local_keeps_bytes_mode_and_mtime(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src.bin", tmp_path / "out" / "dst.bin"
+    dst.parent.mkdir()
+    data = os.urandom(3 << 20)  # several reads
+    src.write_bytes(data)
+    os.chmod(src, 0o640)
+    os.utime(src, ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    r = copy_local(str(src), str(dst), "out/dst.bin", _entry(src, "src.bin"), chunk_bytes=1 << 20)
+    assert dst.read_bytes() == data and r.digest == xxhash.xxh3_128_hexdigest(data)
+    st = dst.stat()
+    assert st.st_mode & 0o7777 == 0o640 and st.st_mtime_ns == 1_600_000_000_123_456_789
+    assert r.after == Entry("out/dst.bin", FILE, len(data), st.st_mtime_ns, 0o640)
+    assert not r.source_changed and r.attempts == 1
+    assert not [n for n in os.listdir(dst.parent) if n.startswith(TEMP_PREFIX)]
+
+
+def test_copy_local_reports_a_source_changed_since_the_scan(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src.txt", tmp_path / "dst.txt"
+    src.write_bytes(b"as scanned")
+    scanned = _entry(src, "src.txt")
+    src.write_bytes(b"written after the scan")
+    r = copy_local(str(src), str(dst), "dst.txt", scanned)
+    assert r.source_changed and dst.read_bytes() == b"written after the scan"
+
+
+def test_copy_local_into_a_missing_folder_leaves_nothing(tmp_path: Path) -> None:
+    src = tmp_path / "src.txt"
+    src.write_bytes(b"x")
+    with pytest.raises(FileNotFoundError):
+        copy_local(str(src), str(tmp_path / "nope" / "dst.txt"), "nope/dst.txt", _entry(src, "src.txt"))
+    assert os.listdir(tmp_path) == ["src.txt"]
+
+
+def test_local_root_with_an_fsspec_store_both_ways(tmp_path: Path) -> None:
+    root = tmp_path / "a"
+    (root / "sub").mkdir(parents=True)
+    (root / "x.txt").write_text("hello")
+    (root / "sub" / "y.bin").write_bytes(b"\0" * 3000)
+    local = LocalRoot(str(root), "./a")
+    assert Side(local, 1).is_local and Side(local, 1).fs is None
+    fs = MemoryFileSystem(skip_instance_cache=True)
+    store = Location("integration", fs, f"/{tmp_path.name}/root", "mem:root")
+
+    def run() -> None:
+        out = run_pair(local, store, SyncOptions(), name="t", journal_path=tmp_path / "j.db",
+                       lock_path=tmp_path / "j.lock")  # fmt: skip
+        assert out.result is not None and not out.result.failures
+
+    run()
+    assert fs.cat_file(f"{store.root}/x.txt") == b"hello" and len(fs.cat_file(f"{store.root}/sub/y.bin")) == 3000
+    fs.pipe_file(f"{store.root}/back.txt", b"from the store")
+    run()
+    assert (root / "back.txt").read_bytes() == b"from the store"
