@@ -26,18 +26,11 @@ from urllib.parse import urlparse
 import fsspec
 
 from .connectors.ops import RestoreStatus, StoreOps
+from .durable import sync_filesystem
 from .errors import AuthError, BackendError, ConfigError, DarkstorageError, IntegrityError, NotFoundError
 from .hashing import CHUNK_BYTES, hash_fd, hash_stream, new_hasher
 
 log = logging.getLogger(__name__)
-
-try:
-    import ctypes
-    import ctypes.util
-
-    _libc: ctypes.CDLL | None = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-except OSError:  # pragma: no cover - no libc to load
-    _libc = None
 
 TMP_MARK = ".darkstorage-tmp-"
 INTEGRATION_SCHEME = "integration:"
@@ -358,13 +351,7 @@ class Backend:
         """Make every object written so far durable (``syncfs(2)`` on a local root)."""
         if self.local_root is None:
             return
-        fd = os.open(self.local_root, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            if _libc is not None and _libc.syncfs(fd) == 0:
-                return
-            os.sync()
-        finally:
-            os.close(fd)
+        sync_filesystem(self.local_root)
 
     def verify(self, key: str, expected: StoredObject) -> StoredObject:
         """Read *key* back and compare with *expected*.

@@ -15,17 +15,21 @@ journal row true for what both sides hold, so the rerun converges: a copy done b
 is still noted as pending and is recognised by its size and mtime, a delete done but not committed
 looks like "deleted on both sides".
 
-Copies between local folders are not flushed to disk one by one (as with ``cp``, rclone and
-unison): the kernel writes them back within its writeback delay; run ``sync`` before unplugging.
+Copies between local folders are not flushed to disk one by one: every :data:`DURABLE_BATCH`
+copies or :data:`DURABLE_EVERY_S` seconds one ``syncfs(2)`` of the destination makes them durable,
+and only then are their journal rows committed, so a power cut never leaves a row that vouches
+for a copy whose bytes did not reach the disk.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pool.durable import sync_filesystem
 from pool.errors import AuthError, DarkstorageError
 from pool.locations import mask_secrets
 
@@ -43,6 +47,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RECORD_BATCH = 1000
+DURABLE_BATCH = 2000  #: local copies made durable together (one syncfs) ...
+DURABLE_EVERY_S = 1.0  #: ... or after this long, whichever comes first
 
 
 @dataclass
@@ -126,6 +132,8 @@ class Executor:
         self.progress = progress or (lambda files, nbytes: None)
         self.result = RunResult()
         self._records: list[TransferRecord] = []  # local copies not in the transfer log yet
+        self._held: list[tuple[Copy, tuple[str, Entry | None, str | None, Any]]] = []
+        self._held_since = time.monotonic()
         self._take: Callable[[int], None] | None = None
         self._chunk = 1 << 20
         if options.bwlimit_bytes_per_s:
@@ -158,7 +166,11 @@ class Executor:
         for d in plan.mkdirs:
             self._mkdir(d)
         self.journal.begin_copies((c.key, c.dst, c.src_entry) for c in plan.copies if c.src_entry.kind == FILE)
-        self._parallel(plan.copies, self._copy_work, self._copy_done)
+        try:
+            self._parallel(plan.copies, self._copy_work, self._copy_or_hold)
+        finally:
+            files, nbytes = self._make_durable()
+            self.progress(files, nbytes)
         self.journal.clear_all_pending()
         for c in plan.chmods:
             self._chmod(c)
@@ -303,6 +315,33 @@ class Executor:
                              duration_ns=took, throughput_bytes_per_s=size / (took / 1e9), attempts=r.attempts,
                              status="ok", xxh3_128=r.digest, started_ns=r.started_ns, finished_ns=r.finished_ns)  # fmt: skip
         return ("src-changed" if c.verify_source and r.source_changed else "ok"), r.after, r.digest, rec
+
+    def _copy_or_hold(self, c: Copy, outcome: tuple[str, Entry | None, str | None, Any]) -> tuple[int, int]:
+        """A local copy's journal row waits until the copy is durable (:meth:`_make_durable`):
+        a row committed before the bytes reach the disk would, after a power cut, make a short
+        or empty copy look like an edit, and the next run would copy it back over the source."""
+        if outcome[3] is None:  # not a local copy: its transfer made it durable itself
+            return self._copy_done(c, outcome)
+        self._held.append((c, outcome))
+        if len(self._held) >= DURABLE_BATCH or time.monotonic() - self._held_since >= DURABLE_EVERY_S:
+            return self._make_durable()
+        return 0, 0
+
+    def _make_durable(self) -> tuple[int, int]:
+        """``syncfs`` each destination of the held local copies once, then commit their rows
+        (one transaction per file, as ever: a run killed meanwhile finds the copies without
+        rows, as after a kill between copy and commit, and converges)."""
+        held, self._held = self._held, []
+        self._held_since = time.monotonic()
+        if not held:
+            return 0, 0
+        for side_n in {c.dst for c, _ in held}:
+            sync_filesystem(self.sides[side_n].root)
+        files = nbytes = 0
+        for c, outcome in held:
+            f, b = self._copy_done(c, outcome)
+            files, nbytes = files + f, nbytes + b
+        return files, nbytes
 
     def _copy_done(self, c: Copy, outcome: tuple[str, Entry | None, str | None, Any]) -> tuple[int, int]:
         status, after, digest, rec = outcome

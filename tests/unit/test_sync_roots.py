@@ -79,3 +79,29 @@ def test_local_root_with_an_fsspec_store_both_ways(tmp_path: Path) -> None:
     fs.pipe_file(f"{store.root}/back.txt", b"from the store")
     run()
     assert (root / "back.txt").read_bytes() == b"from the store"
+
+
+def test_local_copies_are_durable_before_their_journal_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A power cut must never leave a journal row for a copy whose bytes are not on disk: the
+    rows of local copies are committed only after a syncfs of the destination."""
+    import sync.executor
+    from sync.journal import Journal
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    for i in range(5):
+        (a / f"f{i}").write_bytes(b"x" * i)
+    journal_path = tmp_path / "j.db"
+    seen: list[tuple[str, int]] = []
+
+    def fake_syncfs(path: str | os.PathLike[str]) -> None:
+        rows = len(Journal(journal_path).load()) if journal_path.exists() else 0
+        seen.append((str(path), rows))
+
+    monkeypatch.setattr(sync.executor, "sync_filesystem", fake_syncfs)
+    out = run_pair(LocalRoot(str(a), "./a"), LocalRoot(str(b), "./b"), SyncOptions(), name="t",
+                   journal_path=journal_path, lock_path=tmp_path / "j.lock")  # fmt: skip
+    assert out.result is not None and out.result.copied == 5
+    assert seen == [(str(b), 0)]  # one flush of the destination, before any row was committed
+    assert len(Journal(journal_path).load()) == 5
