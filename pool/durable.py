@@ -9,13 +9,9 @@ ctypes; where libc lacks it, :func:`os.sync` (every filesystem) is the fallback.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
-try:
-    _libc: ctypes.CDLL | None = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-except OSError:  # pragma: no cover - no libc to load
-    _libc = None
+_libc = ctypes.CDLL(None, use_errno=True)  # this process's own symbols, libc's among them
 
 
 def sync_filesystem(path: str | os.PathLike[str]) -> None:
