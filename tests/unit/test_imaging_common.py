@@ -22,8 +22,9 @@ def test_sidecar_is_sha256sum_format(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     assert check_sidecar(img) is True
     with open(img, "r+b") as f:
+        old = f.read(1001)[1000]
         f.seek(1000)
-        f.write(b"X")
+        f.write(bytes([old ^ 0xFF]))  # a changed byte (writing a fixed one matched 1 time in 256)
     assert check_sidecar(img) is False
     assert check_sidecar(tmp_path / "other.iso") is None
 
