@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,12 @@ def _remote(server: Any, name: str) -> Location:
     )
 
 
-def _restart_after(server: Any, threshold_bytes: int) -> tuple[Callable[[int], None], list[bool]]:
+def _restart_after(
+    server: Any, threshold_bytes: int, down_s: float = 0.0
+) -> tuple[Callable[[int], None], list[bool]]:
     """A progress callback that stops *server* once *threshold_bytes* have moved and starts it
-    again from another thread (the copy meets a dead server, retries, and resumes)."""
+    again from another thread after *down_s* seconds (the copy meets a dead server, retries,
+    and resumes)."""
     moved, fired = [0], [False]
     starter: list[threading.Thread] = []
 
@@ -46,7 +50,11 @@ def _restart_after(server: Any, threshold_bytes: int) -> tuple[Callable[[int], N
         if not fired[0] and moved[0] >= threshold_bytes:
             fired[0] = True
             server.stop(kill=True)
-            t = threading.Thread(target=server.start, daemon=True)
+            def start() -> None:
+                time.sleep(down_s)
+                server.start()
+
+            t = threading.Thread(target=start, daemon=True)
             starter.append(t)
             t.start()
 
@@ -128,7 +136,9 @@ def test_s3_multipart_resumes_after_server_restart(s3_server: Any, tmp_path: Pat
     data = pattern(12, 11 << 20)  # three parts of S3's smallest size (SeaweedFS enforces it)
     (tmp_path / "big").write_bytes(data)
     remote = _remote(s3_server, "seaweed")
-    progress, fired = _restart_after(s3_server, 5 << 20)
+    # down longer than the S3 client's own retry (one, after at most ~2 s) lasts, so the
+    # transfer's attempt fails and the next attempt resumes the multipart upload
+    progress, fired = _restart_after(s3_server, 5 << 20, down_s=4.0)
     opts = TransferOptions(part_size_bytes=5 << 20, multipart_threshold_bytes=6 << 20, **RETRY)
     rec = copy_file(local_location(tmp_path), "big", remote, "big", log=tlog, options=opts, progress=progress)
     assert fired[0] and rec.status == "ok" and rec.attempts >= 2
