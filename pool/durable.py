@@ -14,6 +14,17 @@ import os
 _libc = ctypes.CDLL(None, use_errno=True)  # this process's own symbols, libc's among them
 
 
+def boot_id() -> str:
+    """This boot's identifier (Linux ``/proc/sys/kernel/random/boot_id``), ``""`` where there is
+    none. Two equal values mean no reboot (and so no power cut) happened in between: what a
+    killed process wrote is still in the page cache, complete."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def sync_filesystem(path: str | os.PathLike[str]) -> None:
     """Make everything written so far on the filesystem holding *path* durable.
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pool.durable import boot_id
 from pool.errors import NotFoundError, SyncAbortedError
 from pool.transferlog import TransferLog
 
@@ -197,7 +198,7 @@ def _run(
     if options.checksum:
         for n in (1, 2):
             _prehash(sides[n], views[n], options.transfers)
-    _recover_pending(journal, rows, views, fold_case, dry_run)
+    _recover_pending(journal, rows, views, fold_case, dry_run, local={n for n in (1, 2) if sides[n].is_local})
     plan, stats = plan_sync(views[1], views[2], rows, options, first_run=first_run, fold_case=fold_case, host=host)
     check_safety(plan, stats, sides, options)
     if dry_run:
@@ -234,14 +235,30 @@ def _cyclic_gc_paused() -> Iterator[None]:
 
 
 def _recover_pending(
-    journal: Journal, rows: dict[str, Synced], views: dict[int, SideView], fold_case: bool, dry_run: bool
+    journal: Journal,
+    rows: dict[str, Synced],
+    views: dict[int, SideView],
+    fold_case: bool,
+    dry_run: bool,
+    local: set[int],
 ) -> None:
-    """Copies a killed run finished but never committed: where the destination holds a file of
-    the source's size and mtime (within its window), the key counts as synced with those states
-    (unless its journal row says so already: a copy committed before the kill keeps its row)."""
+    """Copies of a run that did not reach the end of its copy phase (killed, or the machine
+    went down).
+
+    Same boot (the process was killed): the page cache kept every byte written, so a destination
+    holding a file of the source's size and mtime (within its window) counts as synced with
+    those states (unless its journal row says so already: a copy committed before the kill
+    keeps its row). Another boot (power cut, crash of the machine): copies into local folders
+    may not have reached the disk before the flush that never came, so their content is
+    hashed first; a row that vouches for a copy whose content differs is made to say both
+    sides changed (the plan then compares their content and keeps both as a conflict, never
+    carrying the damaged copy back over the source as an edit), and a copy without a row
+    counts only with the source's content."""
     pending = journal.pending()
     if not pending:
         return
+    noted = journal.get_meta("pending_boot")
+    rebooted = noted is not None and noted != boot_id()
     by_key: dict[int, dict[str, Entry]] = {1: {}, 2: {}}
     wanted = {k for k, _, _ in pending}
     for n in (1, 2):
@@ -251,6 +268,15 @@ def _recover_pending(
                 by_key[n][k] = e
     for key, dst, src in pending:
         now = by_key[dst].get(key)
+        j = rows.get(key)
+        check = rebooted and dst in local
+        if check and j is not None and _same_file(j.side(3 - dst), src) and not _holds(views[dst], now, j.hash):
+            log.warning("%s: the copy made before the machine went down is not on disk whole", key)
+            e1, e2 = j.side(1)._replace(size=-1), j.side(2)._replace(size=-1)  # both sides count as changed
+            rows[key] = Synced.of(key, FILE, None, e1, e2)
+            if not dry_run:
+                journal.put(key, e1, e2, None)
+            continue
         done = (
             now is not None
             and now.kind == FILE
@@ -260,15 +286,27 @@ def _recover_pending(
         if not done:
             continue
         assert now is not None
-        j = rows.get(key)
         if j is not None and _same_file(j.side(dst), now) and _same_file(j.side(3 - dst), src):
             continue  # committed before the kill
+        if check:
+            origin = by_key[3 - dst].get(key)
+            if (
+                origin is None
+                or not _same_file(origin, src)
+                or not _holds(views[dst], now, views[3 - dst].hash(origin))
+            ):
+                continue
         e1, e2 = (src, now) if dst == 2 else (now, src)
         rows[key] = Synced.of(key, FILE, None, e1, e2)
         if not dry_run:
             journal.commit_copy(key, e1, e2, None)
     if not dry_run:
         journal.clear_all_pending()
+
+
+def _holds(view: SideView, e: Entry | None, digest: str | None) -> bool:
+    """*e* (on *view*'s side) is a file whose content hashes to *digest*."""
+    return e is not None and e.kind == FILE and digest is not None and view.hash(e) == digest
 
 
 def _same_file(a: Entry, b: Entry) -> bool:

@@ -16,9 +16,11 @@ is still noted as pending and is recognised by its size and mtime, a delete done
 looks like "deleted on both sides".
 
 Copies between local folders are not flushed to disk one by one: every :data:`DURABLE_BATCH`
-copies or :data:`DURABLE_EVERY_S` seconds one ``syncfs(2)`` of the destination makes them durable,
-and only then are their journal rows committed, so a power cut never leaves a row that vouches
-for a copy whose bytes did not reach the disk.
+copies or :data:`DURABLE_EVERY_S` seconds one ``syncfs(2)`` of the destination makes them durable.
+Their journal rows commit at once, but the run's pending-copy notes stay until the last flush: a
+run that finds notes from an earlier boot (a power cut or crash of the machine, not only of the
+process) checks those copies' content before trusting their rows (see
+:func:`sync.engine.recover_pending`).
 """
 
 from __future__ import annotations
@@ -132,8 +134,9 @@ class Executor:
         self.progress = progress or (lambda files, nbytes: None)
         self.result = RunResult()
         self._records: list[TransferRecord] = []  # local copies not in the transfer log yet
-        self._held: list[tuple[Copy, tuple[str, Entry | None, str | None, Any]]] = []
-        self._held_since = time.monotonic()
+        self._unflushed: set[int] = set()  # sides with local copies not flushed to disk yet
+        self._unflushed_n = 0
+        self._flushed_at = time.monotonic()
         self._take: Callable[[int], None] | None = None
         self._chunk = 1 << 20
         if options.bwlimit_bytes_per_s:
@@ -167,11 +170,10 @@ class Executor:
             self._mkdir(d)
         self.journal.begin_copies((c.key, c.dst, c.src_entry) for c in plan.copies if c.src_entry.kind == FILE)
         try:
-            self._parallel(plan.copies, self._copy_work, self._copy_or_hold)
+            self._parallel(plan.copies, self._copy_work, self._copy_and_flush)
         finally:
-            files, nbytes = self._make_durable()
-            self.progress(files, nbytes)
-        self.journal.clear_all_pending()
+            self._flush()
+        self.journal.clear_all_pending()  # every copy of the run is on disk now
         for c in plan.chmods:
             self._chmod(c)
         self._parallel(plan.deletes, self._delete_work, self._delete_done)
@@ -316,32 +318,24 @@ class Executor:
                              status="ok", xxh3_128=r.digest, started_ns=r.started_ns, finished_ns=r.finished_ns)  # fmt: skip
         return ("src-changed" if c.verify_source and r.source_changed else "ok"), r.after, r.digest, rec
 
-    def _copy_or_hold(self, c: Copy, outcome: tuple[str, Entry | None, str | None, Any]) -> tuple[int, int]:
-        """A local copy's journal row waits until the copy is durable (:meth:`_make_durable`):
-        a row committed before the bytes reach the disk would, after a power cut, make a short
-        or empty copy look like an edit, and the next run would copy it back over the source."""
-        if outcome[3] is None:  # not a local copy: its transfer made it durable itself
-            return self._copy_done(c, outcome)
-        self._held.append((c, outcome))
-        if len(self._held) >= DURABLE_BATCH or time.monotonic() - self._held_since >= DURABLE_EVERY_S:
-            return self._make_durable()
-        return 0, 0
+    def _copy_and_flush(self, c: Copy, outcome: tuple[str, Entry | None, str | None, Any]) -> tuple[int, int]:
+        """Commit the copy's row; every :data:`DURABLE_BATCH` local copies or
+        :data:`DURABLE_EVERY_S` seconds, flush the destinations (:meth:`_flush`)."""
+        done = self._copy_done(c, outcome)
+        if outcome[3] is not None:  # a local copy (remote transfers are durable when they end)
+            self._unflushed.add(c.dst)
+            self._unflushed_n += 1
+            if self._unflushed_n >= DURABLE_BATCH or time.monotonic() - self._flushed_at >= DURABLE_EVERY_S:
+                self._flush()
+        return done
 
-    def _make_durable(self) -> tuple[int, int]:
-        """``syncfs`` each destination of the held local copies once, then commit their rows
-        (one transaction per file, as ever: a run killed meanwhile finds the copies without
-        rows, as after a kill between copy and commit, and converges)."""
-        held, self._held = self._held, []
-        self._held_since = time.monotonic()
-        if not held:
-            return 0, 0
-        for side_n in {c.dst for c, _ in held}:
+    def _flush(self) -> None:
+        """``syncfs`` each side that received local copies since the last flush."""
+        for side_n in sorted(self._unflushed):
             sync_filesystem(self.sides[side_n].root)
-        files = nbytes = 0
-        for c, outcome in held:
-            f, b = self._copy_done(c, outcome)
-            files, nbytes = files + f, nbytes + b
-        return files, nbytes
+        self._unflushed.clear()
+        self._unflushed_n = 0
+        self._flushed_at = time.monotonic()
 
     def _copy_done(self, c: Copy, outcome: tuple[str, Entry | None, str | None, Any]) -> tuple[int, int]:
         status, after, digest, rec = outcome

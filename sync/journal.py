@@ -249,8 +249,12 @@ class Journal:
         self.db.executemany(self._PUT, (self._row(k, e1, e2, h, now) for k, e1, e2, h in rows))
 
     def begin_copies(self, copies: Iterable[tuple[str, int, Entry]]) -> None:
-        """Note that copies ``(key, dst side, source entry)`` start, in one transaction."""
+        """Note that copies ``(key, dst side, source entry)`` start, in one transaction, with
+        this boot's identifier (meta ``pending_boot``)."""
+        from pool.durable import boot_id
+
         with self.transaction():
+            self.set_meta("pending_boot", boot_id())
             self.db.executemany(
                 "INSERT OR REPLACE INTO pending (key, dst, src_rel, src_size, src_mtime_ns, src_mode)"
                 " VALUES (?,?,?,?,?,?)",

@@ -14,7 +14,7 @@ import xxhash
 from fsspec.implementations.memory import MemoryFileSystem
 
 from pool.locations import Location
-from sync.engine import run_pair
+from sync.engine import RunOutcome, run_pair
 from sync.localcopy import copy_local
 from sync.model import FILE, TEMP_PREFIX, Entry
 from sync.options import SyncOptions
@@ -81,9 +81,16 @@ def test_local_root_with_an_fsspec_store_both_ways(tmp_path: Path) -> None:
     assert (root / "back.txt").read_bytes() == b"from the store"
 
 
-def test_local_copies_are_durable_before_their_journal_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A power cut must never leave a journal row for a copy whose bytes are not on disk: the
-    rows of local copies are committed only after a syncfs of the destination."""
+def _run(a: Path, b: Path, tmp_path: Path) -> RunOutcome:
+    return run_pair(LocalRoot(str(a), "./a"), LocalRoot(str(b), "./b"), SyncOptions(), name="t",
+                    journal_path=tmp_path / "j.db", lock_path=tmp_path / "j.lock")  # fmt: skip
+
+
+def test_local_copies_flush_once_and_keep_their_notes_until_then(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Local copies reach the disk through one syncfs of the destination; the run's
+    pending-copy notes (which a run after a power cut checks) stay until that flush."""
     import sync.executor
     from sync.journal import Journal
 
@@ -92,16 +99,73 @@ def test_local_copies_are_durable_before_their_journal_rows(tmp_path: Path, monk
     b.mkdir()
     for i in range(5):
         (a / f"f{i}").write_bytes(b"x" * i)
-    journal_path = tmp_path / "j.db"
     seen: list[tuple[str, int]] = []
 
     def fake_syncfs(path: str | os.PathLike[str]) -> None:
-        rows = len(Journal(journal_path).load()) if journal_path.exists() else 0
-        seen.append((str(path), rows))
+        seen.append((str(path), len(Journal(tmp_path / "j.db").pending())))
 
     monkeypatch.setattr(sync.executor, "sync_filesystem", fake_syncfs)
-    out = run_pair(LocalRoot(str(a), "./a"), LocalRoot(str(b), "./b"), SyncOptions(), name="t",
-                   journal_path=journal_path, lock_path=tmp_path / "j.lock")  # fmt: skip
+    out = _run(a, b, tmp_path)
     assert out.result is not None and out.result.copied == 5
-    assert seen == [(str(b), 0)]  # one flush of the destination, before any row was committed
-    assert len(Journal(journal_path).load()) == 5
+    assert seen == [(str(b), 5)]  # one flush of the destination, every copy's note still there
+    j = Journal(tmp_path / "j.db")
+    assert len(j.load()) == 5 and j.pending() == []
+
+
+@pytest.mark.parametrize("damage", ["short", "missing", "zeros"])
+def test_copies_lost_in_a_power_cut_are_not_carried_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    """A run whose copies were committed but never flushed (the machine went down before the
+    end of its copy phase): after the reboot, a copy that did not reach the disk whole is never
+    taken for an edit of the destination, and the source's bytes survive on both sides."""
+    import pool.durable
+    import sync.engine
+    from sync.journal import Journal
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    data = os.urandom(5000)
+    (a / "doc").write_bytes(data)
+    (a / "other").write_bytes(b"fine")
+    monkeypatch.setattr(Journal, "clear_all_pending", lambda self: None)  # the copy phase never ended
+    first = _run(a, b, tmp_path).result
+    assert first is not None and first.copied == 2
+    monkeypatch.undo()
+    st = os.stat(b / "doc")
+    if damage == "missing":
+        os.unlink(b / "doc")
+    else:  # what the disk held after the cut: the metadata without all the data
+        (b / "doc").write_bytes(data[:100] if damage == "short" else bytes(len(data)))
+        os.utime(b / "doc", ns=(st.st_atime_ns, st.st_mtime_ns))
+    monkeypatch.setattr(sync.engine, "boot_id", lambda: "another boot")
+    assert pool.durable.boot_id() != "another boot"
+    out = _run(a, b, tmp_path)
+    assert out.result is not None and not out.result.failures
+    assert (a / "doc").read_bytes() == data  # never overwritten by the damaged copy
+    names = sorted(p.name for p in b.iterdir())
+    if damage == "missing":
+        assert names == ["doc", "other"] and (b / "doc").read_bytes() == data
+    else:  # the damaged file is kept as a conflict copy beside the source's bytes
+        assert any((b / n).read_bytes() == data for n in names if n.startswith("doc")), names
+    assert (b / "other").read_bytes() == b"fine"
+
+
+def test_copies_of_a_killed_run_then_edited_propagate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same boot (only the process was killed after copying): an edit of the copy before the
+    next run is an edit, carried to the other side without a conflict."""
+    from sync.journal import Journal
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "doc").write_bytes(b"first")
+    monkeypatch.setattr(Journal, "clear_all_pending", lambda self: None)
+    first = _run(a, b, tmp_path).result
+    assert first is not None and first.copied == 1
+    monkeypatch.undo()
+    (b / "doc").write_bytes(b"edited on b")
+    out = _run(a, b, tmp_path)
+    assert out.result is not None and out.result.copied == 1
+    assert (a / "doc").read_bytes() == b"edited on b" and sorted(os.listdir(a)) == ["doc"]
