@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import functools
 import os
@@ -17,6 +18,7 @@ from pool.errors import ImageCorruptError, NotFoundError, UnsafePathError, Usage
 from pool.units import format_size, parse_size
 
 from .console import console, emit_json, print_listing, transfer_progress
+from .dmg_options import MacLayout, mac_layout_options, new_mount_folder
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 _COPY_BYTES = 1 << 20
@@ -127,6 +129,7 @@ def password_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--encrypt", type=click.Choice(["AES-128", "AES-256"]), default=None, help="Encrypt (needs a password).")
 @password_options
 @click.option("--band-size", default=None, help="Band size: SPARSE (default: one header's worth), SPARSEBUNDLE (8MB).")
+@mac_layout_options
 @json_option
 def bucket2dmg(
     source: str,
@@ -141,6 +144,7 @@ def bucket2dmg(
     encrypt: str | None,
     password: PasswordSource,
     band_size: str | None,
+    layout: MacLayout,
     as_json: bool,
 ) -> None:
     """Write a macOS disk image of SOURCE (a bucket name, a bucket path or a folder).
@@ -155,6 +159,8 @@ def bucket2dmg(
       darkstorage bucket2dmg secret -o s.dmg --encrypt AES-256 --password
       darkstorage bucket2dmg active -o active.sparsebundle --format SPARSEBUNDLE --size 10GB
       darkstorage bucket2dmg vault -o v.sparsebundle --format SPARSEBUNDLE --encrypt AES-256 --password
+      darkstorage bucket2dmg app -o app.dmg --icon app.icns --background bg.png --license LICENSE.txt
+      darkstorage bucket2dmg large-bucket --output backup.dmg --compress UDZO --size auto
     """
     from imaging.dmg import build_dmg
     from imaging.hfsplus import HfsOptions
@@ -192,6 +198,8 @@ def bucket2dmg(
                 encrypt=encrypt,
                 password=secret,
                 band_bytes=band_bytes,
+                finder=layout.finder,
+                license_text=layout.license_text,
             )
     data = {
         "image": str(res.image),
@@ -207,6 +215,7 @@ def bucket2dmg(
         "encryption": res.encryption,
         "chunks": res.udif.chunk_counts if res.udif else None,
         "bands": res.bands if res.udif is None else None,
+        "license": res.license,
     }
     if as_json:
         emit_json(data)
@@ -260,6 +269,7 @@ def dmg_verify(image: Path, password: PasswordSource, as_json: bool) -> None:
 
     disk = open_disk(image, lambda: password.get())
     has_checksums = isinstance(disk, UdifImage)
+    has_license = isinstance(disk, UdifImage) and disk.license_text is not None
     try:
         problems: list[str] = []
         if isinstance(disk, UdifImage):
@@ -279,7 +289,9 @@ def dmg_verify(image: Path, password: PasswordSource, as_json: bool) -> None:
         if sidecar is False:
             problems.append(f"{image.name}.sha256: the SHA-256 does not match")
     if as_json:
-        emit_json({"image": str(image), "ok": not problems, "problems": problems, "sidecar": sidecar})
+        emit_json(
+            {"image": str(image), "ok": not problems, "problems": problems, "sidecar": sidecar, "license": has_license}
+        )
     else:
         for p in problems:
             console.print(f"[red]bad:[/] {p}")
@@ -290,7 +302,8 @@ def dmg_verify(image: Path, password: PasswordSource, as_json: bool) -> None:
     if not as_json:
         side = "sidecar matches" if sidecar else "no sidecar"
         what = "every checksum matches" if has_checksums else "the volume is sound (no checksums in this format)"
-        console.print(f"{image.name}: {what} ({side})", style="green")
+        lic = ", licence agreement present" if has_license else ""
+        console.print(f"{image.name}: {what} ({side}{lic})", style="green")
 
 
 def _volume_problems(img: Any) -> list[str]:
@@ -309,6 +322,55 @@ def _volume_problems(img: Any) -> list[str]:
     except ImageCorruptError as e:
         return [str(e)]
     return []
+
+
+@dmg.command("info")
+@click.argument("image", type=click.Path(path_type=Path))
+@password_options
+@json_option
+def dmg_info(image: Path, password: PasswordSource, as_json: bool) -> None:
+    """Show what IMAGE is and holds: container, codecs, encryption, volume, licence agreement,
+    volume icon and Finder window (background picture).
+
+    \b
+    Example:
+      darkstorage dmg info app.dmg
+      darkstorage dmg info app.dmg --json
+    """
+    from imaging.dmg import image_kind
+    from imaging.dmg_finder import finder_summary
+    from imaging.hfsplus_read import HfsVolume
+    from imaging.sparse import SparseBundle, SparseImage, bundle_is_encrypted
+    from imaging.udif import CHUNK_NAMES
+    from imaging.udif_read import UdifImage
+
+    kind = image_kind(image)
+    with _open(image, password) as d:
+        disk, vol = d.disk, d.volume
+        udif = isinstance(disk, UdifImage)
+        container = "UDIF" if udif else "SPARSE" if isinstance(disk, SparseImage) else "SPARSEBUNDLE"
+        encrypted = kind == "ENCRYPTED" or (isinstance(disk, SparseBundle) and bundle_is_encrypted(image))
+        info: dict[str, Any] = {
+            "image": str(image),
+            "container": container,
+            "encrypted": encrypted,
+            "chunks": sorted({CHUNK_NAMES.get(t, hex(t)) for t in disk.chunk_types}) if udif else None,
+            "filesystem": d.filesystem,
+            "volume_bytes": disk.size_bytes,
+            "license": disk.license_text if udif else None,
+        }
+        if isinstance(vol, HfsVolume):
+            info.update(volume_name=vol.volume_name, case_sensitive=vol.case_sensitive, files=vol.file_count)
+            info.update(finder_summary(vol))
+    if as_json:
+        emit_json(info)
+        return
+    for key, value in info.items():
+        if key == "license":
+            value = f"yes ({len(value.splitlines())} lines)" if value else "no"
+        elif key == "background" and value:
+            value = f"{value['path']} (alias: CNID {value['cnid']} in folder {value['folder_cnid']})"
+        console.print(f"{key}: {value if value is not None else '-'}", markup=False)
 
 
 @dmg.command("ls")
@@ -330,21 +392,30 @@ def dmg_ls(image: Path, long_: bool, password: PasswordSource, as_json: bool) ->
 
 @dmg.command("mount")
 @click.argument("image", type=click.Path(path_type=Path))
-@click.argument("mountpoint", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("mountpoint", type=click.Path(path_type=Path, file_okay=False), required=False)
 @click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground; Ctrl-C unmounts.")
 @click.option("--allow-other", is_flag=True, help="Let other users in.")
 @password_options
-def dmg_mount(image: Path, mountpoint: Path, foreground: bool, allow_other: bool, password: PasswordSource) -> None:
-    """Mount IMAGE read-only at MOUNTPOINT (FUSE).
+def dmg_mount(
+    image: Path, mountpoint: Path | None, foreground: bool, allow_other: bool, password: PasswordSource
+) -> None:
+    """Mount IMAGE read-only at MOUNTPOINT (FUSE). Without MOUNTPOINT: in a new folder named
+    after the image in the current folder (./photos for photos.dmg, ./photos-2 if taken).
 
     \b
     Example:
       darkstorage dmg mount photos.dmg /mnt/photos
+      darkstorage dmg mount photos.dmg
       darkstorage umount /mnt/photos
     """
     from .sources import run_image_mount
 
     image = image.absolute()
+    made = None
+    if mountpoint is None:
+        if not image.exists():
+            raise NotFoundError(f"no such image: {image}")
+        mountpoint = made = new_mount_folder(image)
     mountpoint = mountpoint.absolute()
     argv = ["dmg", "mount", str(image), str(mountpoint)] + (["--allow-other"] if allow_other else [])
 
@@ -355,15 +426,21 @@ def dmg_mount(image: Path, mountpoint: Path, foreground: bool, allow_other: bool
             argv.extend(["--password-env", _CHILD_PASSWORD_ENV])
         return volume
 
-    run_image_mount(
-        view,
-        image,
-        mountpoint,
-        foreground=foreground,
-        fsname=f"darkstorage-dmg:{image.name}",
-        allow_other=allow_other,
-        argv=argv,
-    )
+    try:
+        run_image_mount(
+            view,
+            image,
+            mountpoint,
+            foreground=foreground,
+            fsname=f"darkstorage-dmg:{image.name}",
+            allow_other=allow_other,
+            argv=argv,
+        )
+    except BaseException:
+        if made is not None and not os.path.ismount(made):
+            with contextlib.suppress(OSError):
+                made.rmdir()  # the folder made for this mount
+        raise
 
 
 def _dir_target(dest: Path, path: str) -> Path:

@@ -29,6 +29,7 @@ from pool.errors import ImageCorruptError, UsageError
 
 from .common import SourceTree, walk_tree, write_sidecar
 from .dmg_crypt import EncryptedFile, EncryptedWriter, Keys, Sealer, is_encrypted
+from .dmg_finder import FinderLayout
 from .hfsplus import BLOCK_BYTES, HfsOptions, HfsPlusWriter
 from .hfsplus_format import UNKNOWN_ID
 from .hfsplus_read import HfsVolume
@@ -37,6 +38,7 @@ from .sparse_write import write_sparsebundle, write_sparseimage
 from .udif import FORMATS as UDIF_FORMATS
 from .udif import FileSpan, Piece, UdifResult, write_udif
 from .udif_read import UdifImage
+from .udif_sla import license_resources
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ class BuildResult:
         sha256: the image's SHA-256 (None for a bundle, whose sidecar lists every file).
         encryption: ``AES-128``/``AES-256`` or None.
         udif: the UDIF writer's result (None for sparse formats).
+        license: whether a licence agreement was written.
         bands: bands written (sparse formats).
     """
 
@@ -76,6 +79,7 @@ class BuildResult:
     encryption: str | None = None
     udif: UdifResult | None = None
     bands: int = 0
+    license: bool = False
 
 
 def _segment_id(tree: SourceTree, opts: HfsOptions, fmt: str) -> bytes:
@@ -110,6 +114,20 @@ def _iso_volume(tree: SourceTree, opts: HfsOptions, folder: Path) -> Path:
     return path
 
 
+def _without(tree: SourceTree, reserved: list[str]) -> SourceTree:
+    """*tree* less the entries at (or under) the root-relative paths in *reserved*."""
+    dropped = [e.rel for e in tree.entries if any(e.rel == r or e.rel.startswith(r + "/") for r in reserved)]
+    if not dropped:
+        return tree
+    for rel in dropped:
+        if "/" not in rel:
+            log.warning("%s in the source is replaced by the generated one (--icon/--background)", rel)
+    gone = set(dropped)
+    kept = [e for e in tree.entries if e.rel not in gone]
+    total = sum(e.size for e in kept if e.kind == "file")
+    return dataclasses.replace(tree, entries=kept, total_bytes=total)
+
+
 def _file_stream(path: Path) -> Iterator[Piece]:
     size = path.stat().st_size
     yield FileSpan(path, size, "the ISO volume")
@@ -129,6 +147,8 @@ def build_dmg(
     encrypt: str | None = None,
     password: str | None = None,
     band_bytes: int | None = None,
+    finder: FinderLayout | None = None,
+    license_text: str | None = None,
 ) -> BuildResult:
     """Build ``output`` (an image of *source*) and its ``.sha256`` sidecar.
 
@@ -145,6 +165,11 @@ def build_dmg(
         password: the password for *encrypt*.
         band_bytes: band size of a sparse image or bundle (default: 1 MiB or more, so that one
             header indexes the disk / 8 MiB).
+        finder: volume icon and Finder window (HFS+ only, :mod:`imaging.dmg_finder`); source
+            entries at the paths it creates (``.VolumeIcon.icns``, ``.background``,
+            ``.DS_Store`` in the root) are left out, with a warning.
+        license_text: a licence agreement macOS shows before mounting (UDIF formats only,
+            :mod:`imaging.udif_sla`).
 
     Raises:
         UsageError: a bad option; NotFoundError: no such folder; UnsupportedError: a name or
@@ -159,7 +184,17 @@ def build_dmg(
         raise UsageError("--encrypt needs a password")
     if band_bytes is not None and fmt not in SPARSE_FORMATS:
         raise UsageError("--band-size applies to SPARSE and SPARSEBUNDLE images only")
+    if finder and filesystem != "hfs+":
+        raise UsageError("--icon and --background need an HFS+ volume (--filesystem hfs+)")
+    if license_text is not None and fmt not in UDIF_FORMATS:
+        raise UsageError(f"--license needs a UDIF image (UDZO, UDBZ, ULFO, ULMO, UDRO), not {fmt}")
     tree = walk_tree(source)
+    if finder:
+        tree = _without(tree, finder.reserved_names)
+        extras, root_flags = finder.extras(opts.volume_name)
+        opts = dataclasses.replace(
+            opts, extras=[*opts.extras, *extras], root_finder_flags=opts.root_finder_flags | root_flags
+        )
     files = sum(1 for e in tree.entries if e.kind != "dir")
     folders = len(tree.entries) - files - 1
     case_sensitive = False
@@ -183,6 +218,7 @@ def build_dmg(
             on_plan(volume_bytes)
         made = BuildResult(output, fmt, filesystem, case_sensitive, files, folders, tree.skipped, volume_bytes, 0, None)
         made.encryption = encrypt
+        made.license = license_text is not None
         seal = Sealer(encrypt, password) if encrypt is not None and password else None
         if fmt == "SPARSE":
             sres = write_sparseimage(
@@ -194,8 +230,9 @@ def build_dmg(
             sres = write_sparsebundle(output, stream, volume_bytes, seal=seal, free=free, progress=progress, **kw)
             write_bundle_sidecar(output)
         else:
+            resources = license_resources(license_text) if license_text is not None else None
             made.udif = _write_udif_file(
-                output, stream, fmt, name, _segment_id(tree, opts, fmt), workers, progress, encrypt, password
+                output, stream, fmt, name, _segment_id(tree, opts, fmt), workers, progress, encrypt, password, resources
             )
             made.sha256 = write_sidecar(output, None if encrypt else made.udif.sha256)
             made.image_bytes = output.stat().st_size
@@ -215,6 +252,7 @@ def _write_udif_file(
     progress: Callable[[int], None] | None,
     encrypt: str | None,
     password: str | None,
+    resources: dict[str, list[dict[str, Any]]] | None = None,
 ) -> UdifResult:
     """Write the UDIF image to *output* (atomically), inside the encrypted container if asked."""
     tmp = output.with_name(f".{output.name}.part")
@@ -225,7 +263,14 @@ def _write_udif_file(
                 assert password
                 sink = EncryptedWriter(out, Keys.new(encrypt), password)
             res = write_udif(
-                sink, stream, fmt=fmt, partition_name=name, segment_id=segment_id, workers=workers, progress=progress
+                sink,
+                stream,
+                fmt=fmt,
+                partition_name=name,
+                segment_id=segment_id,
+                workers=workers,
+                progress=progress,
+                resources=resources,
             )
             if encrypt is not None:
                 sink.finish()

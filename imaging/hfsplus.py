@@ -24,6 +24,11 @@ them, links and their indirect node also carry the link chain flag (0x20): each 
 ``reserved1`` the first link's (xnu ``hfs_format.h``: ``hl_nextLinkID``, ``hl_prevLinkID``,
 ``hl_firstLinkID``); libfshfs recognises only such chained links.
 
+Generated entries (:class:`ExtraEntry`: a ``.DS_Store``, a ``.VolumeIcon.icns``, ...) join the
+walked tree with content from bytes and Finder info of their own; a generator function sees the
+planned volume (every entry's CNID, the volume's dates) before it produces its bytes, so a file
+can describe another one by CNID (an alias in a ``.DS_Store``).
+
 Everything is planned from the walked tree before the first byte is produced (the metadata is
 built in memory: about 350 bytes per file), then :meth:`HfsPlusWriter.stream` yields the
 volume in order, reading each file once; memory does not grow with the data.
@@ -39,6 +44,7 @@ import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pool.errors import UnsupportedError, UsageError
 
@@ -73,6 +79,8 @@ from .hfsplus_format import (
     VH_OFFSET,
     VOLUME_HEADER,
     VOLUME_UNMOUNTED,
+    ExtraEntry,
+    PlannedEntry,
     attr_key,
     catalog_key,
     encode_name,
@@ -112,6 +120,9 @@ class HfsOptions:
         size_bytes: volume size; None for just large enough.
         max_extent_blocks: longest extent written (splitting files into several extents; only
             tests lower it, to exercise the extents overflow B-tree on small files).
+        extras: generated files and folders added to the tree (parents before children).
+        root_finder_flags: Finder flags of the root folder (``DInfo.frFlags``), e.g.
+            :data:`FINDER_HAS_CUSTOM_ICON` for a volume icon in ``.VolumeIcon.icns``.
     """
 
     volume_name: str = "Untitled"
@@ -120,6 +131,8 @@ class HfsOptions:
     source_date_epoch: int | None = None
     size_bytes: int | None = None
     max_extent_blocks: int = 0xFFFFFFFF
+    extras: list[ExtraEntry] = field(default_factory=list)
+    root_finder_flags: int = 0
 
 
 HARD_LINK_INFO = struct.pack(">4s4sH4sH", b"hlnk", b"hfs+", 0, bytes(4), 0)  #: FInfo of a hard link file
@@ -142,6 +155,8 @@ class _Item:
     data_bytes: int = 0
     xattrs: list[tuple[bytes, bytes]] = field(default_factory=list)  # (name units, value)
     xattr_forks: dict[bytes, int] = field(default_factory=dict)  # name units -> start block
+    extra: ExtraEntry | None = None  # a generated entry (content from bytes)
+    content: bytes | None = None
 
 
 def _blocks(n_bytes: int) -> int:
@@ -182,15 +197,30 @@ class HfsPlusWriter:
 
     # -- planning -------------------------------------------------------------------------
 
+    def _extra_entries(self) -> list[tuple[TreeEntry, ExtraEntry | None]]:
+        """The tree's entries then the generated ones, as tree entries (dated at the build time)."""
+        epoch = self.opts.source_date_epoch
+        now_ns = (epoch if epoch is not None else int(time.time())) * 1_000_000_000
+        out: list[tuple[TreeEntry, ExtraEntry | None]] = [(e, None) for e in self.tree.entries]
+        for x in self.opts.extras:
+            kind = "dir" if x.data is None else "file"
+            mode = (stat.S_IFDIR | 0o755) if kind == "dir" else (stat.S_IFREG | 0o644)
+            size = len(x.data) if isinstance(x.data, bytes) else 0
+            e = TreeEntry(x.rel, kind, mode, UNKNOWN_ID, UNKNOWN_ID, size, now_ns, now_ns, now_ns, 1, 0, 0, "", Path())
+            out.append((e, x))
+        return out
+
     def _plan_items(self) -> None:
         by_rel: dict[str, _Item] = {}
         cnid = CNID_FIRST_USER
-        for e in self.tree.entries:
+        for e, extra in self._extra_entries():
             if e.rel == "":
                 item = _Item(e, CNID_ROOT_FOLDER, CNID_ROOT_PARENT, self.volume_units)
             else:
                 parent_rel = e.rel.rsplit("/", 1)[0] if "/" in e.rel else ""
-                parent = by_rel[parent_rel]
+                parent = by_rel.get(parent_rel)
+                if parent is None or parent.entry.kind != "dir":
+                    raise UsageError(f"generated entry {e.rel!r}: its folder is not in the volume")
                 try:
                     units = encode_name(e.name)
                 except ValueError as err:
@@ -203,12 +233,20 @@ class HfsPlusWriter:
             elif e.kind == "symlink":
                 item.data_bytes = len(os.fsencode(e.target))
             item.blocks = _blocks(item.data_bytes)
-            if self.opts.include_metadata:
+            if self.opts.include_metadata and extra is None:
                 item.xattrs = self._xattrs(e)
+            item.extra = extra
             by_rel[e.rel] = item
             self.items.append(item)
+        self._by_rel = by_rel
         cnid = self._plan_hard_links(cnid)
         self.next_cnid = cnid
+        for item in self.items:  # generated contents, now that every CNID is known
+            x = item.extra
+            if x is not None and x.data is not None:
+                item.content = x.data if isinstance(x.data, bytes) else x.data(self)
+                item.data_bytes = len(item.content)
+                item.blocks = _blocks(item.data_bytes)
         self.case_sensitive = self._needs_case_sensitive()
         self.file_count = sum(1 for i in self.items if i.entry.kind != "dir")
         self.folder_count = sum(1 for i in self.items if i.entry.kind == "dir") - 1
@@ -244,6 +282,15 @@ class HfsPlusWriter:
             self.items.append(node)
             cnid += 1
         return cnid
+
+    def planned(self, rel: str) -> PlannedEntry:
+        """Where the entry at *rel* (``/``-separated, ``""`` for the root) sits in the volume.
+
+        Raises:
+            KeyError: no such entry.
+        """
+        item = self._by_rel[rel]
+        return PlannedEntry(item.cnid, item.parent, item.entry.name, self._dates(item.entry)[0])
 
     def _needs_case_sensitive(self) -> bool:
         seen: dict[tuple[int, bytes], _Item] = {}
@@ -337,13 +384,17 @@ class HfsPlusWriter:
     # -- records --------------------------------------------------------------------------
 
     def _dates(self, e: TreeEntry) -> tuple[int, int, int, int]:
-        """(create, content mod, attribute mod, access) HFS+ dates of an entry."""
+        """(create, content mod, attribute mod, access) HFS+ dates of an entry; the root folder
+        is created with the volume (as ``newfs_hfs`` makes it: what an alias records as the
+        volume's creation date)."""
         epoch = self.opts.source_date_epoch
         if epoch is None:
             m = hfs_date(e.mtime_ns)
-            return m, m, hfs_date(e.ctime_ns), hfs_date(e.atime_ns)
-        m = hfs_date(min(e.mtime_ns, epoch * 1_000_000_000))
-        return m, m, m, m
+            dates = m, m, hfs_date(e.ctime_ns), hfs_date(e.atime_ns)
+        else:
+            m = hfs_date(min(e.mtime_ns, epoch * 1_000_000_000))
+            dates = m, m, m, m
+        return (self.volume_date, *dates[1:]) if e.rel == "" else dates
 
     def _bsd(self, e: TreeEntry, special: int = 0) -> bytes:
         kind = stat.S_IFMT(e.mode)
@@ -377,6 +428,9 @@ class HfsPlusWriter:
                 )
                 thread_type = REC_FOLDER_THREAD
             elif e.kind == "dir":
+                flags_f = self.opts.root_finder_flags if item.cnid == CNID_ROOT_FOLDER else 0
+                if item.extra is not None:
+                    flags_f = item.extra.finder_flags
                 rec = FOLDER_RECORD.pack(
                     REC_FOLDER,
                     flags,
@@ -388,7 +442,7 @@ class HfsPlusWriter:
                     acc,
                     0,
                     self._bsd(e),
-                    bytes(16),
+                    struct.pack(">8sH6s", bytes(8), flags_f, bytes(6)),  # DInfo: frFlags at 8
                     bytes(16),
                     0,
                     0,
@@ -402,6 +456,9 @@ class HfsPlusWriter:
                 user_info = (
                     struct.pack(">4s4sH4sH", b"slnk", b"rhap", 0, bytes(4), 0) if e.kind == "symlink" else bytes(16)
                 )
+                if item.extra is not None:  # FInfo: type, creator, fdFlags
+                    x = item.extra
+                    user_info = struct.pack(">4s4sH6s", x.type_code, x.creator_code, x.finder_flags, bytes(6))
                 if item.role == "link":
                     user_info = HARD_LINK_INFO
                     c = self.volume_date  # = the private folder's create date, as macOS expects
@@ -515,6 +572,10 @@ class HfsPlusWriter:
 
     def _file_data(self, item: _Item) -> Iterator[Piece]:
         e = item.entry
+        if item.content is not None:
+            yield item.content
+            yield item.blocks * BLOCK_BYTES - len(item.content)
+            return
         if e.kind == "symlink":
             data = os.fsencode(e.target)
             yield data

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import struct
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 SIG_HFSPLUS = b"H+"
 SIG_HFSX = b"HX"
@@ -297,3 +299,45 @@ class ForkInfo:
     def parse(cls, raw: bytes) -> ForkInfo:
         logical, _clump, blocks, ext = FORK_DATA.unpack(raw)
         return cls(logical, blocks, parse_extents(ext))
+
+
+#: Finder flags (Inside Macintosh: Macintosh Toolbox Essentials, ch. 7 "Finder Interface";
+#: TN1150 keeps them in a catalog record's userInfo: ``FInfo.fdFlags`` / ``DInfo.frFlags``, offset 8)
+FINDER_HAS_CUSTOM_ICON = 0x0400  #: kHasCustomIcon
+FINDER_IS_INVISIBLE = 0x4000  #: kIsInvisible
+
+
+@dataclass(frozen=True)
+class PlannedEntry:
+    """Where an entry sits in the planned volume: what an alias to it records.
+
+    Attributes:
+        cnid: its catalog node ID; parent_cnid: its folder's; name: its name;
+        create_date: its creation date in HFS+ seconds (since 1904-01-01 GMT).
+    """
+
+    cnid: int
+    parent_cnid: int
+    name: str
+    create_date: int
+
+
+@dataclass
+class ExtraEntry:
+    """A file or folder generated for the volume rather than walked from the source.
+
+    Attributes:
+        rel: ``/``-separated path from the volume root; its folder must exist (in the tree or
+            as an earlier extra).
+        data: the file's bytes, or a function of the planned volume (a :class:`~imaging.hfsplus.HfsPlusWriter`
+            with every CNID assigned: :meth:`~imaging.hfsplus.HfsPlusWriter.planned`, ``volume_date``) that returns
+            them, called once before the layout is fixed; None for a folder.
+        finder_flags: Finder flags (``fdFlags``/``frFlags``), e.g. :data:`FINDER_IS_INVISIBLE`.
+        type_code, creator_code: a file's Finder type and creator (4 bytes each).
+    """
+
+    rel: str
+    data: bytes | Callable[[Any], bytes] | None
+    finder_flags: int = 0
+    type_code: bytes = bytes(4)
+    creator_code: bytes = bytes(4)

@@ -69,6 +69,7 @@ class Entry:
     extents: list[tuple[int, int]] = field(default_factory=list)
     nlink: int = 1
     link: int = 0  #: for a hard link: the CNID of its indirect node file (shared by all its links)
+    finder_flags: int = 0  #: Finder flags (FInfo.fdFlags / DInfo.frFlags: 0x0400 custom icon, 0x4000 invisible)
 
     @property
     def ino(self) -> int:
@@ -242,6 +243,7 @@ class HfsVolume:
             unix_ns(attr_mod),
             extents,
             2 if kind == "dir" else 1,
+            finder_flags=struct.unpack_from(">H", rec[10], 8)[0],
         )
         self.entries[cnid] = entry
         if cnid == CNID_ROOT_FOLDER:

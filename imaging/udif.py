@@ -32,7 +32,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from zlib_ng import zlib_ng
 
@@ -150,9 +150,12 @@ def mish_table(runs: list[ChunkRun], sector_count: int, crc: int, *, descriptor:
     return head + body
 
 
-def plist_xml(partition_name: str, mish: bytes, *, descriptor: int) -> bytes:
+def plist_xml(
+    partition_name: str, mish: bytes, *, descriptor: int, resources: dict[str, list[dict[str, Any]]] | None = None
+) -> bytes:
     """The XML property list with one ``blkx`` resource (keys sorted, ``Name`` after ``Data``
-    as dmg2img's text parser expects)."""
+    as dmg2img's text parser expects) plus *resources* (other resource types, e.g. a licence
+    agreement's ``LPic``/``STR#``/``TEXT``, :mod:`imaging.udif_sla`)."""
     entry = {
         "Attributes": "0x0050",
         "CFName": partition_name,
@@ -160,7 +163,7 @@ def plist_xml(partition_name: str, mish: bytes, *, descriptor: int) -> bytes:
         "ID": str(descriptor),
         "Name": partition_name,
     }
-    doc = {"resource-fork": {"blkx": [entry]}}
+    doc = {"resource-fork": {**(resources or {}), "blkx": [entry]}}
     return plistlib.dumps(doc, fmt=plistlib.FMT_XML, sort_keys=True)
 
 
@@ -444,6 +447,7 @@ def write_udif(
     segment_id: bytes,
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
+    resources: dict[str, list[dict[str, Any]]] | None = None,
 ) -> UdifResult:
     """Write a UDIF image of the disk whose bytes *blocks* yields, as one partition.
 
@@ -458,6 +462,8 @@ def write_udif(
         segment_id: 16 bytes identifying the image (a UUID).
         workers: compressing threads/processes (default: the CPU count).
         progress: called with the number of disk bytes consumed after each chunk.
+        resources: more ``resource-fork`` entries for the property list (type → list of
+            ``{Attributes, Data, ID, Name}``), e.g. :func:`imaging.udif_sla.license_resources`.
 
     Returns:
         a :class:`UdifResult` (the SHA-256 covers the whole file, for the sidecar).
@@ -486,7 +492,8 @@ def write_udif(
         master_crc32=zlib.crc32(struct.pack(">I", pipe.part_crc)),
         chunk_counts=dict(pipe.counts),
     )
-    xml = plist_xml(partition_name, mish_table(pipe.runs, pipe.sector, pipe.part_crc, descriptor=0), descriptor=0)
+    mish = mish_table(pipe.runs, pipe.sector, pipe.part_crc, descriptor=0)
+    xml = plist_xml(partition_name, mish, descriptor=0, resources=resources)
     pipe.write(xml)
     pipe.write(koly_trailer(res, data_fork_bytes, len(xml), segment_id))
     res.file_bytes = pipe.offset

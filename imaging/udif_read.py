@@ -230,6 +230,7 @@ class UdifImage:
         try:
             doc = plistlib.loads(self.source.pread(self.xml_bytes, self.xml_offset))
             blkx = doc["resource-fork"]["blkx"]
+            self.resources: dict[str, Any] = {k: v for k, v in doc["resource-fork"].items() if k != "blkx"}
         except Exception as e:
             raise ImageCorruptError(f"{self.path.name}: property list unreadable ({type(e).__name__})") from None
         self.partitions: list[Partition] = []
@@ -256,6 +257,14 @@ class UdifImage:
     def size_bytes(self) -> int:
         """Bytes of the disk inside (sectors × 512)."""
         return self.sector_count * SECTOR_BYTES
+
+    @property
+    def license_text(self) -> str | None:
+        """The licence agreement macOS shows before mounting (``TEXT`` decoded from Mac OS
+        Roman, or ``RTF `` source), None when the image has none (:mod:`imaging.udif_sla`)."""
+        from .udif_sla import license_from_resources
+
+        return license_from_resources(self.resources)
 
     @property
     def chunk_types(self) -> set[int]:
