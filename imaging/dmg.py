@@ -129,6 +129,7 @@ def build_dmg(
     encrypt: str | None = None,
     password: str | None = None,
     band_bytes: int | None = None,
+    tree: SourceTree | None = None,
 ) -> BuildResult:
     """Build ``output`` (an image of *source*) and its ``.sha256`` sidecar.
 
@@ -145,6 +146,8 @@ def build_dmg(
         password: the password for *encrypt*.
         band_bytes: band size of a sparse image or bundle (default: 1 MiB or more, so that one
             header indexes the disk / 8 MiB).
+        tree: the entries to put in the image, already walked from *source* (default: all of
+            *source*); an incremental image passes only what changed (:mod:`imaging.dmg_incremental`).
 
     Raises:
         UsageError: a bad option; NotFoundError: no such folder; UnsupportedError: a name or
@@ -159,7 +162,7 @@ def build_dmg(
         raise UsageError("--encrypt needs a password")
     if band_bytes is not None and fmt not in SPARSE_FORMATS:
         raise UsageError("--band-size applies to SPARSE and SPARSEBUNDLE images only")
-    tree = walk_tree(source)
+    tree = tree if tree is not None else walk_tree(source)
     files = sum(1 for e in tree.entries if e.kind != "dir")
     folders = len(tree.entries) - files - 1
     case_sensitive = False
