@@ -475,8 +475,10 @@ def dmg_extract(image: Path, patterns: tuple[str, ...], output: Path, password: 
     output.mkdir(parents=True, exist_ok=True)
 
     def keep(path: str, e: Any) -> bool:
-        return not patterns or e.kind == "dir" or any(
-            fnmatch.fnmatch(path, pat) or fnmatch.fnmatch(path.rsplit("/", 1)[-1], pat) for pat in patterns
+        return (
+            not patterns
+            or e.kind == "dir"
+            or any(fnmatch.fnmatch(path, pat) or fnmatch.fnmatch(path.rsplit("/", 1)[-1], pat) for pat in patterns)
         )
 
     with _open(image, password) as d:
