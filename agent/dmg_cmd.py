@@ -17,6 +17,7 @@ from pool.errors import ImageCorruptError, NotFoundError, UnsafePathError, Usage
 from pool.units import format_size, parse_size
 
 from .console import console, emit_json, print_listing, transfer_progress
+from .jobs_cmd import schedule_options
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 _COPY_BYTES = 1 << 20
@@ -88,6 +89,7 @@ def password_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @click.command("bucket2dmg")
+@schedule_options("bucket2dmg")
 @click.argument("source")
 @click.option(
     "--output",
