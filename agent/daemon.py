@@ -312,7 +312,8 @@ def agent_start(foreground: bool, once: bool, as_json: bool) -> None:
     if once:
         if not logging.getLogger().handlers or logging.getLogger().level > logging.INFO:
             logging.getLogger().setLevel(logging.INFO)
-        ran = run_due(home)
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            ran = run_due(home)  # the builds' own reports go to stderr: stdout is one JSON document
         if as_json:
             emit_json(ran)
         else:
