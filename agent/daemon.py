@@ -250,13 +250,14 @@ def agent_pid(home: Path) -> int | None:
 
 @click.group()
 def agent() -> None:
-    """The background agent: runs scheduled and realtime sync pairs.
+    """The background agent: runs scheduled and realtime sync pairs, and scheduled image jobs.
 
     \b
     Example:
       darkstorage agent start
       darkstorage agent status
       darkstorage agent stop
+      darkstorage agent start --once
     """
 
 

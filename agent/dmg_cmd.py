@@ -257,6 +257,7 @@ def dmg() -> None:
       darkstorage dmg verify photos.dmg
       darkstorage dmg ls photos.dmg --long
       darkstorage dmg extract photos.dmg --pattern "*.jpg" --output ./out
+      darkstorage dmg restore ~/Backups/daily.chain.json --output ./restored
     """
 
 

@@ -170,7 +170,7 @@ def diff_tree(tree: SourceTree, old: dict[str, list[Any]] | None, scan_ns: int) 
                 changed.append(e.rel)
         if racy and digest is None:
             digest = content_hash(e.path)
-        state[e.rel] = _state_of(e, digest)
+        state[e.rel] = _state_of(e, digest if racy else None)  # settled files: size + mtime suffice
     deleted: list[str] = []
     for rel, prev in (old or {}).items():
         if rel not in seen or state[rel][0] != prev[0]:

@@ -119,6 +119,8 @@ def test_run_now_builds_verifies_installs_and_keeps_the_last_image_on_failure(ho
     make_src(src)
     out = tmp_path / "out" / "snap.iso"
     cli("bucket2iso", str(src), "-o", str(out), "--schedule", "0 3 * * *", home=home)
+    (out.parent / ".snap.job-part").mkdir(parents=True)  # left by a killed run
+    (out.parent / ".snap.job-part" / "snap.iso").write_bytes(b"half an image")
     res = json.loads(cli("jobs", "run-now", "snap", "--json", home=home).stdout)
     assert res["result"] == "ok" and res["files"] == [str(out)] and res["build"]["files"] == 5
     cli("iso", "verify", str(out), home=home)
