@@ -19,6 +19,7 @@ from .jobs import Job, JobStore
 log = logging.getLogger(__name__)
 
 RELOAD_S = 5.0  #: how often the supervisor re-reads the job table
+MAX_SLEEP_S = 60.0  #: longest wait before a job task looks at the wall clock again
 
 
 def run_one(home: Path, name: str) -> None:
@@ -54,8 +55,10 @@ class JobService:
                 return
             wait_s = job.next_run().timestamp() - time.time()
             if wait_s > 0:
-                await trio.sleep(wait_s)
-                continue  # re-read: a run-now in between moves the next tick
+                # a minute at most: trio's clock stops while the machine sleeps, the wall clock does not;
+                # re-reading also sees a run-now in between, which moves the next tick
+                await trio.sleep(min(wait_s, MAX_SLEEP_S))
+                continue
             log.info("image job %s: running (schedule %r)", job.name, job.schedule)
             # abandoned on cancel: `agent stop` need not wait for a long build; the process exit
             # ends it and the staging folder keeps the previous image safe

@@ -242,3 +242,31 @@ def test_restore_refuses_a_deletion_leaving_the_output(home: Path, tmp_path: Pat
     r = cli("dmg", "restore", str(chain_file), "-o", str(tmp_path / "restore"), home=home, check=False)
     assert r.returncode == 19 and "'..'" in r.stderr
     assert victim.read_text() == "must survive"
+
+
+def test_a_killed_run_leaves_the_previous_image(home: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "small.txt").write_text("first run")
+    out = tmp_path / "out" / "k.dmg"
+    cli("bucket2dmg", str(src), "-o", str(out), "--format", "UDRO", "--schedule", "@daily", home=home)
+    cli("jobs", "run-now", "k", home=home)
+    first = out.read_bytes()
+    with open(src / "big.bin", "wb") as f:  # enough work that the kill lands mid-build
+        for i in range(64):
+            f.write(os.urandom(1 << 20) if i % 8 == 0 else bytes(1 << 20))
+    stage = out.parent / ".k.job-part"
+    env = {**os.environ, "DARKSTORAGE_HOME": str(home)}
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "jobs", "run-now", "k"], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_until(lambda: stage.exists() or proc.poll() is not None, "the staging folder")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert out.read_bytes() == first and stage.exists()
+    cli("dmg", "verify", str(out), home=home)
+    cli("jobs", "run-now", "k", home=home)  # the next run clears the staging folder and installs
+    assert not stage.exists() and out.read_bytes() != first
+    names = [e["path"] for e in json.loads(cli("dmg", "ls", str(out), "--json", home=home).stdout)]
+    assert "big.bin" in names
