@@ -169,7 +169,7 @@ def _when(ts: float) -> str:
 
 @click.group()
 def jobs() -> None:
-    """Image jobs: ``bucket2iso`` / ``bucket2dmg`` runs registered with --schedule.
+    """Image jobs: bucket2iso / bucket2dmg runs registered with --schedule, run by the agent.
 
     \b
     Example:
