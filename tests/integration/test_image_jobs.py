@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, cli, wait_until
+from tests.conftest import ROOT, Mount, cli, wait_until
 
 needs_7zz = pytest.mark.skipif(shutil.which("7zz") is None, reason="Debian package 7zip not installed")
 DAY_NS = 86_400 * 10**9
@@ -270,3 +270,20 @@ def test_a_killed_run_leaves_the_previous_image(home: Path, tmp_path: Path) -> N
     assert not stage.exists() and out.read_bytes() != first
     names = [e["path"] for e in json.loads(cli("dmg", "ls", str(out), "--json", home=home).stdout)]
     assert "big.bin" in names
+
+
+@pytest.mark.fuse
+def test_bucket_job_reads_the_mounted_bucket(home: Path, tmp_path: Path, mounted: Mount) -> None:
+    (mounted.path / "b" / "docs").mkdir()
+    (mounted.path / "b" / "docs" / "r.txt").write_text("in the bucket")
+    out = tmp_path / "b-incr.dmg"
+    job = json.loads(cli("bucket2dmg", "b/docs", "-o", str(out), "--schedule", "@hourly", "--incremental",
+                         "--json", home=home).stdout)  # fmt: skip
+    assert job["argv"][0] == "b/docs"  # a bucket path is stored as given, not as a folder
+    assert (
+        cli("bucket2dmg", "nobucket", "-o", str(out), "--schedule", "@hourly", home=home, check=False).returncode == 3
+    )
+    res = json.loads(cli("jobs", "run-now", "b-incr", "--json", home=home).stdout)
+    assert res["build"]["kind"] == "full" and res["build"]["changed"] == ["r.txt"]
+    cli("dmg", "restore", res["files"][1], "-o", str(tmp_path / "r"), home=home)
+    assert (tmp_path / "r" / "r.txt").read_text() == "in the bucket"
