@@ -229,7 +229,9 @@ def jobs_run_now(name: str, as_json: bool) -> None:
     if as_json:
         emit_json(out)
         return
-    console.print(f"job {name}: verified and installed {', '.join(out['files'])}", soft_wrap=True)
+    files = out["files"]
+    shown = ", ".join(files) if len(files) <= 3 else f"{files[0]} … {Path(files[-1]).name} ({len(files)} files)"
+    console.print(f"job {name}: verified and installed {shown}", soft_wrap=True)
 
 
 @jobs.command("remove")
