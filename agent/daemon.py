@@ -351,6 +351,14 @@ def agent_start(foreground: bool, once: bool, as_json: bool) -> None:
         with contextlib.suppress(FileNotFoundError):
             if agent_pid(home) == os.getpid():
                 pid_path(home).unlink()
+    if threading.active_count() > 1:
+        # an image build abandoned at stop may still run in a worker thread (its compressor pool
+        # would hold the exit, and the job's lock with it): end now, its staging folder keeps the
+        # previous image safe. Sync runs are never abandoned: trio.run waited for them.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 @agent.command("stop")

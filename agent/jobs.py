@@ -15,7 +15,7 @@ Schema (``PRAGMA user_version`` = migrations applied)::
         schedule     TEXT NOT NULL,     -- cron expression (croniter), in local time
         created_ns   INTEGER NOT NULL,
         last_run_ns  INTEGER,           -- end of the last run (any outcome)
-        last_result  TEXT,              -- "ok" | "failed"
+        last_result  TEXT,              -- "ok" | "failed" | "interrupted" (agent stopped mid-run: still due)
         last_message TEXT,              -- one line: the files written, or the error
         last_files   TEXT               -- JSON list of the files the last good run installed
     )
@@ -195,13 +195,21 @@ class JobStore:
         )
         return known is None
 
-    def record_run(self, name: str, result: str, message: str, files: Sequence[str] | None = None) -> None:
-        """Note the end of a run of *name* (``ok`` or ``failed``), now."""
+    def record_run(
+        self, name: str, result: str, message: str, files: Sequence[str] | None = None, *, counts: bool = True
+    ) -> None:
+        """Note the end of a run of *name* (``ok``, ``failed`` or ``interrupted``), now.
+
+        Args:
+            counts: False for a run cut short by the agent stopping: its time is not recorded,
+                so the tick stays due and the next agent start runs it again.
+        """
         self.db.execute(
-            "UPDATE jobs SET last_run_ns = ?, last_result = ?, last_message = ?,"
-            " last_files = coalesce(?, last_files) WHERE name = ?",
-            (time.time_ns(), result, message[:2000], json.dumps(list(files)) if files is not None else None, name),
-        )
+            "UPDATE jobs SET last_run_ns = CASE WHEN ? THEN ? ELSE last_run_ns END, last_result = ?,"
+            " last_message = ?, last_files = coalesce(?, last_files) WHERE name = ?",
+            (counts, time.time_ns(), result, message[:2000], json.dumps(list(files)) if files is not None else None,
+             name),
+        )  # fmt: skip
 
     def remove(self, name: str) -> Job:
         """Forget job *name* (the images it wrote stay)."""

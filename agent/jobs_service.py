@@ -62,7 +62,14 @@ class JobService:
             log.info("image job %s: running (schedule %r)", job.name, job.schedule)
             # abandoned on cancel: `agent stop` need not wait for a long build; the process exit
             # ends it and the staging folder keeps the previous image safe
-            await trio.to_thread.run_sync(run_one, self.home, job.name, abandon_on_cancel=True)
+            try:
+                await trio.to_thread.run_sync(run_one, self.home, job.name, abandon_on_cancel=True)
+            except trio.Cancelled:
+                with JobStore(self.home) as store:
+                    store.record_run(
+                        job.name, "interrupted", "the agent stopped (or the job changed) mid-run", counts=False
+                    )
+                raise
             await trio.sleep(1.0)  # never spin if the outcome could not be recorded
 
 

@@ -287,3 +287,25 @@ def test_bucket_job_reads_the_mounted_bucket(home: Path, tmp_path: Path, mounted
     assert res["build"]["kind"] == "full" and res["build"]["changed"] == ["r.txt"]
     cli("dmg", "restore", res["files"][1], "-o", str(tmp_path / "r"), home=home)
     assert (tmp_path / "r" / "r.txt").read_text() == "in the bucket"
+
+
+def test_agent_stopped_mid_run_keeps_the_image_and_the_tick_due(home: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "small.txt").write_text("first run")
+    out = tmp_path / "out" / "s.dmg"
+    cli("bucket2dmg", str(src), "-o", str(out), "--format", "UDBZ", "--schedule", "0 3 * * *", home=home)
+    cli("jobs", "run-now", "s", home=home)
+    first = out.read_bytes()
+    (src / "big.bin").write_bytes(os.urandom(16 << 20))  # bzip2 of random data: seconds of work
+    backdate(home, "s")
+    cli("agent", "start", home=home)
+    try:
+        wait_until(lambda: (out.parent / ".s.job-part").exists(), "the agent starting job s")
+    finally:
+        cli("agent", "stop", home=home)
+    job = jobs(home)["s"]
+    assert job["last_result"] == "interrupted" and out.read_bytes() == first
+    ran = json.loads(cli("agent", "start", "--once", "--json", home=home, timeout=300).stdout)
+    assert ran["jobs"] == ["s"] and ran["failed"] == []  # still due: the next start runs it
+    assert "big.bin" in cli("dmg", "ls", str(out), home=home).stdout
