@@ -48,6 +48,7 @@ LAZY_COMMANDS = {
     "iso": "agent.iso_cmd:iso",
     "bucket2dmg": "agent.dmg_cmd:bucket2dmg",
     "dmg": "agent.dmg_cmd:dmg",
+    "jobs": "agent.jobs_cmd:jobs",
 }
 
 

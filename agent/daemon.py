@@ -1,4 +1,4 @@
-"""``darkstorage agent``: the background agent that runs registered sync pairs.
+"""``darkstorage agent``: the background agent that runs registered sync pairs and image jobs.
 
 One trio nursery of services (``async def run(self, *, task_status=...)``, started with
 ``nursery.start``): a :class:`PairService` per active pair that has a cron schedule (croniter) or
@@ -7,6 +7,9 @@ removed with ``darkstorage sync`` take effect without a restart. Realtime pairs 
 with watchdog (inotify; this includes a pool bucket while the pool is mounted: changes made
 through the FUSE mount reach inotify) and debounce bursts of events; other roots are polled.
 Each run happens in a worker thread (``trio.to_thread.run_sync``), one at a time per pair.
+Image jobs (``bucket2iso``/``bucket2dmg --schedule``) run beside them (:mod:`agent.jobs_service`).
+``agent start --once`` runs what is due now (scheduled pairs and image jobs) and exits, for cron or
+a systemd timer instead of a resident agent.
 """
 
 from __future__ import annotations
@@ -221,10 +224,13 @@ def _signature(p: Pair) -> tuple[Any, ...]:
 
 
 async def serve(home: Path) -> None:
-    """The agent's main task: the supervisor, until SIGTERM or SIGINT."""
+    """The agent's main task: the supervisors of sync pairs and image jobs, until SIGTERM or SIGINT."""
+    from .jobs_service import JobSupervisor
+
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(Supervisor(home).run)
+            await nursery.start(JobSupervisor(home).run)
             async for _ in signals:
                 nursery.cancel_scope.cancel()
                 break
@@ -244,27 +250,81 @@ def agent_pid(home: Path) -> int | None:
 
 @click.group()
 def agent() -> None:
-    """The background agent: runs scheduled and realtime sync pairs.
+    """The background agent: runs scheduled and realtime sync pairs, and scheduled image jobs.
 
     \b
     Example:
       darkstorage agent start
       darkstorage agent status
       darkstorage agent stop
+      darkstorage agent start --once
     """
+
+
+def _pair_due(p: Pair) -> bool:
+    from .jobs import next_tick
+
+    base = max(p.created_ns, p.last_run_ns or 0)
+    return bool(p.schedule) and not p.paused and next_tick(str(p.schedule), base).timestamp() <= time.time()
+
+
+def run_due(home: Path) -> dict[str, list[str]]:
+    """``agent start --once``: run every scheduled sync pair and image job with a tick since its
+    last run (or since it was registered), one after the other, in this process.
+
+    Returns:
+        ``{"pairs": [...], "jobs": [...], "failed": [...]}`` by name (failures were logged).
+    """
+    from .jobs import JobStore
+    from .jobs_service import due_jobs, run_one
+
+    registry = Registry(home)
+    try:
+        pairs = [p for p in registry.list() if _pair_due(p)]
+    finally:
+        registry.close()
+    for p in pairs:
+        PairService(home, p)._run_once()
+    jobs = due_jobs(home)
+    for name in jobs:
+        run_one(home, name)
+    with JobStore(home) as store:
+        failed = [j.name for j in store.list() if j.name in jobs and j.last_result != "ok"]
+    return {"pairs": [p.name for p in pairs], "jobs": jobs, "failed": failed}
 
 
 @agent.command("start")
 @click.option("--foreground", is_flag=True, help="Run in this process (for systemd) instead of detaching.")
-def agent_start(foreground: bool) -> None:
+@click.option("--once", is_flag=True, help="Run the pairs and image jobs that are due now, then exit (cron, timers).")
+@click.option("--json", "as_json", is_flag=True, help="With --once: print what ran as JSON.")
+def agent_start(foreground: bool, once: bool, as_json: bool) -> None:
     """Start the agent (detached unless --foreground).
+
+    With --once, nothing stays running: the scheduled sync pairs and image jobs with a tick since
+    their last run run now, in the foreground, and the command exits (1 if an image job failed).
 
     \b
     Example:
       darkstorage agent start
       darkstorage agent start --foreground    # what the systemd user unit runs
+      darkstorage agent start --once          # from cron or a systemd timer
     """
     home = pool_home()
+    if once:
+        if not logging.getLogger().handlers or logging.getLogger().level > logging.INFO:
+            logging.getLogger().setLevel(logging.INFO)
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            ran = run_due(home)  # the builds' own reports go to stderr: stdout is one JSON document
+        if as_json:
+            emit_json(ran)
+        else:
+            console.print(
+                f"ran {len(ran['pairs'])} sync pair(s) and {len(ran['jobs'])} image job(s)"
+                + (f"; failed: {', '.join(ran['failed'])}" if ran["failed"] else "")
+            )
+        if ran["failed"]:
+            raise DarkstorageError(f"image job(s) failed: {', '.join(ran['failed'])} (see `darkstorage jobs list`)")
+        return
     running = agent_pid(home)
     if running is not None and running != os.getpid():
         raise BusyError(f"the agent is already running (pid {running})")
@@ -291,6 +351,14 @@ def agent_start(foreground: bool) -> None:
         with contextlib.suppress(FileNotFoundError):
             if agent_pid(home) == os.getpid():
                 pid_path(home).unlink()
+    if threading.active_count() > 1:
+        # an image build abandoned at stop may still run in a worker thread (its compressor pool
+        # would hold the exit, and the job's lock with it): end now, its staging folder keeps the
+        # previous image safe. Sync runs are never abandoned: trio.run waited for them.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 @agent.command("stop")
@@ -321,16 +389,30 @@ def agent_status(as_json: bool) -> None:
     Example:
       darkstorage agent status --json
     """
+    from .jobs import JobStore
+
     home = pool_home()
     pid = agent_pid(home)
     registry = Registry(home)
     pairs = [p for p in registry.list() if p.schedule or p.realtime]
     registry.close()
+    with JobStore(home) as store:
+        jobs = store.list()
     if as_json:
-        emit_json({"running": pid is not None, "pid": pid, "pairs": [p.as_dict() for p in pairs]})
+        emit_json(
+            {
+                "running": pid is not None,
+                "pid": pid,
+                "pairs": [p.as_dict() for p in pairs],
+                "jobs": [j.as_dict() for j in jobs],
+            }
+        )
         return
     console.print(f"agent: {f'running (pid {pid})' if pid else 'not running'}")
     for p in pairs:
         when = p.schedule or "realtime"
         state = "paused" if p.paused else (p.last_result or "not run yet")
         console.print(f"  {p.name}: {p.path1} -> {p.path2} [{when}] {state}", markup=False, soft_wrap=True)
+    for j in jobs:
+        state = j.last_result or "not run yet"
+        console.print(f"  image job {j.name}: {j.output} [{j.schedule}] {state}", markup=False, soft_wrap=True)

@@ -19,6 +19,7 @@ from pool.units import format_size, parse_size
 
 from .console import console, emit_json, print_listing, transfer_progress
 from .dmg_options import MacLayout, mac_layout_options, new_mount_folder
+from .jobs_cmd import schedule_options
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 _COPY_BYTES = 1 << 20
@@ -90,6 +91,7 @@ def password_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @click.command("bucket2dmg")
+@schedule_options("bucket2dmg")
 @click.argument("source")
 @click.option(
     "--output",
@@ -130,6 +132,11 @@ def password_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @password_options
 @click.option("--band-size", default=None, help="Band size: SPARSE (default: one header's worth), SPARSEBUNDLE (8MB).")
 @mac_layout_options
+@click.option(
+    "--incremental",
+    is_flag=True,
+    help="Chain images beside OUTPUT: a full one first, then only what changed (see `dmg restore`).",
+)
 @json_option
 def bucket2dmg(
     source: str,
@@ -145,6 +152,7 @@ def bucket2dmg(
     password: PasswordSource,
     band_size: str | None,
     layout: MacLayout,
+    incremental: bool,
     as_json: bool,
 ) -> None:
     """Write a macOS disk image of SOURCE (a bucket name, a bucket path or a folder).
@@ -161,6 +169,8 @@ def bucket2dmg(
       darkstorage bucket2dmg vault -o v.sparsebundle --format SPARSEBUNDLE --encrypt AES-256 --password
       darkstorage bucket2dmg app -o app.dmg --icon app.icns --background bg.png --license LICENSE.txt
       darkstorage bucket2dmg large-bucket --output backup.dmg --compress UDZO --size auto
+      darkstorage bucket2dmg photos -o ~/Backups/photos.dmg --incremental
+      darkstorage bucket2dmg photos -o ~/Backups/daily.dmg --schedule "0 2 * * *" --incremental
     """
     from imaging.dmg import build_dmg
     from imaging.hfsplus import HfsOptions
@@ -176,6 +186,8 @@ def bucket2dmg(
         raise UsageError("--encrypt needs --password (asks), --password-env VAR or --password-file FILE")
     secret = password.get(confirm=True) if encrypt else None
     band_bytes = _size(band_size) if band_size is not None else None
+    if incremental and fmt == "SPARSEBUNDLE":
+        raise UsageError("--incremental chains image files: use a UDIF format or SPARSE, not SPARSEBUNDLE")
     with source_tree(source) as root:
         name = volume_name or (Path(source).name if source not in (".", "..") else root.resolve().name) or "Untitled"
         opts = HfsOptions(
@@ -186,10 +198,11 @@ def bucket2dmg(
             size_bytes=size_bytes,
         )
         bar, task = transfer_progress(f"writing {output.name}", 0)
-        with bar:
-            res = build_dmg(
+
+        def build(tree: Any, path: Path) -> Any:
+            return build_dmg(
                 root,
-                output,
+                path,
                 fmt=fmt,
                 filesystem=filesystem,
                 opts=opts,
@@ -200,7 +213,21 @@ def bucket2dmg(
                 band_bytes=band_bytes,
                 finder=layout.finder,
                 license_text=layout.license_text,
+                tree=tree,
             )
+
+        with bar:
+            if incremental:
+                from .dmg_chain import build_increment
+
+                chained = build_increment(root, output, build, secret)
+            else:
+                res = build(None, output)
+    if incremental:
+        from .dmg_chain import report_increment
+
+        report_increment(chained, as_json)
+        return
     data = {
         "image": str(res.image),
         "format": fmt,
@@ -239,6 +266,7 @@ def dmg() -> None:
       darkstorage dmg verify photos.dmg
       darkstorage dmg ls photos.dmg --long
       darkstorage dmg extract photos.dmg --pattern "*.jpg" --output ./out
+      darkstorage dmg restore ~/Backups/daily.chain.json --output ./restored
     """
 
 
@@ -471,6 +499,46 @@ def _copy_out(volume: Any, e: Any, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
+def extract_entries(
+    d: Any, output: Path, keep: Callable[[str, Any], bool] | None = None, *, make_dirs: bool = True
+) -> tuple[int, int]:
+    """Copy the entries of open image *d* (a :class:`imaging.dmg.DmgImage`) that *keep* accepts
+    into folder *output*, hard links as hard links; folders are created when *make_dirs*.
+
+    Returns:
+        (files and symlinks written, their bytes).
+
+    Raises:
+        UnsafePathError: an entry would land outside *output* (``..``, absolute, via a symlink).
+    """
+    from imaging.common import safe_join
+
+    n_files = n_bytes = 0
+    linked: dict[int, Path] = {}  # indirect node CNID -> first path extracted (hard links stay links)
+    vol = d.volume
+    for path, e in d.entries():
+        if keep is not None and not keep(path, e):
+            continue
+        dest = safe_join(output, path)
+        if e.kind == "dir":
+            _dir_target(dest, path)
+            if make_dirs:
+                dest.mkdir(parents=True, exist_ok=True)
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        first = linked.get(getattr(e, "link", 0))
+        if first is not None:
+            dest.unlink(missing_ok=True)
+            os.link(first, dest)
+        else:
+            _copy_out(vol, e, dest)
+            if getattr(e, "link", 0):
+                linked[e.link] = dest
+        n_files += 1
+        n_bytes += e.size
+    return n_files, n_bytes
+
+
 @dmg.command("extract")
 @click.argument("image", type=click.Path(path_type=Path))
 @click.option("--pattern", "patterns", multiple=True, help="Only paths or names matching this glob (repeatable).")
@@ -484,39 +552,17 @@ def dmg_extract(image: Path, patterns: tuple[str, ...], output: Path, password: 
     Example:
       darkstorage dmg extract photos.dmg --pattern "*.pdf" --output ./out
     """
-    from imaging.common import safe_join
-
     output.mkdir(parents=True, exist_ok=True)
-    n_files = n_bytes = 0
-    linked: dict[int, Path] = {}  # indirect node CNID -> first path extracted (hard links stay links)
+
+    def keep(path: str, e: Any) -> bool:
+        return (
+            not patterns
+            or e.kind == "dir"
+            or any(fnmatch.fnmatch(path, pat) or fnmatch.fnmatch(path.rsplit("/", 1)[-1], pat) for pat in patterns)
+        )
+
     with _open(image, password) as d:
-        vol = d.volume
-        for path, e in d.entries():
-            if (
-                patterns
-                and e.kind != "dir"
-                and not any(
-                    fnmatch.fnmatch(path, pat) or fnmatch.fnmatch(path.rsplit("/", 1)[-1], pat) for pat in patterns
-                )
-            ):
-                continue
-            dest = safe_join(output, path)
-            if e.kind == "dir":
-                _dir_target(dest, path)
-                if not patterns:
-                    dest.mkdir(parents=True, exist_ok=True)
-                continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            first = linked.get(getattr(e, "link", 0))
-            if first is not None:
-                dest.unlink(missing_ok=True)
-                os.link(first, dest)
-            else:
-                _copy_out(vol, e, dest)
-                if getattr(e, "link", 0):
-                    linked[e.link] = dest
-            n_files += 1
-            n_bytes += e.size
+        n_files, n_bytes = extract_entries(d, output, keep, make_dirs=not patterns)
     if as_json:
         emit_json({"files": n_files, "bytes": n_bytes, "output": str(output)})
     else:
@@ -593,3 +639,25 @@ def dmg_sync(image: Path, bucket: str, dry_run: bool, password: PasswordSource, 
     for p in copied if dry_run else []:
         console.print(f"  {p}", markup=False)
     console.print(f"{verb} {len(copied)} file(s) into {target}; {unchanged} already up to date")
+
+
+@dmg.command("restore")
+@click.argument("chain_or_image", type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(path_type=Path, file_okay=False), required=True, help="Target folder.")
+@password_options
+@json_option
+def dmg_restore(chain_or_image: Path, output: Path, password: PasswordSource, as_json: bool) -> None:
+    """Rebuild a folder from an incremental chain (``bucket2dmg --incremental``): verify every image,
+    then replay the full image and each incremental one in order, applying deletions.
+
+    CHAIN_OR_IMAGE is a NAME.chain.json (the latest state), one image of a chain (the state when
+    that image was made), or a standalone image. Paths that would leave OUTPUT are refused: exit 19.
+
+    \b
+    Example:
+      darkstorage dmg restore ~/Backups/daily.chain.json --output ./restored
+      darkstorage dmg restore ~/Backups/daily-20261201-020000-incr.dmg --output ./as-of-dec-1
+    """
+    from .dmg_chain import restore_chain
+
+    restore_chain(chain_or_image, output, password, as_json)

@@ -14,12 +14,14 @@ from pool.errors import ImageCorruptError, UsageError
 from pool.units import format_size
 
 from .console import console, emit_json, print_listing, transfer_progress
+from .jobs_cmd import schedule_options
 from .params import SIZE
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
 
 @click.command("bucket2iso")
+@schedule_options("bucket2iso")
 @click.argument("source")
 @click.option(
     "--output", "-o", type=click.Path(path_type=Path, dir_okay=False), required=True, help="The .iso to write."

@@ -149,6 +149,7 @@ def build_dmg(
     band_bytes: int | None = None,
     finder: FinderLayout | None = None,
     license_text: str | None = None,
+    tree: SourceTree | None = None,
 ) -> BuildResult:
     """Build ``output`` (an image of *source*) and its ``.sha256`` sidecar.
 
@@ -170,6 +171,8 @@ def build_dmg(
             ``.DS_Store`` in the root) are left out, with a warning.
         license_text: a licence agreement macOS shows before mounting (UDIF formats only,
             :mod:`imaging.udif_sla`).
+        tree: the entries to put in the image, already walked from *source* (default: all of
+            *source*); an incremental image passes only what changed (:mod:`imaging.dmg_incremental`).
 
     Raises:
         UsageError: a bad option; NotFoundError: no such folder; UnsupportedError: a name or
@@ -188,7 +191,8 @@ def build_dmg(
         raise UsageError("--icon and --background need an HFS+ volume (--filesystem hfs+)")
     if license_text is not None and fmt not in UDIF_FORMATS:
         raise UsageError(f"--license needs a UDIF image (UDZO, UDBZ, ULFO, ULMO, UDRO), not {fmt}")
-    tree = walk_tree(source)
+    if tree is None:
+        tree = walk_tree(source)
     if finder:
         tree = _without(tree, finder.reserved_names)
         extras, root_flags = finder.extras(opts.volume_name)
