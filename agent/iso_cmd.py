@@ -42,6 +42,12 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON i
 @click.option("--efi-image", default=None, help="FAT image inside SOURCE holding EFI/BOOT/BOOTX64.EFI.")
 @click.option("--hybrid", is_flag=True, help="Also write an MBR (and a GPT with --uefi) so a USB stick boots.")
 @click.option("--bios", is_flag=True, help="With --hybrid: put the isohybrid MBR boot code in (needs --bootable).")
+@click.option(
+    "--isohybrid-mbr",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="With --hybrid --bios: the MBR boot code (default: isolinux's /usr/lib/ISOLINUX/isohdpfx.bin).",
+)
 @click.option("--split", "split_bytes", type=SIZE, default=None, help="Split into numbered chunks of this size (4GB).")
 @click.option("--compress", type=click.Choice(["gzip"]), default=None, help="Compress the image (standard gzip).")
 @click.option("--encrypt", is_flag=True, help="Encrypt the image in the age format (passphrase).")
@@ -71,6 +77,7 @@ def bucket2iso(
     efi_image: str | None,
     hybrid: bool,
     bios: bool,
+    isohybrid_mbr: Path | None,
     split_bytes: int | None,
     compress: str | None,
     encrypt: bool,
@@ -92,6 +99,7 @@ def bucket2iso(
     """
     from imaging.common import walk_tree
     from imaging.iso_build import IsoOptions, build_layout
+    from imaging.iso_hybrid import load_isohybrid_mbr
     from imaging.iso_post import post_process
     from imaging.iso_session import append_session
     from imaging.iso_write import write_image
@@ -104,6 +112,11 @@ def bucket2iso(
         raise UsageError("--uefi and --efi-image go together")
     if bios and not hybrid:
         raise UsageError("--bios only applies to --hybrid (El Torito BIOS booting is --bootable)")
+    if isohybrid_mbr is not None and not bios:
+        raise UsageError("--isohybrid-mbr only applies to --hybrid --bios")
+    if bios and not bootable:
+        raise UsageError("--hybrid --bios needs a BIOS boot image (--bootable --boot-image)")
+    mbr_code = load_isohybrid_mbr(isohybrid_mbr) if bios else None
     if encrypt != password:
         raise UsageError("--encrypt needs --password (the age passphrase)")
     if append and not multi_session:
@@ -153,6 +166,7 @@ def bucket2iso(
                 staged,
                 hybrid=hybrid,
                 hybrid_bios=bios,
+                hybrid_mbr=mbr_code,
                 progress=lambda d, t: progress.update(task, completed=d, total=t),
             )
         paths = post_process(
