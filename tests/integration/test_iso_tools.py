@@ -220,7 +220,7 @@ def test_el_torito_and_hybrid_tables_are_valid(bootable_iso: Path) -> None:
     assert "Everything is Ok" in run("7zz", "t", str(bootable_iso)).stdout if shutil.which("7zz") else True
 
 
-def _boots(args: list[str], marker: str, tmp_path: Path) -> None:
+def _boots(args: list[str], marker: str, tmp_path: Path) -> str:
     # TCG, not KVM: OVMF and isolinux stop under this machine's nested KVM (an emulation failure)
     need("qemu-system-x86_64")
     log = tmp_path / f"serial-{len(list(tmp_path.glob('serial-*')))}.log"
@@ -251,6 +251,7 @@ def _boots(args: list[str], marker: str, tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+    return log.read_text(errors="replace")
 
 
 @pytest.mark.slow
@@ -261,9 +262,56 @@ def test_boots_in_qemu_bios_cdrom(bootable_iso: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_boots_in_qemu_bios_disk(bootable_iso: Path, tmp_path: Path, home: Path) -> None:
+    # the same file as a hard disk: SeaBIOS runs the isohybrid MBR code, which loads isolinux.bin
+    # from the LBA at MBR byte 432; isolinux says "EHDD" (hybrid disk mode) in its banner.
+    # First the BIOS+UEFI image (protective MBR + GPT), then a BIOS-only one (MBR partition 0x17)
+    disk = "format=raw,if=ide,media=disk,snapshot=on"
+    log = _boots(["-drive", f"file={bootable_iso},{disk}"], "DARKSTORAGE-BIOS-BOOT-OK", tmp_path)
+    assert "ISOLINUX 6.04 20200816 EHDD" in log
+    bios_only = tmp_path / "bios-only.iso"
+    cli(
+        "bucket2iso",
+        str(tmp_path / "src"),
+        "--output",
+        str(bios_only),
+        "--bootable",
+        "--boot-image",
+        "isolinux/isolinux.bin",
+        "--hybrid",
+        "--bios",
+        "--isohybrid-mbr",
+        "/usr/lib/ISOLINUX/isohdpfx.bin",
+        home=home,
+    )
+    report = run("xorriso", "-indev", str(bios_only), "-report_system_area", "plain").stdout
+    assert "System area summary: MBR isohybrid" in report
+    assert "MBR partition      :   1   0x80  0x17            0" in report
+    log = _boots(["-drive", f"file={bios_only},{disk}"], "DARKSTORAGE-BIOS-BOOT-OK", tmp_path)
+    assert "EHDD" in log
+
+
+def test_hybrid_bios_refusals(bootable_iso: Path, tmp_path: Path, home: Path) -> None:
+    base = ["bucket2iso", str(tmp_path / "src"), "--output", str(tmp_path / "x.iso"), "--hybrid", "--bios"]
+    boot = ["--bootable", "--boot-image", "isolinux/isolinux.bin"]
+    short = tmp_path / "short.bin"
+    short.write_bytes(bytes(100))
+    for extra, words in (
+        (["--isohybrid-mbr", str(short), *boot], "isohybrid MBR code"),
+        (["--bootable", "--boot-image", "readme.txt"], "no isohybrid signature"),
+        (["--uefi", "--efi-image", "boot/efiboot.img"], "needs a BIOS boot image"),
+    ):
+        res = cli(*base, *extra, home=home, check=False)
+        assert res.returncode == 2, res.stderr
+        assert words in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not (tmp_path / "x.iso").exists()
+
+
+@pytest.mark.slow
 def test_boots_in_qemu_uefi_cdrom_and_usb(bootable_iso: Path, tmp_path: Path) -> None:
     _boots(["-bios", str(OVMF), "-cdrom", str(bootable_iso)], "DARKSTORAGE-UEFI-BOOT-OK", tmp_path)
-    # the same file as a disk: the firmware finds the EFI System Partition through our GPT
+    # the same file as a disk: the firmware finds the EFI System Partition through our GPT (the
+    # MBR also holds the isohybrid BIOS code, see test_boots_in_qemu_bios_disk)
     _boots(
         ["-bios", str(OVMF), "-drive", f"file={bootable_iso},format=raw,if=virtio,snapshot=on"],
         "DARKSTORAGE-UEFI-BOOT-OK",
