@@ -59,6 +59,14 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON i
     default=None,
     help="Build time in seconds since the epoch: same tree + options give the same bytes.",
 )
+@click.option(
+    "--permissions",
+    type=click.Choice(["preserve", "normalize"]),
+    default="preserve",
+    show_default=True,
+    help="Rock Ridge/UDF modes and owners: the source's, or normalize as mkisofs -r "
+    "(files 0444, or 0555 with any x bit; folders 0555; uid/gid 0).",
+)
 @click.option("--multi-session", is_flag=True, help="An image sessions can be appended to (no UDF tree).")
 @click.option("--append", is_flag=True, help="With --multi-session: add SOURCE as a new session to --output.")
 @json_option
@@ -83,6 +91,7 @@ def bucket2iso(
     encrypt: bool,
     password: bool,
     source_date_epoch: int | None,
+    permissions: str,
     multi_session: bool,
     append: bool,
     as_json: bool,
@@ -97,7 +106,7 @@ def bucket2iso(
       darkstorage bucket2iso ~/docs -o docs.iso --compress gzip --encrypt --password --split 4GB
       darkstorage bucket2iso photos -o photos.iso --multi-session --append
     """
-    from imaging.common import walk_tree
+    from imaging.common import apply_permissions, walk_tree
     from imaging.iso_build import IsoOptions, build_layout
     from imaging.iso_hybrid import load_isohybrid_mbr
     from imaging.iso_post import post_process
@@ -137,12 +146,13 @@ def bucket2iso(
                 volume_name=volume_name,
                 joliet=fmt in (None, "joliet"),
                 source_date_epoch=source_date_epoch,
+                normalize=permissions == "normalize",
             )
             _report(
                 {"image": str(output), "sha256": digest, "appended": True, "size_bytes": output.stat().st_size}, as_json
             )
             return
-        tree = walk_tree(root)
+        tree = apply_permissions(walk_tree(root), permissions)
         opts = IsoOptions.for_format(
             fmt,
             volume_name=volume_name,

@@ -88,6 +88,45 @@ def test_independent_tools_read_every_tree(tmp_path: Path, home: Path) -> None:
     assert subprocess.run(["sha256sum", "-c", iso.name + ".sha256"], cwd=tmp_path, capture_output=True).returncode == 0
 
 
+def _modes(listing: str) -> dict[str, str]:
+    """name -> "mode uid gid" from an ``isoinfo -l -R`` listing (first occurrence of each name)."""
+    out: dict[str, str] = {}
+    for line in listing.splitlines():
+        parts = line.split()
+        if len(parts) >= 12 and parts[0][0] in "-dl" and parts[-1] not in (".", ".."):
+            out.setdefault(parts[11], f"{parts[0]} {parts[2]} {parts[3]}")
+    return out
+
+
+def test_permissions_preserve_and_normalize(tmp_path: Path, home: Path) -> None:
+    need("isoinfo", "xorriso")
+    src = make_tree(tmp_path / "src")
+    os.chmod(src / "docs" / "a", 0o700)
+    uid, gid = os.getuid(), os.getgid()
+    if uid == 0:  # show that owners are carried (a non-root user's files are theirs already)
+        uid, gid = 1234, 567
+        for p in (src / "script.sh", src / "docs"):
+            os.chown(p, uid, gid, follow_symlinks=False)
+    owner = f"{uid:o} {gid:o}"  # isoinfo prints owners in octal
+    modes = {}
+    for policy in ("preserve", "normalize"):
+        iso = tmp_path / f"{policy}.iso"
+        cli("bucket2iso", str(src), "-o", str(iso), "--format", "rock-ridge", "--permissions", policy, home=home)
+        modes[policy] = _modes(run("isoinfo", "-l", "-R", "-i", str(iso)).stdout)
+        lsdl = run("xorriso", "-indev", str(iso), "-find", "/", "-exec", "lsdl").stdout
+        modes[policy + "-xorriso"] = {
+            line.split("'")[1]: line.split()[0] for line in lsdl.splitlines() if line.count("'") >= 2
+        }
+    keep, norm = modes["preserve"], modes["normalize"]
+    assert keep["script.sh"] == f"-rwxr-x--- {owner}" and keep["docs"] == f"drwxr-xr-x {owner}"
+    assert keep["a"].startswith("drwx------")
+    assert norm["script.sh"] == "-r-xr-xr-x 0 0"
+    assert norm["report.pdf"] == "-r--r--r-- 0 0"
+    assert norm["a"] == "dr-xr-xr-x 0 0" and norm["docs"] == "dr-xr-xr-x 0 0"
+    assert modes["normalize-xorriso"]["/docs/a/b/deep.txt"] == "-r--r--r--"
+    assert modes["preserve-xorriso"]["/docs/a"] == "drwx------"
+
+
 def test_cli_verify_extract_ls_and_corruption(tmp_path: Path, home: Path) -> None:
     src = make_tree(tmp_path / "src")
     iso = tmp_path / "out.iso"
@@ -326,8 +365,11 @@ def test_multi_session_append_keeps_old_files(tmp_path: Path, home: Path) -> Non
     cli("bucket2iso", str(src), "--output", str(iso), "--multi-session", home=home)
     first = iso.stat().st_size
     (src / "new.txt").write_text("second session\n")
-    cli("bucket2iso", str(src), "--output", str(iso), "--multi-session", "--append", home=home)
+    cli("bucket2iso", str(src), "-o", str(iso), "--multi-session", "--append", "--permissions", "normalize", home=home)
     assert iso.stat().st_size > first
+    lsdl = run("xorriso", "-indev", str(iso), "-find", "/", "-exec", "lsdl").stdout
+    assert "-r--r--r--    1 0        0" in next(line for line in lsdl.splitlines() if "'/new.txt'" in line)
+    assert "-r-xr-xr-x" in next(line for line in lsdl.splitlines() if "'/script.sh'" in line)
     out = tmp_path / "x"
     run("xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", "/", str(out))
     assert (out / "new.txt").read_text() == "second session\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import os
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from imaging.common import walk_tree
+from imaging.common import apply_permissions, normalized, walk_tree
 from imaging.iso_build import IsoOptions, build_layout, udf_perms
 from imaging.iso_names import DirNames
 from imaging.iso_ops import extract, verify_image
@@ -162,3 +163,35 @@ def test_missing_boot_image_is_a_usage_error(tmp_path: Path) -> None:
         build_layout(walk_tree(src), IsoOptions(boot_image="boot/isolinux.bin"))
     with pytest.raises(UsageError):
         IsoOptions.for_format("hfs")
+
+
+def test_normalized_permissions_are_mkisofs_r() -> None:
+    tree = walk_tree(Path(__file__).parent)  # any tree: only its first entries' shapes matter
+    entry = tree.entries[0]
+    for kind, mode, want in (
+        ("file", stat.S_IFREG | 0o640, stat.S_IFREG | 0o444),
+        ("file", stat.S_IFREG | 0o4710, stat.S_IFREG | 0o555),  # any x bit: all x; set-uid cleared
+        ("dir", stat.S_IFDIR | 0o1700, stat.S_IFDIR | 0o555),
+        ("symlink", stat.S_IFLNK | 0o777, stat.S_IFLNK | 0o777),
+    ):
+        e = normalized(dataclasses.replace(entry, kind=kind, mode=mode, uid=1000, gid=100))
+        assert (e.mode, e.uid, e.gid) == (want, 0, 0), (kind, oct(e.mode))
+    assert apply_permissions(tree, "preserve") is tree
+    with pytest.raises(UsageError):
+        apply_permissions(tree, "keep")
+
+
+@pytest.mark.parametrize("tree", ["rr", "udf"])
+def test_permissions_normalize_round_trip(tmp_path: Path, tree: str) -> None:
+    src = make_tree(tmp_path / "src")
+    os.chmod(src / "docs" / "deep", 0o700)
+    os.chmod(src / "same.txt", 0o751)
+    layout = build_layout(apply_permissions(walk_tree(src), "normalize"), IsoOptions(source_date_epoch=EPOCH))
+    write_image(layout, tmp_path / "n.iso")
+    with IsoReader(tmp_path / "n.iso", tree=tree) as r:
+        nodes = {n.rel: n for _, n in r.walk()}
+    assert stat.S_IMODE(nodes["docs/report.pdf"].mode) == 0o444
+    assert stat.S_IMODE(nodes["same.txt"].mode) == 0o555
+    assert stat.S_IMODE(nodes["docs/deep"].mode) == 0o555
+    assert all(n.uid == 0 and n.gid == 0 for n in nodes.values())
+    assert stat.S_ISLNK(nodes["link.pdf"].mode) and nodes["link.pdf"].target == b"docs/report.pdf"
