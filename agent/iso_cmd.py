@@ -14,7 +14,7 @@ from pool.errors import ImageCorruptError, UsageError
 from pool.units import format_size
 
 from .console import console, emit_json, print_listing, transfer_progress
-from .params import SIZE
+from .params import SIZE, SIZE_OR_UNLIMITED
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
@@ -67,6 +67,13 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON i
     help="Rock Ridge/UDF modes and owners: the source's, or normalize as mkisofs -r "
     "(files 0444, or 0555 with any x bit; folders 0555; uid/gid 0).",
 )
+@click.option(
+    "--max-file-size",
+    type=SIZE_OR_UNLIMITED,
+    default=None,
+    help="Refuse SOURCE (before writing) if a file is larger than this (default: unlimited; files over "
+    "4 GiB - 1 become ISO 9660 level 3 multi-extent files, read by Linux, xorriso and 7-Zip).",
+)
 @click.option("--multi-session", is_flag=True, help="An image sessions can be appended to (no UDF tree).")
 @click.option("--append", is_flag=True, help="With --multi-session: add SOURCE as a new session to --output.")
 @json_option
@@ -92,6 +99,7 @@ def bucket2iso(
     password: bool,
     source_date_epoch: int | None,
     permissions: str,
+    max_file_size: int | None,
     multi_session: bool,
     append: bool,
     as_json: bool,
@@ -106,7 +114,7 @@ def bucket2iso(
       darkstorage bucket2iso ~/docs -o docs.iso --compress gzip --encrypt --password --split 4GB
       darkstorage bucket2iso photos -o photos.iso --multi-session --append
     """
-    from imaging.common import apply_permissions, walk_tree
+    from imaging.common import apply_permissions, check_max_file_size, walk_tree
     from imaging.iso_build import IsoOptions, build_layout
     from imaging.iso_hybrid import load_isohybrid_mbr
     from imaging.iso_post import post_process
@@ -140,6 +148,8 @@ def bucket2iso(
     started = time.monotonic()
     with source_tree(source) as root:
         if append:
+            if max_file_size is not None:
+                check_max_file_size(walk_tree(root), max_file_size)
             digest = append_session(
                 output,
                 root,
@@ -153,6 +163,7 @@ def bucket2iso(
             )
             return
         tree = apply_permissions(walk_tree(root), permissions)
+        check_max_file_size(tree, max_file_size)
         opts = IsoOptions.for_format(
             fmt,
             volume_name=volume_name,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pool.errors import NotFoundError, UnsafePathError, UsageError
+from pool.units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +236,24 @@ def apply_permissions(tree: SourceTree, policy: str) -> SourceTree:
     if policy == "preserve":
         return tree
     return replace(tree, entries=[normalized(e) for e in tree.entries], skipped=list(tree.skipped))
+
+
+def check_max_file_size(tree: SourceTree, limit: int | None) -> None:
+    """Refuse *tree* when a regular file is larger than *limit* bytes (None: no limit).
+
+    Raises:
+        UsageError: names the first such file in tree order, its size, and how many more there are.
+    """
+    if limit is None:
+        return
+    over = [e for e in tree.entries if e.kind == "file" and e.size > limit]
+    if over:
+
+        def size(n: int) -> str:
+            return format_size(n) if n < 1024 else f"{format_size(n)} ({n} bytes)"
+
+        more = f" (+{len(over) - 1} more)" if len(over) > 1 else ""
+        raise UsageError(f"{over[0].rel} is {size(over[0].size)}, over --max-file-size {size(limit)}{more}")
 
 
 def _entry(path: Path, rel: str, st: os.stat_result) -> TreeEntry | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from imaging.common import apply_permissions, normalized, walk_tree
+from imaging.common import apply_permissions, check_max_file_size, normalized, walk_tree
 from imaging.iso_build import IsoOptions, build_layout, udf_perms
 from imaging.iso_names import DirNames
 from imaging.iso_ops import extract, verify_image
@@ -195,3 +195,38 @@ def test_permissions_normalize_round_trip(tmp_path: Path, tree: str) -> None:
     assert stat.S_IMODE(nodes["docs/deep"].mode) == 0o555
     assert all(n.uid == 0 and n.gid == 0 for n in nodes.values())
     assert stat.S_ISLNK(nodes["link.pdf"].mode) and nodes["link.pdf"].target == b"docs/report.pdf"
+
+
+@pytest.mark.parametrize("fmt", ["iso9660", "joliet"])
+def test_verify_names_damaged_file_without_real_names(tmp_path: Path, fmt: str) -> None:
+    # plain ISO 9660 mangles names and Joliet shortens long ones: the manifest's names are matched
+    # by data, so verify still passes and still names the damaged file
+    src = make_tree(tmp_path / "src")
+    layout = build_layout(walk_tree(src), IsoOptions.for_format(fmt, source_date_epoch=EPOCH))
+    iso = tmp_path / "a.iso"
+    write_image(layout, iso)
+    report = verify_image(iso)
+    assert report.ok and report.files_checked == 6, report.problems
+    with IsoReader(iso) as r:
+        ((offset, _),) = next(n for _, n in r.walk() if n.size == (src / "docs" / "report.pdf").stat().st_size).extents
+    with open(iso, "r+b") as f:
+        f.seek(offset + 100)
+        f.write(b"\xff")
+    report = verify_image(iso)
+    (problem,) = [p for p in report.problems if p.startswith("file ")]
+    if fmt == "iso9660":  # matched by data
+        assert problem == "file docs/report.pdf: no file in the iso tree has its SHA-256 (data damaged or missing)"
+    else:  # Joliet keeps this name
+        assert problem.startswith("file docs/report.pdf: SHA-256 differs")
+
+
+def test_max_file_size(tmp_path: Path) -> None:
+    tree = walk_tree(make_tree(tmp_path / "src"))
+    check_max_file_size(tree, None)
+    check_max_file_size(tree, 10_249)  # report.pdf is 9 + 10 240 bytes
+    with pytest.raises(
+        UsageError, match=r"^docs/report.pdf is 10.0 KiB \(10249 bytes\), over --max-file-size 10.0 KiB"
+    ):
+        check_max_file_size(tree, 10_248)
+    with pytest.raises(UsageError, match=r"^hardlink.txt is .* \(\+2 more\)$"):
+        check_max_file_size(tree, 2_000)
