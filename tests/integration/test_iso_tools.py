@@ -127,6 +127,35 @@ def test_permissions_preserve_and_normalize(tmp_path: Path, home: Path) -> None:
     assert modes["preserve-xorriso"]["/docs/a"] == "drwx------"
 
 
+def test_max_file_size_refuses_before_writing(tmp_path: Path, home: Path) -> None:
+    src = make_tree(tmp_path / "src")
+    iso = tmp_path / "m.iso"
+    res = cli("bucket2iso", str(src), "-o", str(iso), "--max-file-size", "100K", home=home, check=False)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip() == (
+        "darkstorage: docs/report.pdf is 293.0 KiB (300000 bytes), over --max-file-size 100.0 KiB (102400 bytes)"
+    )
+    assert not iso.exists() and not list(tmp_path.glob("m.iso*"))
+    cli("bucket2iso", str(src), "-o", str(iso), "--format", "udf", "--max-file-size", "unlimited", home=home)
+    cli("bucket2iso", str(src), "-o", str(iso), "--multi-session", home=home)
+    before = iso.read_bytes()
+    (src / "new.bin").write_bytes(bytes(300_000))
+    res = cli(
+        "bucket2iso",
+        str(src),
+        "-o",
+        str(iso),
+        "--multi-session",
+        "--append",
+        "--max-file-size",
+        "250K",
+        home=home,
+        check=False,
+    )
+    assert res.returncode == 2 and res.stderr.endswith("(+1 more)\n"), res.stderr
+    assert iso.read_bytes() == before
+
+
 def test_cli_verify_extract_ls_and_corruption(tmp_path: Path, home: Path) -> None:
     src = make_tree(tmp_path / "src")
     iso = tmp_path / "out.iso"
@@ -442,3 +471,22 @@ def test_file_over_4_gib(tmp_path: Path, home: Path) -> None:
             assert r.read(ino, 0, 4) == b"head" and r.read(ino, size - 4, 4) == b"tail"
             assert r.read(ino, 0xFFFFF800 - 2, 4) == b"XXXX"
     assert "ok" in cli("iso", "verify", str(iso), home=home, timeout=900).stdout
+    # Joliet alone (no Rock Ridge, no UDF): the same ISO 9660 level 3 multi-extent records
+    iso.unlink()
+    joliet = tmp_path / "big-joliet.iso"
+    cli(
+        "bucket2iso",
+        str(src),
+        "-o",
+        str(joliet),
+        "--format",
+        "joliet",
+        "--max-file-size",
+        "unlimited",
+        home=home,
+        timeout=900,
+    )
+    assert run("isoinfo", "-l", "-J", "-i", str(joliet)).stdout.count("big.bin") == 2
+    with IsoReader(joliet) as r:
+        ino, node = next((i, n) for i, n in r.walk() if n.rel == "big.bin")
+        assert node.size == size and r.read(ino, size - 4, 4) == b"tail"
