@@ -230,3 +230,17 @@ def test_max_file_size(tmp_path: Path) -> None:
         check_max_file_size(tree, 10_248)
     with pytest.raises(UsageError, match=r"^hardlink.txt is .* \(\+2 more\)$"):
         check_max_file_size(tree, 2_000)
+
+
+def test_isohybrid_mbr_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from imaging import iso_hybrid
+
+    full = tmp_path / "mbr.bin"
+    full.write_bytes(bytes(range(256)) * 2)  # a whole 512-byte MBR: its first 432 bytes are the code
+    assert iso_hybrid.load_isohybrid_mbr(full) == full.read_bytes()[:432]
+    (tmp_path / "big.bin").write_bytes(bytes(513))
+    with pytest.raises(UsageError, match="is 513 bytes"):
+        iso_hybrid.load_isohybrid_mbr(tmp_path / "big.bin")
+    monkeypatch.setattr(iso_hybrid, "ISOHYBRID_MBR_PATHS", (tmp_path / "none.bin",))
+    with pytest.raises(UsageError, match=r"install isolinux .* or pass --isohybrid-mbr FILE$"):
+        iso_hybrid.load_isohybrid_mbr()
