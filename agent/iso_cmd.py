@@ -15,7 +15,7 @@ from pool.units import format_size
 
 from .console import console, emit_json, print_listing, transfer_progress
 from .jobs_cmd import schedule_options
-from .params import SIZE
+from .params import SIZE, SIZE_OR_UNLIMITED
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
@@ -44,6 +44,12 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON i
 @click.option("--efi-image", default=None, help="FAT image inside SOURCE holding EFI/BOOT/BOOTX64.EFI.")
 @click.option("--hybrid", is_flag=True, help="Also write an MBR (and a GPT with --uefi) so a USB stick boots.")
 @click.option("--bios", is_flag=True, help="With --hybrid: put the isohybrid MBR boot code in (needs --bootable).")
+@click.option(
+    "--isohybrid-mbr",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="With --hybrid --bios: the MBR boot code (default: isolinux's /usr/lib/ISOLINUX/isohdpfx.bin).",
+)
 @click.option("--split", "split_bytes", type=SIZE, default=None, help="Split into numbered chunks of this size (4GB).")
 @click.option("--compress", type=click.Choice(["gzip"]), default=None, help="Compress the image (standard gzip).")
 @click.option("--encrypt", is_flag=True, help="Encrypt the image in the age format (passphrase).")
@@ -54,6 +60,21 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON i
     envvar="SOURCE_DATE_EPOCH",
     default=None,
     help="Build time in seconds since the epoch: same tree + options give the same bytes.",
+)
+@click.option(
+    "--permissions",
+    type=click.Choice(["preserve", "normalize"]),
+    default="preserve",
+    show_default=True,
+    help="Rock Ridge/UDF modes and owners: the source's, or normalize as mkisofs -r "
+    "(files 0444, or 0555 with any x bit; folders 0555; uid/gid 0).",
+)
+@click.option(
+    "--max-file-size",
+    type=SIZE_OR_UNLIMITED,
+    default=None,
+    help="Refuse SOURCE (before writing) if a file is larger than this (default: unlimited; files over "
+    "4 GiB - 1 become ISO 9660 level 3 multi-extent files, read by Linux, xorriso and 7-Zip).",
 )
 @click.option("--multi-session", is_flag=True, help="An image sessions can be appended to (no UDF tree).")
 @click.option("--append", is_flag=True, help="With --multi-session: add SOURCE as a new session to --output.")
@@ -73,11 +94,14 @@ def bucket2iso(
     efi_image: str | None,
     hybrid: bool,
     bios: bool,
+    isohybrid_mbr: Path | None,
     split_bytes: int | None,
     compress: str | None,
     encrypt: bool,
     password: bool,
     source_date_epoch: int | None,
+    permissions: str,
+    max_file_size: int | None,
     multi_session: bool,
     append: bool,
     as_json: bool,
@@ -92,8 +116,9 @@ def bucket2iso(
       darkstorage bucket2iso ~/docs -o docs.iso --compress gzip --encrypt --password --split 4GB
       darkstorage bucket2iso photos -o photos.iso --multi-session --append
     """
-    from imaging.common import walk_tree
+    from imaging.common import apply_permissions, check_max_file_size, walk_tree
     from imaging.iso_build import IsoOptions, build_layout
+    from imaging.iso_hybrid import load_isohybrid_mbr
     from imaging.iso_post import post_process
     from imaging.iso_session import append_session
     from imaging.iso_write import write_image
@@ -106,6 +131,11 @@ def bucket2iso(
         raise UsageError("--uefi and --efi-image go together")
     if bios and not hybrid:
         raise UsageError("--bios only applies to --hybrid (El Torito BIOS booting is --bootable)")
+    if isohybrid_mbr is not None and not bios:
+        raise UsageError("--isohybrid-mbr only applies to --hybrid --bios")
+    if bios and not bootable:
+        raise UsageError("--hybrid --bios needs a BIOS boot image (--bootable --boot-image)")
+    mbr_code = load_isohybrid_mbr(isohybrid_mbr) if bios else None
     if encrypt != password:
         raise UsageError("--encrypt needs --password (the age passphrase)")
     if append and not multi_session:
@@ -120,18 +150,22 @@ def bucket2iso(
     started = time.monotonic()
     with source_tree(source) as root:
         if append:
+            if max_file_size is not None:
+                check_max_file_size(walk_tree(root), max_file_size)
             digest = append_session(
                 output,
                 root,
                 volume_name=volume_name,
                 joliet=fmt in (None, "joliet"),
                 source_date_epoch=source_date_epoch,
+                normalize=permissions == "normalize",
             )
             _report(
                 {"image": str(output), "sha256": digest, "appended": True, "size_bytes": output.stat().st_size}, as_json
             )
             return
-        tree = walk_tree(root)
+        tree = apply_permissions(walk_tree(root), permissions)
+        check_max_file_size(tree, max_file_size)
         opts = IsoOptions.for_format(
             fmt,
             volume_name=volume_name,
@@ -155,6 +189,7 @@ def bucket2iso(
                 staged,
                 hybrid=hybrid,
                 hybrid_bios=bios,
+                hybrid_mbr=mbr_code,
                 progress=lambda d, t: progress.update(task, completed=d, total=t),
             )
         paths = post_process(

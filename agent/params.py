@@ -20,6 +20,20 @@ class SizeType(click.ParamType):
             self.fail(str(e), param, ctx)
 
 
+class SizeOrUnlimitedType(click.ParamType):
+    """A size, or ``unlimited`` (None)."""
+
+    name = "SIZE|unlimited"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | None:
+        if value is None or (isinstance(value, str) and value.strip().lower() == "unlimited"):
+            return None
+        try:
+            return parse_size(value)
+        except DarkstorageError as e:
+            self.fail(f"{e} or 'unlimited'", param, ctx)
+
+
 class DurationType(click.ParamType):
     name = "DURATION"
 
@@ -31,4 +45,5 @@ class DurationType(click.ParamType):
 
 
 SIZE = SizeType()
+SIZE_OR_UNLIMITED = SizeOrUnlimitedType()
 DURATION = DurationType()

@@ -11,10 +11,11 @@ import logging
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pool.errors import NotFoundError, UnsafePathError, UsageError
+from pool.units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +197,63 @@ class SourceTree:
             except OSError:
                 continue
         return out
+
+
+PERMISSIONS = ("preserve", "normalize")
+_ALL_X = stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
+_ALL_R = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
+
+
+def normalized(entry: TreeEntry) -> TreeEntry:
+    """*entry* with the owner and permissions ``mkisofs -r`` (and ``xorriso -find -exec mkisofs_r``) give.
+
+    uid/gid 0; write, set-uid, set-gid and sticky bits cleared; read for everyone; execute for
+    everyone on directories and on files with any execute bit. So files become 0444 or 0555,
+    directories 0555; symlinks keep their (ignored) 0777. The file type bits are kept.
+    """
+    mode = stat.S_IMODE(entry.mode)
+    if entry.kind != "symlink":
+        mode = _ALL_R | (_ALL_X if entry.kind == "dir" or mode & _ALL_X else 0)
+    return replace(entry, mode=stat.S_IFMT(entry.mode) | mode, uid=0, gid=0)
+
+
+def apply_permissions(tree: SourceTree, policy: str) -> SourceTree:
+    """*tree* with the owners and modes image writers should record under *policy*.
+
+    Args:
+        tree: a walked tree.
+        policy: ``"preserve"`` (the source's modes, uid and gid, as walked) or ``"normalize"``
+            (:func:`normalized` for every entry, like ``mkisofs -r``).
+
+    Returns:
+        *tree* itself for ``preserve``, else a new tree (same order, paths and sizes).
+
+    Raises:
+        UsageError: unknown *policy*.
+    """
+    if policy not in PERMISSIONS:
+        raise UsageError(f"unknown permissions policy {policy!r} (use {' or '.join(PERMISSIONS)})")
+    if policy == "preserve":
+        return tree
+    return replace(tree, entries=[normalized(e) for e in tree.entries], skipped=list(tree.skipped))
+
+
+def check_max_file_size(tree: SourceTree, limit: int | None) -> None:
+    """Refuse *tree* when a regular file is larger than *limit* bytes (None: no limit).
+
+    Raises:
+        UsageError: names the first such file in tree order, its size, and how many more there are.
+    """
+    if limit is None:
+        return
+    over = [e for e in tree.entries if e.kind == "file" and e.size > limit]
+    if over:
+
+        def size(n: int) -> str:
+            return format_size(n) if n < 1024 else f"{format_size(n)} ({n} bytes)"
+
+        more = f" (+{len(over) - 1} more)" if len(over) > 1 else ""
+        raise UsageError(f"{over[0].rel} is {size(over[0].size)}, over --max-file-size {size(limit)}{more}")
 
 
 def _entry(path: Path, rel: str, st: os.stat_result) -> TreeEntry | None:

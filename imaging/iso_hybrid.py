@@ -1,9 +1,17 @@
 """Hybrid ISO: an MBR and a GPT so the same image boots from a USB stick (BIOS and UEFI).
 
-pycdlib's ``add_isohybrid(efi=True)`` writes a GPT whose CRCs ``sgdisk -v`` rejects, so only its
-isohybrid MBR boot code is used (syslinux ``isohdpfx``: it loads the El Torito BIOS image from the
-LBA stored at MBR byte 432); the partition tables are ours:
+pycdlib's ``add_isohybrid`` is not used (its GPT has CRCs ``sgdisk -v`` rejects, and it leaves the
+boot image LBA at MBR byte 432 zero when added after the layout, so BIOSes find nothing to load);
+everything in the system area is ours:
 
+* BIOS boot code (``--hybrid --bios``): the first 432 bytes of syslinux's ``isohdpfx.bin`` (Debian
+  package ``isolinux``: ``/usr/lib/ISOLINUX/isohdpfx.bin``), then, as syslinux ``isohybrid.c``
+  writes them, the El Torito BIOS image's LBA in 512-byte sectors (its 2048-byte LBA x 4) as a
+  32-bit little-endian value at byte 432 and zero at byte 436. The MBR code loads the first 2 KiB
+  of ``isolinux.bin`` from that LBA, checks the signature ``FB C0 78 70`` at offset 0x40 (isolinux
+  4 and later) and jumps to the hybrid entry point after it; isolinux then finds the rest of itself
+  through the El Torito boot info table (``boot_info_table``, written with the file's data). The
+  code does not look at the partition table, so it goes with either table below;
 * with a UEFI El Torito entry: a protective MBR (one 0xEE entry from LBA 1, UEFI 2.10 §5.2.3) and
   a GPT (UEFI 2.10 §5.3) whose single partition is an EFI System Partition over the El Torito EFI
   image, primary header at LBA 1 with 128 entries from LBA 2 (inside the ISO 9660 system area),
@@ -23,11 +31,12 @@ import struct
 import uuid
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from pycdlib.pycdlibexception import PyCdlibException
+from pycdlib.inode import InodeOpenData
 
-from pool.errors import UsageError
+from pool.errors import NotFoundError, UsageError
 
 SECTOR = 512
 ESP_TYPE = uuid.UUID("C12A7328-F81F-11D2-BA4B-00A0C93EC93B")
@@ -38,9 +47,26 @@ _ALIGN_BYTES = 1 << 20
 _HEADS, _SECTORS = 64, 32
 
 
+ISOHYBRID_MBR_PATHS = (
+    Path("/usr/lib/ISOLINUX/isohdpfx.bin"),  # Debian, Ubuntu: package isolinux
+    Path("/usr/lib/syslinux/bios/isohdpfx.bin"),  # Arch
+    Path("/usr/share/syslinux/isohdpfx.bin"),  # Fedora, openSUSE
+)
+MBR_CODE_BYTES = 432  # isohybrid.c MBRSIZE: the boot code before the LBA field
+ISOHYBRID_SIGNATURE = b"\xfb\xc0\x78\x70"  # isolinux.bin bytes 0x40..0x43 (isolinux 4+)
+_SIGNATURE_OFFSET = 0x40
+
+
 @dataclass(frozen=True)
 class HybridPlan:
-    """Where the hybrid tables point (all LBAs in 512-byte sectors)."""
+    """Where the hybrid tables point (all LBAs in 512-byte sectors).
+
+    Attributes:
+        bios: write the isohybrid BIOS boot code.
+        mbr_code: the 432 bytes of boot code (empty without ``bios``).
+        bios_lba: the El Torito BIOS image's LBA in 512-byte sectors (MBR byte 432).
+        efi_lba, efi_sectors: the El Torito EFI image (None: no EFI entry, no GPT).
+    """
 
     bios: bool
     efi_lba: int | None
@@ -48,6 +74,41 @@ class HybridPlan:
     disk_guid: uuid.UUID
     part_guid: uuid.UUID
     disk_signature: int
+    mbr_code: bytes = b""
+    bios_lba: int = 0
+
+
+def load_isohybrid_mbr(path: Path | None = None) -> bytes:
+    """The isohybrid MBR boot code: the first 432 bytes of *path* or of syslinux's ``isohdpfx.bin``.
+
+    Args:
+        path: a 432..512-byte file (syslinux ``isohdpfx.bin``, ``isohdppx.bin``, ...); None looks in
+            :data:`ISOHYBRID_MBR_PATHS` (Debian package ``isolinux`` first).
+
+    Raises:
+        NotFoundError: *path* does not exist.
+        UsageError: no default file is installed, or *path* is not 432..512 bytes long.
+    """
+    if path is None:
+        found = next((p for p in ISOHYBRID_MBR_PATHS if p.is_file()), None)
+        if found is None:
+            raise UsageError(
+                f"--hybrid --bios needs the isohybrid MBR code: install isolinux ({ISOHYBRID_MBR_PATHS[0]}) "
+                "or pass --isohybrid-mbr FILE"
+            )
+        path = found
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise NotFoundError(f"no such isohybrid MBR file: {path}") from None
+    except IsADirectoryError:
+        raise UsageError(f"--isohybrid-mbr {path} is a folder, not syslinux's isohdpfx.bin") from None
+    if not MBR_CODE_BYTES <= len(data) <= SECTOR:
+        raise UsageError(
+            f"--isohybrid-mbr {path} is {len(data)} bytes; the isohybrid MBR code (syslinux isohdpfx.bin) "
+            f"is {MBR_CODE_BYTES}"
+        )
+    return data[:MBR_CODE_BYTES]
 
 
 def _guid(seed: float, what: str) -> uuid.UUID:
@@ -72,22 +133,40 @@ def _boot_entries(iso: Any) -> tuple[Any, Any]:
     return bios, efi
 
 
-def plan_hybrid(iso: Any, *, bios: bool, seed: float) -> HybridPlan:
+def _boot_image_head(entry: Any) -> bytes:
+    """The first bytes of a boot entry's file (up to the isohybrid signature)."""
+    with InodeOpenData(entry.inode, 2048) as (fp, length):
+        return bytes(fp.read(min(length, _SIGNATURE_OFFSET + 4)))
+
+
+def plan_hybrid(iso: Any, *, bios: bool, seed: float, mbr_code: bytes | None = None) -> HybridPlan:
     """Prepare the hybrid tables of the laid-out *iso* (before it is written).
 
+    Args:
+        iso: the pycdlib image, extents final (after ``force_consistency``).
+        bios: put the isohybrid BIOS boot code into the MBR.
+        seed: the build time; GUIDs and the MBR signature derive from it.
+        mbr_code: the boot code (see :func:`load_isohybrid_mbr`); None loads the installed one.
+
     Raises:
-        UsageError: no El Torito entry, ``bios`` without a BIOS entry, or a BIOS image without the
-            isohybrid signature (isolinux 4+ has it).
+        UsageError: no El Torito entry, ``bios`` without a BIOS entry, a BIOS image without the
+            isohybrid signature (isolinux 4+ has it), or no isohybrid MBR code installed.
     """
     bios_entry, efi_entry = _boot_entries(iso)
     signature = int.from_bytes(hashlib.sha256(f"darkstorage {seed!r} mbr".encode()).digest()[:4], "little")
+    bios_lba = 0
     if bios:
         if bios_entry is None:
             raise UsageError("--hybrid --bios needs a BIOS boot image (--bootable --boot-image)")
-        try:  # pycdlib's isohybrid MBR code; its partition table is replaced in write_hybrid
-            iso.add_isohybrid(mbr_id=signature, efi=False)
-        except PyCdlibException as e:
-            raise UsageError(f"--hybrid --bios: {e} (use isolinux.bin from syslinux 4 or later)") from None
+        if bios_entry.sector_count != 4:  # the isohybrid MBR code loads 4 sectors (isohybrid.c)
+            raise UsageError("--hybrid --bios needs a BIOS boot entry loading 4 sectors")
+        if _boot_image_head(bios_entry)[_SIGNATURE_OFFSET:] != ISOHYBRID_SIGNATURE:
+            raise UsageError(
+                "--hybrid --bios: the boot image has no isohybrid signature at byte 0x40 "
+                "(use isolinux.bin from syslinux 4 or later)"
+            )
+        mbr_code = load_isohybrid_mbr() if mbr_code is None else mbr_code
+        bios_lba = bios_entry.inode.extent_location() * 4
     efi_lba = efi_sectors = 0
     if efi_entry is not None:
         efi_lba = efi_entry.inode.extent_location() * 4
@@ -99,6 +178,8 @@ def plan_hybrid(iso: Any, *, bios: bool, seed: float) -> HybridPlan:
         disk_guid=_guid(seed, "disk"),
         part_guid=_guid(seed, "esp"),
         disk_signature=signature,
+        mbr_code=(mbr_code or b"")[:MBR_CODE_BYTES] if bios else b"",
+        bios_lba=bios_lba,
     )
 
 
@@ -157,9 +238,13 @@ def write_hybrid(fd: int, plan: HybridPlan, volume_bytes: int, end_bytes: int) -
     need = end_bytes + ((1 + _ENTRY_SECTORS) * SECTOR if gpt else 0)
     total = -(-need // _ALIGN_BYTES) * _ALIGN_BYTES
     sectors = total // SECTOR
-    mbr = bytearray(os.pread(fd, SECTOR, 0).ljust(SECTOR, b"\0"))
-    if not plan.bios:
-        mbr[:440] = bytes(440)
+    mbr = bytearray(SECTOR)
+    if plan.bios:
+        head = os.pread(fd, _SIGNATURE_OFFSET + 4, plan.bios_lba * SECTOR)
+        if head[_SIGNATURE_OFFSET:] != ISOHYBRID_SIGNATURE:  # the layout moved the image after planning
+            raise OSError(f"no isohybrid boot image at 512-byte sector {plan.bios_lba} of the written image")
+        mbr[:MBR_CODE_BYTES] = plan.mbr_code.ljust(MBR_CODE_BYTES, b"\0")
+        mbr[432:440] = struct.pack("<II", plan.bios_lba, 0)  # isohybrid.c: boot image LBA x 4, then 0
     mbr[440:446] = struct.pack("<IH", plan.disk_signature, 0)
     table = bytearray(64)
     if gpt:

@@ -4,11 +4,16 @@ pycdlib parses the volume descriptors and directory trees (it checks UDF descrip
 CRCs as it goes); the reader keeps one node per entry and reads file data with ``pread`` on the
 image's byte extents, so it is safe from several threads (the FUSE view serves reads from worker
 threads). :class:`IsoReader` implements the ``vfs.imagefs.ImageView`` protocol.
+
+pycdlib refuses an image whose MBR starts with the isohybrid code but has no active partition (a
+protective MBR with the BIOS code, as ``--hybrid --bios --uefi`` writes and the UEFI spec wants);
+such images are parsed again with the MBR hidden from pycdlib, which needs nothing from it.
 """
 
 from __future__ import annotations
 
 import calendar
+import io
 import logging
 import os
 import stat
@@ -111,6 +116,43 @@ def _udf_symlink_target(data: bytes) -> bytes:
     return (b"/" if absolute else b"") + b"/".join(parts)
 
 
+class _HiddenMbr(io.RawIOBase):
+    """The image file with its first 512 bytes (the MBR) read as zeros."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: os.fstat(self._fd).st_size}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buf: Any) -> int:
+        view = memoryview(buf).cast("B")
+        data = os.pread(self._fd, len(view), self._pos)
+        n = len(data)
+        view[:n] = data
+        if self._pos < 512:
+            hide = min(512 - self._pos, n)
+            view[:hide] = bytes(hide)
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        os.close(self._fd)
+        super().close()
+
+
 class IsoReader:
     """A read-only view of an ISO image (the ``vfs.imagefs.ImageView`` protocol).
 
@@ -129,10 +171,18 @@ class IsoReader:
             self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise NotFoundError(f"no such image: {path}") from None
-        self._fp = os.fdopen(os.dup(self._fd), "rb")
+        self._fp: Any = os.fdopen(os.dup(self._fd), "rb")
         self.iso = pycdlib.PyCdlib()
         try:
-            self.iso.open_fp(self._fp)
+            try:
+                self.iso.open_fp(self._fp)
+            except PyCdlibException as e:
+                if "IsoHybrid" not in str(e):
+                    raise
+                self._fp.close()
+                self._fp = io.BufferedReader(_HiddenMbr(os.dup(self._fd)))
+                self.iso = pycdlib.PyCdlib()
+                self.iso.open_fp(self._fp)
         except PyCdlibException as e:
             self.close()
             raise ImageCorruptError(f"{self.path.name}: not a readable ISO image: {e}") from None

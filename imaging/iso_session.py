@@ -38,9 +38,18 @@ def xorriso_path() -> str:
 
 
 def append_session(
-    image: Path, source: Path, *, volume_name: str, joliet: bool = True, source_date_epoch: int | None = None
+    image: Path,
+    source: Path,
+    *,
+    volume_name: str,
+    joliet: bool = True,
+    source_date_epoch: int | None = None,
+    normalize: bool = False,
 ) -> str:
     """Append a session holding *source* to *image*; rewrites the sidecar and returns its digest.
+
+    With *normalize*, every entry of the new session's tree gets ``mkisofs -r`` owners and modes
+    (xorriso ``-find / -exec mkisofs_r``), as :func:`imaging.common.normalized` does for new images.
 
     Raises:
         NotFoundError: *image* does not exist.
@@ -73,6 +82,7 @@ def append_session(
         "-update_r",
         str(source),
         "/",
+        *(["-find", "/", "-exec", "mkisofs_r", "--"] if normalize else []),
         "-commit",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)

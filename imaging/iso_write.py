@@ -150,6 +150,7 @@ def write_image(
     *,
     hybrid: bool = False,
     hybrid_bios: bool = False,
+    hybrid_mbr: bytes | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> WriteResult:
     """Write *layout* to *output* (replaced atomically), with manifest, hybrid tables and sidecar.
@@ -159,6 +160,8 @@ def write_image(
         output: the ``.iso`` path; written to ``<output>.part`` first.
         hybrid: also write an MBR and, when the image has a UEFI El Torito entry, a GPT (USB boot).
         hybrid_bios: put the isohybrid MBR boot code in (needs a BIOS boot image of isolinux 4+).
+        hybrid_mbr: that boot code (:func:`imaging.iso_hybrid.load_isohybrid_mbr`); None: the
+            installed syslinux ``isohdpfx.bin``.
         progress: called with (bytes done, bytes total) while data is copied and hashed.
 
     Raises:
@@ -166,7 +169,9 @@ def write_image(
         OSError: the output cannot be written.
     """
     iso = layout.iso
-    plan: HybridPlan | None = plan_hybrid(iso, bios=hybrid_bios, seed=layout.build_time_s) if hybrid else None
+    plan: HybridPlan | None = None
+    if hybrid:
+        plan = plan_hybrid(iso, bios=hybrid_bios, seed=layout.build_time_s, mbr_code=hybrid_mbr)
     part = output.with_name(output.name + ".part")
     volume_bytes = iso.pvd.space_size * BLOCK
     total_work = 2 * volume_bytes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -86,6 +87,74 @@ def test_independent_tools_read_every_tree(tmp_path: Path, home: Path) -> None:
     cli("bucket2iso", str(src), "--output", str(again), *labels, home=home)
     assert again.read_bytes() == iso.read_bytes()
     assert subprocess.run(["sha256sum", "-c", iso.name + ".sha256"], cwd=tmp_path, capture_output=True).returncode == 0
+
+
+def _modes(listing: str) -> dict[str, str]:
+    """name -> "mode uid gid" from an ``isoinfo -l -R`` listing (first occurrence of each name)."""
+    out: dict[str, str] = {}
+    for line in listing.splitlines():
+        parts = line.split()
+        if len(parts) >= 12 and parts[0][0] in "-dl" and parts[-1] not in (".", ".."):
+            out.setdefault(parts[11], f"{parts[0]} {parts[2]} {parts[3]}")
+    return out
+
+
+def test_permissions_preserve_and_normalize(tmp_path: Path, home: Path) -> None:
+    need("isoinfo", "xorriso")
+    src = make_tree(tmp_path / "src")
+    os.chmod(src / "docs" / "a", 0o700)
+    uid, gid = os.getuid(), os.getgid()
+    if uid == 0:  # show that owners are carried (a non-root user's files are theirs already)
+        uid, gid = 1234, 567
+        for p in (src / "script.sh", src / "docs"):
+            os.chown(p, uid, gid, follow_symlinks=False)
+    owner = f"{uid:o} {gid:o}"  # isoinfo prints owners in octal
+    modes = {}
+    for policy in ("preserve", "normalize"):
+        iso = tmp_path / f"{policy}.iso"
+        cli("bucket2iso", str(src), "-o", str(iso), "--format", "rock-ridge", "--permissions", policy, home=home)
+        modes[policy] = _modes(run("isoinfo", "-l", "-R", "-i", str(iso)).stdout)
+        lsdl = run("xorriso", "-indev", str(iso), "-find", "/", "-exec", "lsdl").stdout
+        modes[policy + "-xorriso"] = {
+            line.split("'")[1]: line.split()[0] for line in lsdl.splitlines() if line.count("'") >= 2
+        }
+    keep, norm = modes["preserve"], modes["normalize"]
+    assert keep["script.sh"] == f"-rwxr-x--- {owner}" and keep["docs"] == f"drwxr-xr-x {owner}"
+    assert keep["a"].startswith("drwx------")
+    assert norm["script.sh"] == "-r-xr-xr-x 0 0"
+    assert norm["report.pdf"] == "-r--r--r-- 0 0"
+    assert norm["a"] == "dr-xr-xr-x 0 0" and norm["docs"] == "dr-xr-xr-x 0 0"
+    assert modes["normalize-xorriso"]["/docs/a/b/deep.txt"] == "-r--r--r--"
+    assert modes["preserve-xorriso"]["/docs/a"] == "drwx------"
+
+
+def test_max_file_size_refuses_before_writing(tmp_path: Path, home: Path) -> None:
+    src = make_tree(tmp_path / "src")
+    iso = tmp_path / "m.iso"
+    res = cli("bucket2iso", str(src), "-o", str(iso), "--max-file-size", "100K", home=home, check=False)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip() == (
+        "darkstorage: docs/report.pdf is 293.0 KiB (300000 bytes), over --max-file-size 100.0 KiB (102400 bytes)"
+    )
+    assert not iso.exists() and not list(tmp_path.glob("m.iso*"))
+    cli("bucket2iso", str(src), "-o", str(iso), "--format", "udf", "--max-file-size", "unlimited", home=home)
+    cli("bucket2iso", str(src), "-o", str(iso), "--multi-session", home=home)
+    before = iso.read_bytes()
+    (src / "new.bin").write_bytes(bytes(300_000))
+    res = cli(
+        "bucket2iso",
+        str(src),
+        "-o",
+        str(iso),
+        "--multi-session",
+        "--append",
+        "--max-file-size",
+        "250K",
+        home=home,
+        check=False,
+    )
+    assert res.returncode == 2 and res.stderr.endswith("(+1 more)\n"), res.stderr
+    assert iso.read_bytes() == before
 
 
 def test_cli_verify_extract_ls_and_corruption(tmp_path: Path, home: Path) -> None:
@@ -205,7 +274,7 @@ def bootable_iso(tmp_path: Path, home: Path) -> Path:
     return iso
 
 
-def test_el_torito_and_hybrid_tables_are_valid(bootable_iso: Path) -> None:
+def test_el_torito_and_hybrid_tables_are_valid(bootable_iso: Path, home: Path) -> None:
     need("xorriso", "sgdisk")
     report = run(
         "xorriso", "-indev", str(bootable_iso), "-report_el_torito", "plain", "-report_system_area", "plain"
@@ -218,9 +287,16 @@ def test_el_torito_and_hybrid_tables_are_valid(bootable_iso: Path) -> None:
     parts = run("sgdisk", "-p", str(bootable_iso)).stdout
     assert "EF00" in parts
     assert "Everything is Ok" in run("7zz", "t", str(bootable_iso)).stdout if shutil.which("7zz") else True
+    # the protective MBR holds the isohybrid code but no active partition, which pycdlib refuses
+    # unless the reader hides the MBR from it
+    assert "System area summary: MBR isohybrid cyl-align-on GPT" in report
+    assert "ok (sidecar ok, 5 file digests ok)" in cli("iso", "verify", str(bootable_iso), home=home).stdout
 
 
-def _boots(args: list[str], marker: str, tmp_path: Path) -> None:
+_ANSI = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|c)")
+
+
+def _boots(args: list[str], marker: str, tmp_path: Path) -> str:
     # TCG, not KVM: OVMF and isolinux stop under this machine's nested KVM (an emulation failure)
     need("qemu-system-x86_64")
     log = tmp_path / f"serial-{len(list(tmp_path.glob('serial-*')))}.log"
@@ -242,15 +318,18 @@ def _boots(args: list[str], marker: str, tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+    def text() -> str:
+        # SeaBIOS's serial console mirrors the screen and may put cursor moves (ESC [ row ; col H)
+        # in the middle of a line isolinux writes to the port itself
+        return _ANSI.sub("", log.read_text(errors="replace")) if log.exists() else ""
+
     try:
-        wait_until(
-            lambda: log.exists() and marker in log.read_text(errors="replace"),
-            timeout=180,
-            what=f"{marker!r} on the serial console",
-        )
+        wait_until(lambda: marker in text(), timeout=180, what=f"{marker!r} on the serial console")
     finally:
         proc.kill()
         proc.wait()
+    return text()
 
 
 @pytest.mark.slow
@@ -261,9 +340,56 @@ def test_boots_in_qemu_bios_cdrom(bootable_iso: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_boots_in_qemu_bios_disk(bootable_iso: Path, tmp_path: Path, home: Path) -> None:
+    # the same file as a hard disk: SeaBIOS runs the isohybrid MBR code, which loads isolinux.bin
+    # from the LBA at MBR byte 432; isolinux says "EHDD" (hybrid disk mode) in its banner.
+    # First the BIOS+UEFI image (protective MBR + GPT), then a BIOS-only one (MBR partition 0x17)
+    disk = "format=raw,if=ide,media=disk,snapshot=on"
+    log = _boots(["-drive", f"file={bootable_iso},{disk}"], "DARKSTORAGE-BIOS-BOOT-OK", tmp_path)
+    assert "ISOLINUX 6.04 20200816 EHDD" in log
+    bios_only = tmp_path / "bios-only.iso"
+    cli(
+        "bucket2iso",
+        str(tmp_path / "src"),
+        "--output",
+        str(bios_only),
+        "--bootable",
+        "--boot-image",
+        "isolinux/isolinux.bin",
+        "--hybrid",
+        "--bios",
+        "--isohybrid-mbr",
+        "/usr/lib/ISOLINUX/isohdpfx.bin",
+        home=home,
+    )
+    report = run("xorriso", "-indev", str(bios_only), "-report_system_area", "plain").stdout
+    assert "System area summary: MBR isohybrid" in report
+    assert "MBR partition      :   1   0x80  0x17            0" in report
+    log = _boots(["-drive", f"file={bios_only},{disk}"], "DARKSTORAGE-BIOS-BOOT-OK", tmp_path)
+    assert "EHDD" in log
+
+
+def test_hybrid_bios_refusals(bootable_iso: Path, tmp_path: Path, home: Path) -> None:
+    base = ["bucket2iso", str(tmp_path / "src"), "--output", str(tmp_path / "x.iso"), "--hybrid", "--bios"]
+    boot = ["--bootable", "--boot-image", "isolinux/isolinux.bin"]
+    short = tmp_path / "short.bin"
+    short.write_bytes(bytes(100))
+    for extra, words in (
+        (["--isohybrid-mbr", str(short), *boot], "isohybrid MBR code"),
+        (["--bootable", "--boot-image", "readme.txt"], "no isohybrid signature"),
+        (["--uefi", "--efi-image", "boot/efiboot.img"], "needs a BIOS boot image"),
+    ):
+        res = cli(*base, *extra, home=home, check=False)
+        assert res.returncode == 2, res.stderr
+        assert words in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not (tmp_path / "x.iso").exists()
+
+
+@pytest.mark.slow
 def test_boots_in_qemu_uefi_cdrom_and_usb(bootable_iso: Path, tmp_path: Path) -> None:
     _boots(["-bios", str(OVMF), "-cdrom", str(bootable_iso)], "DARKSTORAGE-UEFI-BOOT-OK", tmp_path)
-    # the same file as a disk: the firmware finds the EFI System Partition through our GPT
+    # the same file as a disk: the firmware finds the EFI System Partition through our GPT (the
+    # MBR also holds the isohybrid BIOS code, see test_boots_in_qemu_bios_disk)
     _boots(
         ["-bios", str(OVMF), "-drive", f"file={bootable_iso},format=raw,if=virtio,snapshot=on"],
         "DARKSTORAGE-UEFI-BOOT-OK",
@@ -278,8 +404,11 @@ def test_multi_session_append_keeps_old_files(tmp_path: Path, home: Path) -> Non
     cli("bucket2iso", str(src), "--output", str(iso), "--multi-session", home=home)
     first = iso.stat().st_size
     (src / "new.txt").write_text("second session\n")
-    cli("bucket2iso", str(src), "--output", str(iso), "--multi-session", "--append", home=home)
+    cli("bucket2iso", str(src), "-o", str(iso), "--multi-session", "--append", "--permissions", "normalize", home=home)
     assert iso.stat().st_size > first
+    lsdl = run("xorriso", "-indev", str(iso), "-find", "/", "-exec", "lsdl").stdout
+    assert "-r--r--r--    1 0        0" in next(line for line in lsdl.splitlines() if "'/new.txt'" in line)
+    assert "-r-xr-xr-x" in next(line for line in lsdl.splitlines() if "'/script.sh'" in line)
     out = tmp_path / "x"
     run("xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", "/", str(out))
     assert (out / "new.txt").read_text() == "second session\n"
@@ -352,3 +481,22 @@ def test_file_over_4_gib(tmp_path: Path, home: Path) -> None:
             assert r.read(ino, 0, 4) == b"head" and r.read(ino, size - 4, 4) == b"tail"
             assert r.read(ino, 0xFFFFF800 - 2, 4) == b"XXXX"
     assert "ok" in cli("iso", "verify", str(iso), home=home, timeout=900).stdout
+    # Joliet alone (no Rock Ridge, no UDF): the same ISO 9660 level 3 multi-extent records
+    iso.unlink()
+    joliet = tmp_path / "big-joliet.iso"
+    cli(
+        "bucket2iso",
+        str(src),
+        "-o",
+        str(joliet),
+        "--format",
+        "joliet",
+        "--max-file-size",
+        "unlimited",
+        home=home,
+        timeout=900,
+    )
+    assert run("isoinfo", "-l", "-J", "-i", str(joliet)).stdout.count("big.bin") == 2
+    with IsoReader(joliet) as r:
+        ino, node = next((i, n) for i, n in r.walk() if n.rel == "big.bin")
+        assert node.size == size and r.read(ino, size - 4, 4) == b"tail"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import os
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from imaging.common import walk_tree
+from imaging.common import apply_permissions, check_max_file_size, normalized, walk_tree
 from imaging.iso_build import IsoOptions, build_layout, udf_perms
 from imaging.iso_names import DirNames
 from imaging.iso_ops import extract, verify_image
@@ -162,3 +163,84 @@ def test_missing_boot_image_is_a_usage_error(tmp_path: Path) -> None:
         build_layout(walk_tree(src), IsoOptions(boot_image="boot/isolinux.bin"))
     with pytest.raises(UsageError):
         IsoOptions.for_format("hfs")
+
+
+def test_normalized_permissions_are_mkisofs_r() -> None:
+    tree = walk_tree(Path(__file__).parent)  # any tree: only its first entries' shapes matter
+    entry = tree.entries[0]
+    for kind, mode, want in (
+        ("file", stat.S_IFREG | 0o640, stat.S_IFREG | 0o444),
+        ("file", stat.S_IFREG | 0o4710, stat.S_IFREG | 0o555),  # any x bit: all x; set-uid cleared
+        ("dir", stat.S_IFDIR | 0o1700, stat.S_IFDIR | 0o555),
+        ("symlink", stat.S_IFLNK | 0o777, stat.S_IFLNK | 0o777),
+    ):
+        e = normalized(dataclasses.replace(entry, kind=kind, mode=mode, uid=1000, gid=100))
+        assert (e.mode, e.uid, e.gid) == (want, 0, 0), (kind, oct(e.mode))
+    assert apply_permissions(tree, "preserve") is tree
+    with pytest.raises(UsageError):
+        apply_permissions(tree, "keep")
+
+
+@pytest.mark.parametrize("tree", ["rr", "udf"])
+def test_permissions_normalize_round_trip(tmp_path: Path, tree: str) -> None:
+    src = make_tree(tmp_path / "src")
+    os.chmod(src / "docs" / "deep", 0o700)
+    os.chmod(src / "same.txt", 0o751)
+    layout = build_layout(apply_permissions(walk_tree(src), "normalize"), IsoOptions(source_date_epoch=EPOCH))
+    write_image(layout, tmp_path / "n.iso")
+    with IsoReader(tmp_path / "n.iso", tree=tree) as r:
+        nodes = {n.rel: n for _, n in r.walk()}
+    assert stat.S_IMODE(nodes["docs/report.pdf"].mode) == 0o444
+    assert stat.S_IMODE(nodes["same.txt"].mode) == 0o555
+    assert stat.S_IMODE(nodes["docs/deep"].mode) == 0o555
+    assert all(n.uid == 0 and n.gid == 0 for n in nodes.values())
+    assert stat.S_ISLNK(nodes["link.pdf"].mode) and nodes["link.pdf"].target == b"docs/report.pdf"
+
+
+@pytest.mark.parametrize("fmt", ["iso9660", "joliet"])
+def test_verify_names_damaged_file_without_real_names(tmp_path: Path, fmt: str) -> None:
+    # plain ISO 9660 mangles names and Joliet shortens long ones: the manifest's names are matched
+    # by data, so verify still passes and still names the damaged file
+    src = make_tree(tmp_path / "src")
+    layout = build_layout(walk_tree(src), IsoOptions.for_format(fmt, source_date_epoch=EPOCH))
+    iso = tmp_path / "a.iso"
+    write_image(layout, iso)
+    report = verify_image(iso)
+    assert report.ok and report.files_checked == 6, report.problems
+    with IsoReader(iso) as r:
+        ((offset, _),) = next(n for _, n in r.walk() if n.size == (src / "docs" / "report.pdf").stat().st_size).extents
+    with open(iso, "r+b") as f:
+        f.seek(offset + 100)
+        f.write(b"\xff")
+    report = verify_image(iso)
+    (problem,) = [p for p in report.problems if p.startswith("file ")]
+    if fmt == "iso9660":  # matched by data
+        assert problem == "file docs/report.pdf: no file in the iso tree has its SHA-256 (data damaged or missing)"
+    else:  # Joliet keeps this name
+        assert problem.startswith("file docs/report.pdf: SHA-256 differs")
+
+
+def test_max_file_size(tmp_path: Path) -> None:
+    tree = walk_tree(make_tree(tmp_path / "src"))
+    check_max_file_size(tree, None)
+    check_max_file_size(tree, 10_249)  # report.pdf is 9 + 10 240 bytes
+    with pytest.raises(
+        UsageError, match=r"^docs/report.pdf is 10.0 KiB \(10249 bytes\), over --max-file-size 10.0 KiB"
+    ):
+        check_max_file_size(tree, 10_248)
+    with pytest.raises(UsageError, match=r"^hardlink.txt is .* \(\+2 more\)$"):
+        check_max_file_size(tree, 2_000)
+
+
+def test_isohybrid_mbr_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from imaging import iso_hybrid
+
+    full = tmp_path / "mbr.bin"
+    full.write_bytes(bytes(range(256)) * 2)  # a whole 512-byte MBR: its first 432 bytes are the code
+    assert iso_hybrid.load_isohybrid_mbr(full) == full.read_bytes()[:432]
+    (tmp_path / "big.bin").write_bytes(bytes(513))
+    with pytest.raises(UsageError, match="is 513 bytes"):
+        iso_hybrid.load_isohybrid_mbr(tmp_path / "big.bin")
+    monkeypatch.setattr(iso_hybrid, "ISOHYBRID_MBR_PATHS", (tmp_path / "none.bin",))
+    with pytest.raises(UsageError, match=r"install isolinux .* or pass --isohybrid-mbr FILE$"):
+        iso_hybrid.load_isohybrid_mbr()
