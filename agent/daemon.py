@@ -31,7 +31,7 @@ import click
 import trio
 
 from pool.config import pool_home
-from pool.errors import BusyError, DarkstorageError, NotFoundError
+from pool.errors import BusyError, DarkstorageError, JobFailedError, NotFoundError
 from sync.registry import Pair, Registry
 from sync.scanner import is_temp_name
 
@@ -301,7 +301,7 @@ def agent_start(foreground: bool, once: bool, as_json: bool) -> None:
     """Start the agent (detached unless --foreground).
 
     With --once, nothing stays running: the scheduled sync pairs and image jobs with a tick since
-    their last run run now, in the foreground, and the command exits (1 if an image job failed).
+    their last run run now, in the foreground, and the command exits (21 if an image job failed).
 
     \b
     Example:
@@ -323,7 +323,7 @@ def agent_start(foreground: bool, once: bool, as_json: bool) -> None:
                 + (f"; failed: {', '.join(ran['failed'])}" if ran["failed"] else "")
             )
         if ran["failed"]:
-            raise DarkstorageError(f"image job(s) failed: {', '.join(ran['failed'])} (see `darkstorage jobs list`)")
+            raise JobFailedError(f"image job(s) failed: {', '.join(ran['failed'])} (see `darkstorage jobs list`)")
         return
     running = agent_pid(home)
     if running is not None and running != os.getpid():

@@ -35,6 +35,7 @@ class ExitCode(enum.IntEnum):
     IMAGE_CORRUPT = 18  #: a disk image failed verification (bad structure, checksum or digest)
     UNSAFE_PATH = 19  #: an entry would land outside the target folder (``..``, absolute, symlink)
     UNSUPPORTED = 20  #: the feature or connector is not available on this system
+    JOB_FAILED = 21  #: a scheduled image job run by ``agent start --once`` failed (see ``jobs list``)
     INTERRUPTED = 130  #: stopped by Ctrl-C
 
 
@@ -156,3 +157,9 @@ class UnsupportedError(DarkstorageError):
 
     exit_code = ExitCode.UNSUPPORTED
     errno = errno.EOPNOTSUPP
+
+
+class JobFailedError(DarkstorageError):
+    """One or more scheduled jobs failed (their errors are recorded with the job)."""
+
+    exit_code = ExitCode.JOB_FAILED

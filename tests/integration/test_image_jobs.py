@@ -165,7 +165,7 @@ def test_agent_once_and_resident_agent_run_due_jobs(home: Path, tmp_path: Path) 
     shutil.rmtree(src)
     backdate(home, "a")
     r = cli("agent", "start", "--once", home=home, check=False)
-    assert r.returncode == 1 and "a" in r.stderr and jobs(home)["a"]["last_result"] == "failed"
+    assert r.returncode == 21 and "a" in r.stderr and jobs(home)["a"]["last_result"] == "failed"
 
 
 @needs_7zz
