@@ -178,45 +178,76 @@ def _is_local(loc: Any) -> bool:
     return isinstance(loc.fs, LocalFileSystem)
 
 
-class Supervisor:
-    """Starts a :class:`PairService` per active scheduled or realtime pair and keeps the set in
-    line with the registry."""
+class TaskSupervisor:
+    """Keeps one service task per wanted item (a sync pair, an image job) running: every
+    :data:`RELOAD_S` it re-reads what is wanted, cancels the tasks of items removed or changed
+    (compared by :meth:`signature`) and starts tasks for new ones. Subclasses say what is
+    wanted, what identifies a change, and what a task runs."""
 
     def __init__(self, home: Path) -> None:
         self.home = home
         self.running: dict[str, tuple[trio.CancelScope, tuple[Any, ...]]] = {}
 
-    def _wanted(self) -> dict[str, Pair]:
+    def wanted(self) -> dict[str, Any]:
+        """Items by name (runs in a worker thread)."""
+        raise NotImplementedError
+
+    def signature(self, item: Any) -> tuple[Any, ...]:
+        """What makes a running task stale when it changes."""
+        raise NotImplementedError
+
+    async def serve(self, item: Any) -> None:
+        """The task of one item, until cancelled."""
+        raise NotImplementedError
+
+    def started(self, name: str, item: Any) -> None:
+        """Called after the task of *name* started (for the log)."""
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                wanted = await trio.to_thread.run_sync(self.wanted)
+                for name in list(self.running):
+                    scope, sig = self.running[name]
+                    item = wanted.get(name)
+                    if item is None or self.signature(item) != sig:
+                        scope.cancel()
+                        del self.running[name]
+                for name, item in wanted.items():
+                    if name not in self.running:
+                        self.running[name] = (await nursery.start(self._task, item), self.signature(item))
+                        self.started(name, item)
+                await trio.sleep(RELOAD_S)
+
+    async def _task(self, item: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            await self.serve(item)
+
+
+class Supervisor(TaskSupervisor):
+    """Starts a :class:`PairService` per active scheduled or realtime pair and keeps the set in
+    line with the registry."""
+
+    def wanted(self) -> dict[str, Pair]:
         registry = Registry(self.home)
         try:
             return {p.name: p for p in registry.list() if not p.paused and (p.schedule or p.realtime)}
         finally:
             registry.close()
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            while True:
-                wanted = await trio.to_thread.run_sync(self._wanted)
-                for name in list(self.running):
-                    scope, sig = self.running[name]
-                    p = wanted.get(name)
-                    if p is None or _signature(p) != sig:
-                        scope.cancel()
-                        del self.running[name]
-                for name, p in wanted.items():
-                    if name not in self.running:
-                        self.running[name] = (await nursery.start(self._service, p), _signature(p))
-                        log.info("agent: running sync pair %s", name)
-                await trio.sleep(RELOAD_S)
+    def signature(self, item: Pair) -> tuple[Any, ...]:
+        return _signature(item)
 
-    async def _service(self, pair: Pair, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        with trio.CancelScope() as scope:
-            task_status.started(scope)
-            try:
-                await PairService(self.home, pair).run()
-            except DarkstorageError as e:
-                log.warning("sync pair %s stopped: %s", pair.name, e)
+    def started(self, name: str, item: Pair) -> None:
+        log.info("agent: running sync pair %s", name)
+
+    async def serve(self, item: Pair) -> None:
+        try:
+            await PairService(self.home, item).run()
+        except DarkstorageError as e:
+            log.warning("sync pair %s stopped: %s", item.name, e)
 
 
 def _signature(p: Pair) -> tuple[Any, ...]:

@@ -14,6 +14,7 @@ import trio
 
 from pool.errors import BusyError, DarkstorageError
 
+from .daemon import TaskSupervisor
 from .jobs import Job, JobStore
 
 log = logging.getLogger(__name__)
@@ -73,38 +74,21 @@ class JobService:
             await trio.sleep(1.0)  # never spin if the outcome could not be recorded
 
 
-class JobSupervisor:
+class JobSupervisor(TaskSupervisor):
     """Starts a :class:`JobService` per registered job and keeps the set in line with the table."""
 
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.running: dict[str, tuple[trio.CancelScope, tuple[Any, ...]]] = {}
-
-    def _wanted(self) -> dict[str, Job]:
+    def wanted(self) -> dict[str, Job]:
         with JobStore(self.home) as store:
             return {j.name: j for j in store.list()}
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            while True:
-                wanted = await trio.to_thread.run_sync(self._wanted)
-                for name in list(self.running):
-                    scope, sig = self.running[name]
-                    j = wanted.get(name)
-                    if j is None or _signature(j) != sig:
-                        scope.cancel()
-                        del self.running[name]
-                for name, j in wanted.items():
-                    if name not in self.running:
-                        self.running[name] = (await nursery.start(self._service, name), _signature(j))
-                        log.info("agent: image job %s [%s] next run %s", name, j.schedule, j.next_run().isoformat())
-                await trio.sleep(RELOAD_S)
+    def signature(self, item: Job) -> tuple[Any, ...]:
+        return _signature(item)
 
-    async def _service(self, name: str, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        with trio.CancelScope() as scope:
-            task_status.started(scope)
-            await JobService(self.home, name).run()
+    def started(self, name: str, item: Job) -> None:
+        log.info("agent: image job %s [%s] next run %s", name, item.schedule, item.next_run().isoformat())
+
+    async def serve(self, item: Job) -> None:
+        await JobService(self.home, item.name).run()
 
 
 def _signature(j: Job) -> tuple[Any, ...]:
