@@ -19,7 +19,6 @@ from .jobs import Job, JobStore
 
 log = logging.getLogger(__name__)
 
-RELOAD_S = 5.0  #: how often the supervisor re-reads the job table
 MAX_SLEEP_S = 60.0  #: longest wait before a job task looks at the wall clock again
 
 
