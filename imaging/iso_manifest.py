@@ -57,9 +57,17 @@ def manifest_size(layout: Any) -> int:
 
 
 def digest_image(
-    fd: int, layout: Any, volume_bytes: int, *, progress: Callable[[int], None] | None = None
+    fd: int,
+    layout: Any,
+    volume_bytes: int,
+    *,
+    progress: Callable[[int], None] | None = None,
+    ready: Callable[[int], None] | None = None,
 ) -> tuple[Any, dict[str, str]]:
     """Hash the volume ``[0, volume_bytes)`` of the image open at *fd* in one sequential pass.
+
+    *ready(offset)*, when given, is called before bytes up to *offset* are read and returns once
+    they are written (so the pass can follow a writer that is still filling the image).
 
     Returns:
         (a hashlib SHA-256 object fed with the volume, so the caller can add the tail;
@@ -87,7 +95,10 @@ def digest_image(
     def feed(start: int, stop: int, file_hash: Any) -> None:
         pos = start
         while pos < stop:
-            n = os.preadv(fd, [view[: min(_READ_BYTES, stop - pos)]], pos)
+            want = min(_READ_BYTES, stop - pos)
+            if ready is not None:
+                ready(pos + want)
+            n = os.preadv(fd, [view[:want]], pos)
             if n == 0:
                 raise OSError(f"image ended at byte {pos}, expected {stop}")
             image.update(view[:n])
@@ -100,6 +111,8 @@ def digest_image(
     for start, length, key in spans:
         stop = start + length
         if start < cursor:  # overlapping extents (not written by us): hash the file on its own
+            if ready is not None:
+                ready(stop)
             h = hashlib.sha256(os.pread(fd, length, start))
         else:
             feed(cursor, start, None)

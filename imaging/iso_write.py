@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 BLOCK = 2048
 _STEP_BYTES = 64 << 20  # one kernel call copies at most this much (keeps the progress bar moving)
+_PIPE_STEP = 8 << 20  # the image hash follows the data copy this closely
 _FALLBACK_ERRNOS = {errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.EBADF, errno.ETXTBSY}
 
 
@@ -59,19 +61,21 @@ def copy_range(
     length: int,
     *,
     src_offset: int = 0,
+    step: int = _STEP_BYTES,
     progress: Callable[[int], None] | None = None,
 ) -> int:
     """Copy *length* bytes from *src_offset* of *src_fd* to *dst_offset* of *dst_fd* in the kernel.
 
     Tries ``copy_file_range`` (server-side/reflink where the filesystem can), then ``sendfile``,
     then a ``pread``/``pwrite`` loop. Returns the bytes copied (less than *length* only when the
-    source is shorter than announced).
+    source is shorter than announced). *progress* is called with the bytes of each kernel call
+    (at most *step*).
     """
     done = 0
     method = "copy_file_range"
     buf: bytearray | None = None
     while done < length:
-        want = min(_STEP_BYTES, length - done)
+        want = min(step, length - done)
         try:
             if method == "copy_file_range":
                 n = os.copy_file_range(src_fd, dst_fd, want, src_offset + done, dst_offset + done)
@@ -98,35 +102,106 @@ def copy_range(
     return done
 
 
-class _DataWriter:
-    """The ``inode_writer`` hook of :class:`imaging.iso_build.IsoImage`."""
+class _DataCopier:
+    """Copies every file's data into its extent on a worker thread, in extent order.
 
-    def __init__(self, out_fd: int, names: dict[int, str]) -> None:
-        self.out_fd = out_fd
+    The copy runs in the kernel (:func:`copy_range`, GIL released) while the main thread
+    serialises pycdlib's directory records and then hashes the image behind the copy:
+    :meth:`wait_for` blocks until every byte before an offset is final.
+    """
+
+    def __init__(self, part: Path, inodes: list[Any], names: dict[int, str], volume_bytes: int) -> None:
+        self.part = part
+        self.inodes = inodes
         self.names = names
+        self.volume_bytes = volume_bytes
         self.changed: list[str] = []
+        self.copied = 0
+        # bytes before this offset are final (nothing is written below the first extent)
+        self.watermark = inodes[0].extent_location() * BLOCK if inodes else volume_bytes
+        self.error: BaseException | None = None
+        self._cancelled = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="iso-data", daemon=True)
 
-    def __call__(self, outfp: Any, ino: Any) -> Iterator[int]:
+    def start(self) -> None:
+        self._thread.start()
+
+    def _advance(self, watermark: int, n: int) -> None:
+        with self._cond:
+            self.watermark = watermark
+            self.copied += n
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        # its own descriptor: the sendfile fallback seeks, pycdlib seeks the main one concurrently
+        fd = os.open(self.part, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            for i, ino in enumerate(self.inodes):
+                if self._cancelled:
+                    return
+                self._copy(fd, ino)
+                nxt = self.inodes[i + 1].extent_location() * BLOCK if i + 1 < len(self.inodes) else self.volume_bytes
+                self._advance(max(nxt, self.watermark), 0)
+        except BaseException as e:  # handed to the main thread by wait_for
+            with self._cond:
+                self.error = e
+                self._cond.notify_all()
+        finally:
+            os.close(fd)
+            with self._cond:
+                self.watermark = max(self.watermark, self.volume_bytes) if self.error is None else self.watermark
+                self._cond.notify_all()
+
+    def _copy(self, out_fd: int, ino: Any) -> None:
         offset = ino.extent_location() * BLOCK
         length = ino.get_data_length()
         if ino.manage_fp:
             fd = os.open(ino.data_fp, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                copied = copy_range(fd, self.out_fd, offset, length)
+                done = 0
+
+                def step_done(n: int) -> None:
+                    nonlocal done
+                    if self._cancelled:
+                        raise InterruptedError("image write cancelled")
+                    done += n
+                    self._advance(offset + done, n)
+
+                copied = copy_range(fd, out_fd, offset, length, step=_PIPE_STEP, progress=step_done)
+                size = os.fstat(fd).st_size
             finally:
                 os.close(fd)
-            if copied != length or os.stat(ino.data_fp).st_size != length:
+            if copied != length or size != length:
                 name = self.names.get(id(ino), ino.data_fp)
                 log.warning("%s changed size while it was copied", name)
                 self.changed.append(name)
-        else:  # generated in memory (copyright/abstract text, boot catalog placeholder)
+        else:  # generated in memory (copyright/abstract text)
             fp = ino.data_fp
             fp.seek(ino.fp_offset)
-            os.pwrite(self.out_fd, fp.read(length), offset)
-            copied = length
+            os.pwrite(out_fd, fp.read(length), offset)
         if ino.boot_info_table is not None:  # El Torito boot info table at byte 8 (mkisofs -boot-info-table)
-            os.pwrite(self.out_fd, ino.boot_info_table.record(), offset + 8)
-        yield copied
+            os.pwrite(out_fd, ino.boot_info_table.record(), offset + 8)
+
+    def wait_for(self, offset: int, progress: Callable[[int], None] | None = None) -> None:
+        """Block until every byte before *offset* is written; re-raise the copier's error."""
+        with self._cond:
+            while self.watermark < offset and self.error is None:
+                self._cond.wait(0.25)
+                if progress is not None:
+                    progress(self.copied)
+            if self.error is not None:
+                raise self.error
+
+    def cancel(self) -> None:
+        """Stop after the file being copied and wait for the thread (the caller is failing)."""
+        self._cancelled = True
+        self._thread.join()
+
+    def join(self) -> None:
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 def copy_udf_anchor(fd: int, anchor_offset: int, block: int) -> None:
@@ -175,45 +250,71 @@ def write_image(
     part = output.with_name(output.name + ".part")
     volume_bytes = iso.pvd.space_size * BLOCK
     total_work = 2 * volume_bytes
-    done = 0
+    copied = hashed = 0
 
-    def tick(n: int) -> None:
-        nonlocal done
-        done += n
+    def report() -> None:
         if progress is not None:
-            progress(min(done, total_work), total_work)
+            progress(min(copied + hashed, total_work), total_work)
+
+    def copy_tick(n: int) -> None:
+        nonlocal copied
+        copied = n
+        report()
+
+    def hash_tick(n: int) -> None:
+        nonlocal hashed
+        hashed += n
+        report()
 
     names = {id(ino): rel for rel, ino in layout.inodes.items()}
-    writer = _DataWriter(-1, names)
     iso.inodes.sort(key=lambda i: i.extent_location() if i.get_data_length() else 0)
+    data = sorted((i for i in iso.inodes if i.get_data_length()), key=lambda i: i.extent_location())
+    udf = iso.has_udf()
     with open(part, "w+b", buffering=0) as out:
-        writer.out_fd = out.fileno()
-        iso.inode_writer = writer
+        fd = out.fileno()
+        copier = _DataCopier(part, data, names, volume_bytes)
+        copier.start()
         try:
-            with pinned_clock(layout.build_time_s, layout.seed):  # pycdlib stamps the modification date now
-                iso.write_fp(out, progress_cb=lambda d, t, _o: None)
-        finally:
-            iso.inode_writer = None
-        tick(volume_bytes)
-        end = volume_bytes + manifest_size(layout)
-        udf = iso.has_udf()
-        if plan is not None:  # UDF's last anchor 256 blocks before the end, the backup GPT at the end
-            end = write_hybrid(out.fileno(), plan, volume_bytes, end + (257 * BLOCK if udf else 0))
-            anchor_block = end // BLOCK - 257
-        else:
-            end += BLOCK if udf else 0
-            os.ftruncate(out.fileno(), end)
-            anchor_block = end // BLOCK - 1
-        if udf:
-            copy_udf_anchor(out.fileno(), volume_bytes - BLOCK, anchor_block)
-        set_volume_blocks(out.fileno(), end // BLOCK)
-        write_locator(out.fileno(), volume_bytes // BLOCK)
-        image_hash, file_digests = digest_image(out.fileno(), layout, volume_bytes, progress=tick)
-        tail = write_manifest(out.fileno(), layout, file_digests, volume_bytes)
+            iso.inode_writer = _no_data  # the copier writes the data meanwhile
+            try:
+                with pinned_clock(layout.build_time_s, layout.seed):  # pycdlib stamps the modification date now
+                    iso.write_fp(out, progress_cb=lambda d, t, _o: None)
+            finally:
+                iso.inode_writer = None
+            # everything below the data is final from here on: patch it before hashing starts
+            end = volume_bytes + manifest_size(layout)
+            if plan is not None:  # UDF's last anchor 256 blocks before the end, the backup GPT at the end
+                end = write_hybrid(fd, plan, volume_bytes, end + (257 * BLOCK if udf else 0))
+                anchor_block = end // BLOCK - 257
+            else:
+                end += BLOCK if udf else 0
+                os.ftruncate(fd, end)
+                anchor_block = end // BLOCK - 1
+            if udf:
+                copy_udf_anchor(fd, volume_bytes - BLOCK, anchor_block)
+            set_volume_blocks(fd, end // BLOCK)
+            write_locator(fd, volume_bytes // BLOCK)
+            image_hash, file_digests = digest_image(
+                fd,
+                layout,
+                volume_bytes,
+                progress=hash_tick,
+                ready=lambda offset: copier.wait_for(offset, copy_tick),
+            )
+            copier.join()
+        except BaseException:
+            copier.cancel()
+            raise
+        copy_tick(volume_bytes)
+        tail = write_manifest(fd, layout, file_digests, volume_bytes)
         image_hash.update(tail)
-        rest = os.pread(out.fileno(), end - volume_bytes - len(tail), volume_bytes + len(tail))
+        rest = os.pread(fd, end - volume_bytes - len(tail), volume_bytes + len(tail))
         image_hash.update(rest)
-        os.fsync(out.fileno())
+        os.fsync(fd)
     os.replace(part, output)
     digest = write_sidecar(output, image_hash.hexdigest())
-    return WriteResult(path=output, size_bytes=end, sha256=digest, files=len(layout.sources), changed=writer.changed)
+    return WriteResult(path=output, size_bytes=end, sha256=digest, files=len(layout.sources), changed=copier.changed)
+
+
+def _no_data(outfp: Any, ino: Any) -> Iterator[int]:
+    yield 0
