@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import write_sidecar
-from .iso_build import IsoLayout, pinned_clock
+from .iso_build import IsoLayout, paused_gc, pinned_clock
 from .iso_hybrid import HybridPlan, plan_hybrid, write_hybrid
 from .iso_manifest import digest_image, manifest_size, set_volume_blocks, write_locator, write_manifest
 
@@ -277,7 +277,7 @@ def write_image(
         try:
             iso.inode_writer = _no_data  # the copier writes the data meanwhile
             try:
-                with pinned_clock(layout.build_time_s, layout.seed):  # pycdlib stamps the modification date now
+                with paused_gc(), pinned_clock(layout.build_time_s, layout.seed):  # pycdlib stamps the date now
                     iso.write_fp(out, progress_cb=lambda d, t, _o: None)
             finally:
                 iso.inode_writer = None
