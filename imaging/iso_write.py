@@ -1,14 +1,19 @@
 """Write a laid-out ISO: metadata from pycdlib, file data with zero-copy kernel calls.
 
 pycdlib writes the volume descriptors, path tables, directory records, UDF descriptors and the
-El Torito catalog; each file's data goes straight from its source to its extent with
-``copy_file_range(2)`` (falling back to ``sendfile(2)``, then to ``pread``/``pwrite`` with one
-reused buffer), so the data never passes through Python objects and memory stays flat.
+El Torito catalog (through :class:`_RecordWriter`, one ``pwrite`` per contiguous run); each
+file's data goes straight from its source to its extent with ``copy_file_range(2)`` (falling back
+to ``sendfile(2)``, then to ``pread``/``pwrite`` with one reused buffer), so the data never passes
+through Python objects and memory stays flat.
+
+Three things overlap (the kernel copy and ``hashlib`` release the GIL): a worker thread copies
+the file data in extent order while the main thread serialises pycdlib's records; then the main
+thread makes one sequential pass over the image, following the copy a few MiB behind, which gives
+the image digest (the sidecar) and each file's digest (the manifest) from the page cache, with
+no second pass over the sources.
 
 After the volume come, outside every filesystem view: the per-file SHA-256 manifest
 (:mod:`imaging.iso_manifest`) and, for ``hybrid``, the backup GPT (:mod:`imaging.iso_hybrid`).
-One sequential read of the finished image gives the image digest (the sidecar) and each file's
-digest, so neither needs a second pass over the sources.
 """
 
 from __future__ import annotations
