@@ -90,38 +90,59 @@ def digest_image(
             spans.append((ino.extent_location() * BLOCK, ino.get_data_length(), id(ino)))
         by_inode[id(ino)].append(rel)
     spans.sort()
+    ordered: list[tuple[int, int, int]] = []  # extents in image order, none overlapping
+    solo: list[tuple[int, int, int]] = []  # overlapping extents (not written by us): hashed on their own
     cursor = 0
-
-    def feed(start: int, stop: int, file_hash: Any) -> None:
-        pos = start
-        while pos < stop:
-            want = min(_READ_BYTES, stop - pos)
-            if ready is not None:
-                ready(pos + want)
-            n = os.preadv(fd, [view[:want]], pos)
-            if n == 0:
-                raise OSError(f"image ended at byte {pos}, expected {stop}")
-            image.update(view[:n])
-            if file_hash is not None:
-                file_hash.update(view[:n])
-            pos += n
-            if progress is not None:
-                progress(n)
-
-    for start, length, key in spans:
-        stop = start + length
-        if start < cursor:  # overlapping extents (not written by us): hash the file on its own
-            if ready is not None:
-                ready(stop)
-            h = hashlib.sha256(os.pread(fd, length, start))
+    for span in spans:
+        if span[0] < cursor:
+            solo.append(span)
         else:
-            feed(cursor, start, None)
-            h = hashlib.sha256()
-            feed(start, stop, h)
-            cursor = stop
-        for rel in by_inode[key]:
-            digests[rel] = h.hexdigest()
-    feed(cursor, volume_bytes, None)
+            ordered.append(span)
+            cursor = span[0] + span[1]
+    hashes: dict[int, Any] = {}
+    # one read per MiB of image; each file's hash takes its slices of the chunks its extent spans
+    nxt = 0  # next extent of `ordered` not started yet
+    cur: tuple[int, int, int] | None = None
+    cur_hash: Any = None
+    pos = 0
+    while pos < volume_bytes:
+        want = min(_READ_BYTES, volume_bytes - pos)
+        if ready is not None:
+            ready(pos + want)
+        n = os.preadv(fd, [view[:want]], pos)
+        if n == 0:
+            raise OSError(f"image ended at byte {pos}, expected {volume_bytes}")
+        chunk = view[:n]
+        image.update(chunk)
+        end = pos + n
+        while cur is not None or (nxt < len(ordered) and ordered[nxt][0] < end):
+            if cur is None:
+                cur = ordered[nxt]
+                nxt += 1
+                cur_hash = hashes[cur[2]] = hashlib.sha256()
+            stop = cur[0] + cur[1]
+            cur_hash.update(chunk[max(cur[0], pos) - pos : min(stop, end) - pos])
+            if stop > end:
+                break
+            cur = None
+        pos = end
+        if progress is not None:
+            progress(n)
+    for start, length, key in solo:
+        h = hashes[key] = hashlib.sha256()
+        done = 0
+        while done < length:
+            n = os.preadv(fd, [view[: min(_READ_BYTES, length - done)]], start + done)
+            if n == 0:
+                raise OSError(f"image ended at byte {start + done}, expected {start + length}")
+            h.update(view[:n])
+            done += n
+    if cur is not None or nxt < len(ordered):
+        raise OSError(f"a file extent ends after the volume ({volume_bytes} bytes)")
+    for key, rels in by_inode.items():
+        hexdigest = hashes[key].hexdigest()
+        for rel in rels:
+            digests[rel] = hexdigest
     return image, digests
 
 
