@@ -22,6 +22,7 @@ import errno
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,11 +109,13 @@ def copy_range(
 
 
 class _DataCopier:
-    """Copies every file's data into its extent on a worker thread, in extent order.
+    """Copies every file's data into its extent, in extent order, and says how far it got.
 
-    The copy runs in the kernel (:func:`copy_range`, GIL released) while the main thread
-    serialises pycdlib's directory records and then hashes the image behind the copy:
-    :meth:`wait_for` blocks until every byte before an offset is final.
+    :meth:`run` copies in the calling thread (the kernel does the copy, the GIL is released for
+    each call); a hashing thread follows with :meth:`wait_for`, which blocks until every byte
+    before an offset is final. (The copy runs on the main thread, not beside pycdlib's record
+    serialisation: a thread making one system call per small file next to a busy Python thread
+    waits a GIL switch interval after nearly every call.)
     """
 
     def __init__(self, part: Path, inodes: list[Any], names: dict[int, str], volume_bytes: int) -> None:
@@ -125,38 +128,33 @@ class _DataCopier:
         # bytes before this offset are final (nothing is written below the first extent)
         self.watermark = inodes[0].extent_location() * BLOCK if inodes else volume_bytes
         self.error: BaseException | None = None
-        self._cancelled = False
+        self._wanted = 0  # the offset the hasher waits for
         self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name="iso-data", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
 
     def _advance(self, watermark: int, n: int) -> None:
-        with self._cond:
-            self.watermark = watermark
-            self.copied += n
-            self._cond.notify_all()
+        self.watermark = watermark
+        self.copied += n
+        if watermark >= self._wanted:  # wake the hasher only when it can go on (not once per file)
+            with self._cond:
+                self._cond.notify_all()
 
-    def _run(self) -> None:
-        # its own descriptor: the sendfile fallback seeks, pycdlib seeks the main one concurrently
-        fd = os.open(self.part, os.O_WRONLY | os.O_CLOEXEC)
+    def run(self, tick: Callable[[], None]) -> None:
+        """Copy everything; *tick* is called after each file. Errors also reach :meth:`wait_for`."""
+        fd = os.open(self.part, os.O_WRONLY | os.O_CLOEXEC)  # its own offset for the sendfile fallback
         try:
             for i, ino in enumerate(self.inodes):
-                if self._cancelled:
-                    return
                 self._copy(fd, ino)
                 nxt = self.inodes[i + 1].extent_location() * BLOCK if i + 1 < len(self.inodes) else self.volume_bytes
                 self._advance(max(nxt, self.watermark), 0)
-        except BaseException as e:  # handed to the main thread by wait_for
+                tick()
+        except BaseException as e:
             with self._cond:
                 self.error = e
                 self._cond.notify_all()
+            raise
         finally:
             os.close(fd)
-            with self._cond:
-                self.watermark = max(self.watermark, self.volume_bytes) if self.error is None else self.watermark
-                self._cond.notify_all()
+        self._advance(max(self.watermark, self.volume_bytes), 0)
 
     def _copy(self, out_fd: int, ino: Any) -> None:
         offset = ino.extent_location() * BLOCK
@@ -168,8 +166,6 @@ class _DataCopier:
 
                 def step_done(n: int) -> None:
                     nonlocal done
-                    if self._cancelled:
-                        raise InterruptedError("image write cancelled")
                     done += n
                     self._advance(offset + done, n)
 
@@ -188,25 +184,35 @@ class _DataCopier:
         if ino.boot_info_table is not None:  # El Torito boot info table at byte 8 (mkisofs -boot-info-table)
             os.pwrite(out_fd, ino.boot_info_table.record(), offset + 8)
 
-    def wait_for(self, offset: int, progress: Callable[[int], None] | None = None) -> None:
-        """Block until every byte before *offset* is written; re-raise the copier's error."""
+    def wait_for(self, offset: int) -> None:
+        """Block until every byte before *offset* is written; raise if the copy failed."""
         with self._cond:
+            self._wanted = offset  # set before the watermark is read: _advance then cannot miss us
             while self.watermark < offset and self.error is None:
-                self._cond.wait(0.25)
-                if progress is not None:
-                    progress(self.copied)
+                self._cond.wait(1.0)
             if self.error is not None:
-                raise self.error
+                raise OSError("the data copy failed") from self.error
 
-    def cancel(self) -> None:
-        """Stop after the file being copied and wait for the thread (the caller is failing)."""
-        self._cancelled = True
-        self._thread.join()
 
-    def join(self) -> None:
-        self._thread.join()
-        if self.error is not None:
-            raise self.error
+class _HashPass(threading.Thread):
+    """:func:`imaging.iso_manifest.digest_image` on a thread, following a :class:`_DataCopier`."""
+
+    def __init__(self, fd: int, layout: IsoLayout, volume_bytes: int, copier: _DataCopier) -> None:
+        super().__init__(name="iso-digest", daemon=True)
+        self.args = (fd, layout, volume_bytes)
+        self.copier = copier
+        self.hashed = 0
+        self.result: tuple[Any, dict[str, str]] | None = None
+        self.error: BaseException | None = None
+
+    def _tick(self, n: int) -> None:
+        self.hashed += n
+
+    def run(self) -> None:
+        try:
+            self.result = digest_image(*self.args, progress=self._tick, ready=self.copier.wait_for)
+        except BaseException as e:  # re-raised by the main thread
+            self.error = e
 
 
 class _RecordWriter:
@@ -303,64 +309,57 @@ def write_image(
     part = output.with_name(output.name + ".part")
     volume_bytes = iso.pvd.space_size * BLOCK
     total_work = 2 * volume_bytes
-    copied = hashed = 0
-
-    def report() -> None:
-        if progress is not None:
-            progress(min(copied + hashed, total_work), total_work)
-
-    def copy_tick(n: int) -> None:
-        nonlocal copied
-        copied = n
-        report()
-
-    def hash_tick(n: int) -> None:
-        nonlocal hashed
-        hashed += n
-        report()
-
     names = {id(ino): rel for rel, ino in layout.inodes.items()}
     iso.inodes.sort(key=lambda i: i.extent_location() if i.get_data_length() else 0)
     data = sorted((i for i in iso.inodes if i.get_data_length()), key=lambda i: i.extent_location())
     udf = iso.has_udf()
+    copier = _DataCopier(part, data, names, volume_bytes)
     with open(part, "w+b", buffering=0) as out:
         fd = out.fileno()
-        copier = _DataCopier(part, data, names, volume_bytes)
-        copier.start()
+        iso.inode_writer = _no_data  # the copier writes the data afterwards
         try:
-            iso.inode_writer = _no_data  # the copier writes the data meanwhile
-            try:
-                records = _RecordWriter(fd)
-                with paused_gc(), pinned_clock(layout.build_time_s, layout.seed):  # pycdlib stamps the date now
-                    iso.write_fp(cast(Any, records), progress_cb=lambda d, t, _o: None)
-                records.flush()
-            finally:
-                iso.inode_writer = None
-            # everything below the data is final from here on: patch it before hashing starts
-            end = volume_bytes + manifest_size(layout)
-            if plan is not None:  # UDF's last anchor 256 blocks before the end, the backup GPT at the end
-                end = write_hybrid(fd, plan, volume_bytes, end + (257 * BLOCK if udf else 0))
-                anchor_block = end // BLOCK - 257
-            else:
-                end += BLOCK if udf else 0
-                os.ftruncate(fd, end)
-                anchor_block = end // BLOCK - 1
-            if udf:
-                copy_udf_anchor(fd, volume_bytes - BLOCK, anchor_block)
-            set_volume_blocks(fd, end // BLOCK)
-            write_locator(fd, volume_bytes // BLOCK)
-            image_hash, file_digests = digest_image(
-                fd,
-                layout,
-                volume_bytes,
-                progress=hash_tick,
-                ready=lambda offset: copier.wait_for(offset, copy_tick),
-            )
-            copier.join()
-        except BaseException:
-            copier.cancel()
-            raise
-        copy_tick(volume_bytes)
+            records = _RecordWriter(fd)
+            with paused_gc(), pinned_clock(layout.build_time_s, layout.seed):  # pycdlib stamps the date now
+                iso.write_fp(cast(Any, records), progress_cb=lambda d, t, _o: None)
+            records.flush()
+        finally:
+            iso.inode_writer = None
+        # everything outside the file data is final from here on: patch it before hashing starts
+        end = volume_bytes + manifest_size(layout)
+        if plan is not None:  # UDF's last anchor 256 blocks before the end, the backup GPT at the end
+            end = write_hybrid(fd, plan, volume_bytes, end + (257 * BLOCK if udf else 0))
+            anchor_block = end // BLOCK - 257
+        else:
+            end += BLOCK if udf else 0
+            os.ftruncate(fd, end)
+            anchor_block = end // BLOCK - 1
+        if udf:
+            copy_udf_anchor(fd, volume_bytes - BLOCK, anchor_block)
+        set_volume_blocks(fd, end // BLOCK)
+        write_locator(fd, volume_bytes // BLOCK)
+        hasher = _HashPass(fd, layout, volume_bytes, copier)
+
+        last_report = 0.0
+
+        def report() -> None:
+            nonlocal last_report
+            if progress is not None and time.monotonic() - last_report >= 0.1:
+                last_report = time.monotonic()
+                progress(min(copier.copied + hasher.hashed, total_work), total_work)
+
+        hasher.start()
+        try:
+            copier.run(report)
+        finally:
+            while hasher.is_alive():  # also after a failed copy: wait_for raises in the hasher
+                hasher.join(0.25)
+                report()
+        if hasher.error is not None:
+            raise hasher.error
+        assert hasher.result is not None
+        image_hash, file_digests = hasher.result
+        if progress is not None:
+            progress(total_work, total_work)
         tail = write_manifest(fd, layout, file_digests, volume_bytes)
         image_hash.update(tail)
         rest = os.pread(fd, end - volume_bytes - len(tail), volume_bytes + len(tail))
