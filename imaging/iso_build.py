@@ -33,6 +33,7 @@ from typing import Any
 import pycdlib
 import pycdlib.dr
 import pycdlib.udf
+import pycdlib.utils
 from pycdlib.pycdlibexception import PyCdlibException
 
 from pool.errors import NotFoundError, UsageError
@@ -160,12 +161,32 @@ def pinned_clock(now: float, seed: int | None) -> Iterator[_Clock]:
     for m in modules:
         m.time = clock  # type: ignore[attr-defined]
     pycdlib.udf.random = random.Random(seed)  # type: ignore[attr-defined,assignment]
+    saved_normpath = pycdlib.utils.normpath
+    pycdlib.utils.normpath = _normpath
     try:
         yield clock
     finally:
         for m, t in zip(modules, saved, strict=True):
             m.time = t  # type: ignore[attr-defined]
         pycdlib.udf.random = saved_random  # type: ignore[attr-defined]
+        pycdlib.utils.normpath = saved_normpath
+
+
+_pycdlib_normpath = pycdlib.utils.normpath
+
+
+def _normpath(path: str) -> bytes:
+    """pycdlib's ``utils.normpath`` with a shortcut for paths already normal (all of ours)."""
+    if (
+        path.startswith("/")
+        and len(path) > 1
+        and not path.endswith(("/", "/.", "/.."))
+        and "//" not in path
+        and "/./" not in path
+        and "/../" not in path
+    ):
+        return path.encode("utf-8")
+    return _pycdlib_normpath(path)
 
 
 def udf_perms(mode: int) -> int:
@@ -283,14 +304,20 @@ class _Builder:
             if first is not None:
                 self._hard_link(first, iso_path, rr, joliet, udf)
             else:
-                self.iso.add_file(
+                # add_file() without its stat (the walk has the size): same records, same layout
+                added = self.iso._add_fp(  # type: ignore[attr-defined]
                     str(entry.path),
-                    iso_path=iso_path,
-                    rr_name=rr,
-                    joliet_path=joliet,
-                    udf_path=udf,
-                    file_mode=(stat.S_IFREG | mode) if rr else None,
+                    entry.size,
+                    True,
+                    iso_path,
+                    rr,
+                    joliet,
+                    udf,
+                    (stat.S_IFREG | mode) if rr else None,
+                    False,
+                    None,
                 )
+                self.iso._finish_add(0, added)  # type: ignore[attr-defined]
                 if entry.nlink > 1:
                     self.links[key] = iso_path
                 self._file_owner(entry, self.iso.inodes[-1])
