@@ -14,11 +14,13 @@ import hashlib
 import os
 import struct
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 BLOCK = 2048
 MAGIC = b"DARKSTORAGE-ISO-MANIFEST 1\n"
 _READ_BYTES = 1 << 20
+_PASS_BYTES = 4 << 20
 
 
 def _escape(rel: str) -> tuple[bytes, bool]:
@@ -76,6 +78,11 @@ def digest_image(
     image = hashlib.sha256()
     buf = bytearray(_READ_BYTES)
     view = memoryview(buf)
+    # the image digest runs on a second thread (hashlib releases the GIL for big buffers), so the
+    # two SHA-256 streams over the same bytes take two cores; two buffers let a read and both
+    # hashes overlap
+    pass_bufs = [memoryview(bytearray(_PASS_BYTES)) for _ in range(2)]
+    pending: list[Future[None] | None] = [None, None]
     by_inode: dict[int, list[str]] = {}
     spans: list[tuple[int, int, int]] = []
     digests: dict[str, str] = {}
@@ -100,34 +107,43 @@ def digest_image(
             ordered.append(span)
             cursor = span[0] + span[1]
     hashes: dict[int, Any] = {}
-    # one read per MiB of image; each file's hash takes its slices of the chunks its extent spans
+    # one read per 4 MiB of image; each file's hash takes its slices of the chunks its extent spans
     nxt = 0  # next extent of `ordered` not started yet
     cur: tuple[int, int, int] | None = None
     cur_hash: Any = None
     pos = 0
-    while pos < volume_bytes:
-        want = min(_READ_BYTES, volume_bytes - pos)
-        if ready is not None:
-            ready(pos + want)
-        n = os.preadv(fd, [view[:want]], pos)
-        if n == 0:
-            raise OSError(f"image ended at byte {pos}, expected {volume_bytes}")
-        chunk = view[:n]
-        image.update(chunk)
-        end = pos + n
-        while cur is not None or (nxt < len(ordered) and ordered[nxt][0] < end):
-            if cur is None:
-                cur = ordered[nxt]
-                nxt += 1
-                cur_hash = hashes[cur[2]] = hashlib.sha256()
-            stop = cur[0] + cur[1]
-            cur_hash.update(chunk[max(cur[0], pos) - pos : min(stop, end) - pos])
-            if stop > end:
-                break
-            cur = None
-        pos = end
-        if progress is not None:
-            progress(n)
+    k = 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="iso-image-digest") as pool:
+        while pos < volume_bytes:
+            want = min(_PASS_BYTES, volume_bytes - pos)
+            if ready is not None:
+                ready(pos + want)
+            previous = pending[k]
+            if previous is not None:
+                previous.result()  # this buffer's bytes are in the image digest: reuse it
+            n = os.preadv(fd, [pass_bufs[k][:want]], pos)
+            if n == 0:
+                raise OSError(f"image ended at byte {pos}, expected {volume_bytes}")
+            chunk = pass_bufs[k][:n]
+            pending[k] = pool.submit(image.update, chunk)
+            end = pos + n
+            while cur is not None or (nxt < len(ordered) and ordered[nxt][0] < end):
+                if cur is None:
+                    cur = ordered[nxt]
+                    nxt += 1
+                    cur_hash = hashes[cur[2]] = hashlib.sha256()
+                stop = cur[0] + cur[1]
+                cur_hash.update(chunk[max(cur[0], pos) - pos : min(stop, end) - pos])
+                if stop > end:
+                    break
+                cur = None
+            pos = end
+            k ^= 1
+            if progress is not None:
+                progress(n)
+        for fut in pending:
+            if fut is not None:
+                fut.result()
     for start, length, key in solo:
         h = hashes[key] = hashlib.sha256()
         done = 0
