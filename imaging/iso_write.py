@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+import pycdlib
+
 from .common import write_sidecar
 from .iso_build import IsoLayout, paused_gc, pinned_clock
 from .iso_hybrid import HybridPlan, plan_hybrid, write_hybrid
@@ -366,8 +368,20 @@ def write_image(
         image_hash.update(rest)
         os.fsync(fd)
     os.replace(part, output)
+    _forget_lookups()
     digest = write_sidecar(output, image_hash.hexdigest())
     return WriteResult(path=output, size_bytes=end, sha256=digest, files=len(layout.sources), changed=copier.changed)
+
+
+def _forget_lookups() -> None:
+    """Empty pycdlib's record lookup caches: shared by every image, they keep written ones alive."""
+    for cached in (
+        pycdlib.PyCdlib._find_iso_record,  # type: ignore[attr-defined]
+        pycdlib.PyCdlib._find_rr_record,  # type: ignore[attr-defined]
+        pycdlib.PyCdlib._find_joliet_record,  # type: ignore[attr-defined]
+        pycdlib.PyCdlib._find_udf_record,  # type: ignore[attr-defined]
+    ):
+        cached.cache_clear()
 
 
 def _no_data(outfp: Any, ino: Any) -> Iterator[int]:
