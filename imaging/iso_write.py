@@ -326,20 +326,23 @@ def write_image(
             records.flush()
         finally:
             iso.inode_writer = None
-        # everything outside the file data is final from here on: patch it before hashing starts
-        end = volume_bytes + manifest_size(layout)
-        if plan is not None:  # UDF's last anchor 256 blocks before the end, the backup GPT at the end
-            end = write_hybrid(fd, plan, volume_bytes, end + (257 * BLOCK if udf else 0))
-            anchor_block = end // BLOCK - 257
-        else:
-            end += BLOCK if udf else 0
-            os.ftruncate(fd, end)
-            anchor_block = end // BLOCK - 1
-        if udf:
-            copy_udf_anchor(fd, volume_bytes - BLOCK, anchor_block)
-        set_volume_blocks(fd, end // BLOCK)
-        write_locator(fd, volume_bytes // BLOCK)
         hasher = _HashPass(fd, layout, volume_bytes, copier)
+
+        def finish_outside_data() -> int:
+            """Hybrid tables, UDF anchor, volume size, manifest locator; returns the image size."""
+            end = volume_bytes + manifest_size(layout)
+            if plan is not None:  # UDF's last anchor 256 blocks before the end, the backup GPT at the end
+                end = write_hybrid(fd, plan, volume_bytes, end + (257 * BLOCK if udf else 0))
+                anchor_block = end // BLOCK - 257
+            else:
+                end += BLOCK if udf else 0
+                os.ftruncate(fd, end)
+                anchor_block = end // BLOCK - 1
+            if udf:
+                copy_udf_anchor(fd, volume_bytes - BLOCK, anchor_block)
+            set_volume_blocks(fd, end // BLOCK)
+            write_locator(fd, volume_bytes // BLOCK)
+            return end
 
         last_report = 0.0
 
@@ -349,9 +352,16 @@ def write_image(
                 last_report = time.monotonic()
                 progress(min(copier.copied + hasher.hashed, total_work), total_work)
 
-        hasher.start()
+        # what lies outside the file data is patched before the digest pass starts at byte 0;
+        # hybrid images are patched after the copy (the MBR code checks the written boot image)
+        if plan is None:
+            end = finish_outside_data()
+            hasher.start()
         try:
             copier.run(report)
+            if plan is not None:
+                end = finish_outside_data()
+                hasher.start()
         finally:
             while hasher.is_alive():  # also after a failed copy: wait_for raises in the hasher
                 hasher.join(0.25)
