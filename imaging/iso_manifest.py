@@ -14,11 +14,13 @@ import hashlib
 import os
 import struct
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 BLOCK = 2048
 MAGIC = b"DARKSTORAGE-ISO-MANIFEST 1\n"
 _READ_BYTES = 1 << 20
+_PASS_BYTES = 4 << 20
 
 
 def _escape(rel: str) -> tuple[bytes, bool]:
@@ -57,9 +59,17 @@ def manifest_size(layout: Any) -> int:
 
 
 def digest_image(
-    fd: int, layout: Any, volume_bytes: int, *, progress: Callable[[int], None] | None = None
+    fd: int,
+    layout: Any,
+    volume_bytes: int,
+    *,
+    progress: Callable[[int], None] | None = None,
+    ready: Callable[[int], None] | None = None,
 ) -> tuple[Any, dict[str, str]]:
     """Hash the volume ``[0, volume_bytes)`` of the image open at *fd* in one sequential pass.
+
+    *ready(offset)*, when given, is called before bytes up to *offset* are read and returns once
+    they are written (so the pass can follow a writer that is still filling the image).
 
     Returns:
         (a hashlib SHA-256 object fed with the volume, so the caller can add the tail;
@@ -68,6 +78,11 @@ def digest_image(
     image = hashlib.sha256()
     buf = bytearray(_READ_BYTES)
     view = memoryview(buf)
+    # the image digest runs on a second thread (hashlib releases the GIL for big buffers), so the
+    # two SHA-256 streams over the same bytes take two cores; two buffers let a read and both
+    # hashes overlap
+    pass_bufs = [memoryview(bytearray(_PASS_BYTES)) for _ in range(2)]
+    pending: list[Future[None] | None] = [None, None]
     by_inode: dict[int, list[str]] = {}
     spans: list[tuple[int, int, int]] = []
     digests: dict[str, str] = {}
@@ -82,33 +97,68 @@ def digest_image(
             spans.append((ino.extent_location() * BLOCK, ino.get_data_length(), id(ino)))
         by_inode[id(ino)].append(rel)
     spans.sort()
+    ordered: list[tuple[int, int, int]] = []  # extents in image order, none overlapping
+    solo: list[tuple[int, int, int]] = []  # overlapping extents (not written by us): hashed on their own
     cursor = 0
-
-    def feed(start: int, stop: int, file_hash: Any) -> None:
-        pos = start
-        while pos < stop:
-            n = os.preadv(fd, [view[: min(_READ_BYTES, stop - pos)]], pos)
+    for span in spans:
+        if span[0] < cursor:
+            solo.append(span)
+        else:
+            ordered.append(span)
+            cursor = span[0] + span[1]
+    hashes: dict[int, Any] = {}
+    # one read per 4 MiB of image; each file's hash takes its slices of the chunks its extent spans
+    nxt = 0  # next extent of `ordered` not started yet
+    cur: tuple[int, int, int] | None = None
+    cur_hash: Any = None
+    pos = 0
+    k = 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="iso-image-digest") as pool:
+        while pos < volume_bytes:
+            want = min(_PASS_BYTES, volume_bytes - pos)
+            if ready is not None:
+                ready(pos + want)
+            previous = pending[k]
+            if previous is not None:
+                previous.result()  # this buffer's bytes are in the image digest: reuse it
+            n = os.preadv(fd, [pass_bufs[k][:want]], pos)
             if n == 0:
-                raise OSError(f"image ended at byte {pos}, expected {stop}")
-            image.update(view[:n])
-            if file_hash is not None:
-                file_hash.update(view[:n])
-            pos += n
+                raise OSError(f"image ended at byte {pos}, expected {volume_bytes}")
+            chunk = pass_bufs[k][:n]
+            pending[k] = pool.submit(image.update, chunk)
+            end = pos + n
+            while cur is not None or (nxt < len(ordered) and ordered[nxt][0] < end):
+                if cur is None:
+                    cur = ordered[nxt]
+                    nxt += 1
+                    cur_hash = hashes[cur[2]] = hashlib.sha256()
+                stop = cur[0] + cur[1]
+                cur_hash.update(chunk[max(cur[0], pos) - pos : min(stop, end) - pos])
+                if stop > end:
+                    break
+                cur = None
+            pos = end
+            k ^= 1
             if progress is not None:
                 progress(n)
-
-    for start, length, key in spans:
-        stop = start + length
-        if start < cursor:  # overlapping extents (not written by us): hash the file on its own
-            h = hashlib.sha256(os.pread(fd, length, start))
-        else:
-            feed(cursor, start, None)
-            h = hashlib.sha256()
-            feed(start, stop, h)
-            cursor = stop
-        for rel in by_inode[key]:
-            digests[rel] = h.hexdigest()
-    feed(cursor, volume_bytes, None)
+        for fut in pending:
+            if fut is not None:
+                fut.result()
+    for start, length, key in solo:
+        h = hashes[key] = hashlib.sha256()
+        done = 0
+        while done < length:
+            n = os.preadv(fd, [view[: min(_READ_BYTES, length - done)]], start + done)
+            if n == 0:
+                raise OSError(f"image ended at byte {start + done}, expected {start + length}")
+            h.update(view[:n])
+            done += n
+    if cur is not None or nxt < len(ordered):
+        raise OSError(f"a file extent ends after the volume ({volume_bytes} bytes)")
+    for key, rels in by_inode.items():
+        hexdigest = hashes[key].hexdigest()
+        for rel in rels:
+            digests[rel] = hexdigest
     return image, digests
 
 

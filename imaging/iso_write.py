@@ -1,14 +1,19 @@
 """Write a laid-out ISO: metadata from pycdlib, file data with zero-copy kernel calls.
 
 pycdlib writes the volume descriptors, path tables, directory records, UDF descriptors and the
-El Torito catalog; each file's data goes straight from its source to its extent with
-``copy_file_range(2)`` (falling back to ``sendfile(2)``, then to ``pread``/``pwrite`` with one
-reused buffer), so the data never passes through Python objects and memory stays flat.
+El Torito catalog (through :class:`_RecordWriter`, one ``pwrite`` per contiguous run); each
+file's data goes straight from its source to its extent with ``copy_file_range(2)`` (falling back
+to ``sendfile(2)``, then to ``pread``/``pwrite`` with one reused buffer), so the data never passes
+through Python objects and memory stays flat.
+
+Three things overlap (the kernel copy and ``hashlib`` release the GIL): a worker thread copies
+the file data in extent order while the main thread serialises pycdlib's records; then the main
+thread makes one sequential pass over the image, following the copy a few MiB behind, which gives
+the image digest (the sidecar) and each file's digest (the manifest) from the page cache, with
+no second pass over the sources.
 
 After the volume come, outside every filesystem view: the per-file SHA-256 manifest
 (:mod:`imaging.iso_manifest`) and, for ``hybrid``, the backup GPT (:mod:`imaging.iso_hybrid`).
-One sequential read of the finished image gives the image digest (the sidecar) and each file's
-digest, so neither needs a second pass over the sources.
 """
 
 from __future__ import annotations
@@ -16,13 +21,17 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+import pycdlib
 
 from .common import write_sidecar
-from .iso_build import IsoLayout, pinned_clock
+from .iso_build import IsoLayout, paused_gc, pinned_clock
 from .iso_hybrid import HybridPlan, plan_hybrid, write_hybrid
 from .iso_manifest import digest_image, manifest_size, set_volume_blocks, write_locator, write_manifest
 
@@ -30,6 +39,7 @@ log = logging.getLogger(__name__)
 
 BLOCK = 2048
 _STEP_BYTES = 64 << 20  # one kernel call copies at most this much (keeps the progress bar moving)
+_PIPE_STEP = 8 << 20  # the image hash follows the data copy this closely
 _FALLBACK_ERRNOS = {errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.EBADF, errno.ETXTBSY}
 
 
@@ -59,19 +69,21 @@ def copy_range(
     length: int,
     *,
     src_offset: int = 0,
+    step: int = _STEP_BYTES,
     progress: Callable[[int], None] | None = None,
 ) -> int:
     """Copy *length* bytes from *src_offset* of *src_fd* to *dst_offset* of *dst_fd* in the kernel.
 
     Tries ``copy_file_range`` (server-side/reflink where the filesystem can), then ``sendfile``,
     then a ``pread``/``pwrite`` loop. Returns the bytes copied (less than *length* only when the
-    source is shorter than announced).
+    source is shorter than announced). *progress* is called with the bytes of each kernel call
+    (at most *step*).
     """
     done = 0
     method = "copy_file_range"
     buf: bytearray | None = None
     while done < length:
-        want = min(_STEP_BYTES, length - done)
+        want = min(step, length - done)
         try:
             if method == "copy_file_range":
                 n = os.copy_file_range(src_fd, dst_fd, want, src_offset + done, dst_offset + done)
@@ -98,35 +110,159 @@ def copy_range(
     return done
 
 
-class _DataWriter:
-    """The ``inode_writer`` hook of :class:`imaging.iso_build.IsoImage`."""
+class _DataCopier:
+    """Copies every file's data into its extent, in extent order, and says how far it got.
 
-    def __init__(self, out_fd: int, names: dict[int, str]) -> None:
-        self.out_fd = out_fd
+    :meth:`run` copies in the calling thread (the kernel does the copy, the GIL is released for
+    each call); a hashing thread follows with :meth:`wait_for`, which blocks until every byte
+    before an offset is final. (The copy runs on the main thread, not beside pycdlib's record
+    serialisation: a thread making one system call per small file next to a busy Python thread
+    waits a GIL switch interval after nearly every call.)
+    """
+
+    def __init__(self, part: Path, inodes: list[Any], names: dict[int, str], volume_bytes: int) -> None:
+        self.part = part
+        self.inodes = inodes
         self.names = names
+        self.volume_bytes = volume_bytes
         self.changed: list[str] = []
+        self.copied = 0
+        # bytes before this offset are final (nothing is written below the first extent)
+        self.watermark = inodes[0].extent_location() * BLOCK if inodes else volume_bytes
+        self.error: BaseException | None = None
+        self._wanted = 0  # the offset the hasher waits for
+        self._cond = threading.Condition()
 
-    def __call__(self, outfp: Any, ino: Any) -> Iterator[int]:
+    def _advance(self, watermark: int, n: int) -> None:
+        self.watermark = watermark
+        self.copied += n
+        if watermark >= self._wanted:  # wake the hasher only when it can go on (not once per file)
+            with self._cond:
+                self._cond.notify_all()
+
+    def run(self, tick: Callable[[], None]) -> None:
+        """Copy everything; *tick* is called after each file. Errors also reach :meth:`wait_for`."""
+        fd = os.open(self.part, os.O_WRONLY | os.O_CLOEXEC)  # its own offset for the sendfile fallback
+        try:
+            for i, ino in enumerate(self.inodes):
+                self._copy(fd, ino)
+                nxt = self.inodes[i + 1].extent_location() * BLOCK if i + 1 < len(self.inodes) else self.volume_bytes
+                self._advance(max(nxt, self.watermark), 0)
+                tick()
+        except BaseException as e:
+            with self._cond:
+                self.error = e
+                self._cond.notify_all()
+            raise
+        finally:
+            os.close(fd)
+        self._advance(max(self.watermark, self.volume_bytes), 0)
+
+    def _copy(self, out_fd: int, ino: Any) -> None:
         offset = ino.extent_location() * BLOCK
         length = ino.get_data_length()
         if ino.manage_fp:
             fd = os.open(ino.data_fp, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                copied = copy_range(fd, self.out_fd, offset, length)
+                done = 0
+
+                def step_done(n: int) -> None:
+                    nonlocal done
+                    done += n
+                    self._advance(offset + done, n)
+
+                copied = copy_range(fd, out_fd, offset, length, step=_PIPE_STEP, progress=step_done)
+                size = os.fstat(fd).st_size
             finally:
                 os.close(fd)
-            if copied != length or os.stat(ino.data_fp).st_size != length:
+            if copied != length or size != length:
                 name = self.names.get(id(ino), ino.data_fp)
                 log.warning("%s changed size while it was copied", name)
                 self.changed.append(name)
-        else:  # generated in memory (copyright/abstract text, boot catalog placeholder)
+        else:  # generated in memory (copyright/abstract text)
             fp = ino.data_fp
             fp.seek(ino.fp_offset)
-            os.pwrite(self.out_fd, fp.read(length), offset)
-            copied = length
+            os.pwrite(out_fd, fp.read(length), offset)
         if ino.boot_info_table is not None:  # El Torito boot info table at byte 8 (mkisofs -boot-info-table)
-            os.pwrite(self.out_fd, ino.boot_info_table.record(), offset + 8)
-        yield copied
+            os.pwrite(out_fd, ino.boot_info_table.record(), offset + 8)
+
+    def wait_for(self, offset: int) -> None:
+        """Block until every byte before *offset* is written; raise if the copy failed."""
+        with self._cond:
+            self._wanted = offset  # set before the watermark is read: _advance then cannot miss us
+            while self.watermark < offset and self.error is None:
+                self._cond.wait(1.0)
+            if self.error is not None:
+                raise OSError("the data copy failed") from self.error
+
+
+class _HashPass(threading.Thread):
+    """:func:`imaging.iso_manifest.digest_image` on a thread, following a :class:`_DataCopier`."""
+
+    def __init__(self, fd: int, layout: IsoLayout, volume_bytes: int, copier: _DataCopier) -> None:
+        super().__init__(name="iso-digest", daemon=True)
+        self.args = (fd, layout, volume_bytes)
+        self.copier = copier
+        self.hashed = 0
+        self.result: tuple[Any, dict[str, str]] | None = None
+        self.error: BaseException | None = None
+
+    def _tick(self, n: int) -> None:
+        self.hashed += n
+
+    def run(self) -> None:
+        try:
+            self.result = digest_image(*self.args, progress=self._tick, ready=self.copier.wait_for)
+        except BaseException as e:  # re-raised by the main thread
+            self.error = e
+
+
+class _RecordWriter:
+    """The file object pycdlib writes its records to: contiguous writes become one ``pwrite``.
+
+    pycdlib seeks and writes once per record (tens of thousands of system calls for a big tree);
+    here a seek only moves a position, and bytes are sent when the next write is not contiguous,
+    the buffer is full, or :meth:`flush` is called, in the order pycdlib wrote them.
+    """
+
+    mode = "w+b"
+
+    def __init__(self, fd: int, limit: int = 1 << 20) -> None:
+        self.fd = fd
+        self.limit = limit
+        self.pos = 0
+        self.buf = bytearray()
+        self.buf_start = 0
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_END:
+            self.flush()
+            self.pos = os.fstat(self.fd).st_size + offset
+        elif whence == os.SEEK_CUR:
+            self.pos += offset
+        else:
+            self.pos = offset
+        return self.pos
+
+    def write(self, data: bytes) -> int:
+        if self.pos != self.buf_start + len(self.buf) or len(self.buf) >= self.limit:
+            self.flush()
+            self.buf_start = self.pos
+        self.buf += data
+        self.pos += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        view = memoryview(self.buf)
+        done = 0
+        while done < len(view):
+            done += os.pwrite(self.fd, view[done:], self.buf_start + done)
+        view.release()
+        self.buf.clear()
+        self.buf_start = self.pos
 
 
 def copy_udf_anchor(fd: int, anchor_offset: int, block: int) -> None:
@@ -175,45 +311,88 @@ def write_image(
     part = output.with_name(output.name + ".part")
     volume_bytes = iso.pvd.space_size * BLOCK
     total_work = 2 * volume_bytes
-    done = 0
-
-    def tick(n: int) -> None:
-        nonlocal done
-        done += n
-        if progress is not None:
-            progress(min(done, total_work), total_work)
-
     names = {id(ino): rel for rel, ino in layout.inodes.items()}
-    writer = _DataWriter(-1, names)
     iso.inodes.sort(key=lambda i: i.extent_location() if i.get_data_length() else 0)
+    data = sorted((i for i in iso.inodes if i.get_data_length()), key=lambda i: i.extent_location())
+    udf = iso.has_udf()
+    copier = _DataCopier(part, data, names, volume_bytes)
     with open(part, "w+b", buffering=0) as out:
-        writer.out_fd = out.fileno()
-        iso.inode_writer = writer
+        fd = out.fileno()
+        iso.inode_writer = _no_data  # the copier writes the data afterwards
         try:
-            with pinned_clock(layout.build_time_s, layout.seed):  # pycdlib stamps the modification date now
-                iso.write_fp(out, progress_cb=lambda d, t, _o: None)
+            records = _RecordWriter(fd)
+            with paused_gc(), pinned_clock(layout.build_time_s, layout.seed):  # pycdlib stamps the date now
+                iso.write_fp(cast(Any, records), progress_cb=lambda d, t, _o: None)
+            records.flush()
         finally:
             iso.inode_writer = None
-        tick(volume_bytes)
-        end = volume_bytes + manifest_size(layout)
-        udf = iso.has_udf()
-        if plan is not None:  # UDF's last anchor 256 blocks before the end, the backup GPT at the end
-            end = write_hybrid(out.fileno(), plan, volume_bytes, end + (257 * BLOCK if udf else 0))
-            anchor_block = end // BLOCK - 257
-        else:
-            end += BLOCK if udf else 0
-            os.ftruncate(out.fileno(), end)
-            anchor_block = end // BLOCK - 1
-        if udf:
-            copy_udf_anchor(out.fileno(), volume_bytes - BLOCK, anchor_block)
-        set_volume_blocks(out.fileno(), end // BLOCK)
-        write_locator(out.fileno(), volume_bytes // BLOCK)
-        image_hash, file_digests = digest_image(out.fileno(), layout, volume_bytes, progress=tick)
-        tail = write_manifest(out.fileno(), layout, file_digests, volume_bytes)
+        hasher = _HashPass(fd, layout, volume_bytes, copier)
+
+        def finish_outside_data() -> int:
+            """Hybrid tables, UDF anchor, volume size, manifest locator; returns the image size."""
+            end = volume_bytes + manifest_size(layout)
+            if plan is not None:  # UDF's last anchor 256 blocks before the end, the backup GPT at the end
+                end = write_hybrid(fd, plan, volume_bytes, end + (257 * BLOCK if udf else 0))
+                anchor_block = end // BLOCK - 257
+            else:
+                end += BLOCK if udf else 0
+                os.ftruncate(fd, end)
+                anchor_block = end // BLOCK - 1
+            if udf:
+                copy_udf_anchor(fd, volume_bytes - BLOCK, anchor_block)
+            set_volume_blocks(fd, end // BLOCK)
+            write_locator(fd, volume_bytes // BLOCK)
+            return end
+
+        last_report = 0.0
+
+        def report() -> None:
+            nonlocal last_report
+            if progress is not None and time.monotonic() - last_report >= 0.1:
+                last_report = time.monotonic()
+                progress(min(copier.copied + hasher.hashed, total_work), total_work)
+
+        # what lies outside the file data is patched before the digest pass starts at byte 0;
+        # hybrid images are patched after the copy (the MBR code checks the written boot image)
+        if plan is None:
+            end = finish_outside_data()
+            hasher.start()
+        try:
+            copier.run(report)
+            if plan is not None:
+                end = finish_outside_data()
+                hasher.start()
+        finally:
+            while hasher.is_alive():  # also after a failed copy: wait_for raises in the hasher
+                hasher.join(0.25)
+                report()
+        if hasher.error is not None:
+            raise hasher.error
+        assert hasher.result is not None
+        image_hash, file_digests = hasher.result
+        if progress is not None:
+            progress(total_work, total_work)
+        tail = write_manifest(fd, layout, file_digests, volume_bytes)
         image_hash.update(tail)
-        rest = os.pread(out.fileno(), end - volume_bytes - len(tail), volume_bytes + len(tail))
+        rest = os.pread(fd, end - volume_bytes - len(tail), volume_bytes + len(tail))
         image_hash.update(rest)
-        os.fsync(out.fileno())
+        os.fsync(fd)
     os.replace(part, output)
+    _forget_lookups()
     digest = write_sidecar(output, image_hash.hexdigest())
-    return WriteResult(path=output, size_bytes=end, sha256=digest, files=len(layout.sources), changed=writer.changed)
+    return WriteResult(path=output, size_bytes=end, sha256=digest, files=len(layout.sources), changed=copier.changed)
+
+
+def _forget_lookups() -> None:
+    """Empty pycdlib's record lookup caches: shared by every image, they keep written ones alive."""
+    for cached in (
+        pycdlib.PyCdlib._find_iso_record,  # type: ignore[attr-defined]
+        pycdlib.PyCdlib._find_rr_record,  # type: ignore[attr-defined]
+        pycdlib.PyCdlib._find_joliet_record,  # type: ignore[attr-defined]
+        pycdlib.PyCdlib._find_udf_record,  # type: ignore[attr-defined]
+    ):
+        cached.cache_clear()
+
+
+def _no_data(outfp: Any, ino: Any) -> Iterator[int]:
+    yield 0
