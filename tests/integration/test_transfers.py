@@ -154,7 +154,7 @@ def test_s3_download_resumes_after_server_restart(s3_server: Any, tmp_path: Path
     data = pattern(13, 4 << 20)
     remote = _remote(s3_server, "seaweed")
     remote.fs.pipe_file(f"{remote.root}/big", data)
-    progress, fired = _restart_after(s3_server, 1 << 20)
+    progress, fired = _restart_after(s3_server, 1 << 20, down_s=4.0)  # outlast the S3 client's own retry
     rec = copy_file(
         remote,
         "big",
