@@ -36,9 +36,7 @@ def _remote(server: Any, name: str) -> Location:
     )
 
 
-def _restart_after(
-    server: Any, threshold_bytes: int, down_s: float = 0.0
-) -> tuple[Callable[[int], None], list[bool]]:
+def _restart_after(server: Any, threshold_bytes: int, down_s: float = 0.0) -> tuple[Callable[[int], None], list[bool]]:
     """A progress callback that stops *server* once *threshold_bytes* have moved and starts it
     again from another thread after *down_s* seconds (the copy meets a dead server, retries,
     and resumes)."""
@@ -50,6 +48,7 @@ def _restart_after(
         if not fired[0] and moved[0] >= threshold_bytes:
             fired[0] = True
             server.stop(kill=True)
+
             def start() -> None:
                 time.sleep(down_s)
                 server.start()
