@@ -20,7 +20,7 @@ copies or :data:`DURABLE_EVERY_S` seconds one ``syncfs(2)`` of the destination m
 Their journal rows commit at once, but the run's pending-copy notes stay until the last flush: a
 run that finds notes from an earlier boot (a power cut or crash of the machine, not only of the
 process) checks those copies' content before trusting their rows (see
-:func:`sync.engine.recover_pending`).
+:func:`sync.engine._recover_pending`).
 """
 
 from __future__ import annotations
