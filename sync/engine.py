@@ -198,7 +198,7 @@ def _run(
     if options.checksum:
         for n in (1, 2):
             _prehash(sides[n], views[n], options.transfers)
-    _recover_pending(journal, rows, views, fold_case, dry_run, local={n for n in (1, 2) if sides[n].is_local})
+    _recover_pending(journal, rows, views, fold_case, dry_run, sides)
     plan, stats = plan_sync(views[1], views[2], rows, options, first_run=first_run, fold_case=fold_case, host=host)
     check_safety(plan, stats, sides, options)
     if dry_run:
@@ -240,7 +240,7 @@ def _recover_pending(
     views: dict[int, SideView],
     fold_case: bool,
     dry_run: bool,
-    local: set[int],
+    sides: dict[int, Side],
 ) -> None:
     """Copies of a run that did not reach the end of its copy phase (killed, or the machine
     went down).
@@ -253,7 +253,8 @@ def _recover_pending(
     hashed first; a row that vouches for a copy whose content differs is made to say both
     sides changed (the plan then compares their content and keeps both as a conflict, never
     carrying the damaged copy back over the source as an edit), and a copy without a row
-    counts only with the source's content."""
+    counts only with the source's content. Stores whose listings give the upload time, not the
+    source's mtime (S3), are asked for the mtime the copy stored with the object instead."""
     pending = journal.pending()
     if not pending:
         return
@@ -269,7 +270,7 @@ def _recover_pending(
     for key, dst, src in pending:
         now = by_key[dst].get(key)
         j = rows.get(key)
-        check = rebooted and dst in local
+        check = rebooted and sides[dst].is_local
         if check and j is not None and _same_file(j.side(3 - dst), src) and not _holds(views[dst], now, j.hash):
             log.warning("%s: the copy made before the machine went down is not on disk whole", key)
             e1, e2 = j.side(1)._replace(size=-1), j.side(2)._replace(size=-1)  # both sides count as changed
@@ -277,15 +278,12 @@ def _recover_pending(
             if not dry_run:
                 journal.put(key, e1, e2, None)
             continue
-        done = (
-            now is not None
-            and now.kind == FILE
-            and now.size == src.size
-            and abs(now.mtime_ns - src.mtime_ns) <= views[dst].window_ns
-        )
-        if not done:
+        if now is None or now.kind != FILE or now.size != src.size:
             continue
-        assert now is not None
+        if abs(now.mtime_ns - src.mtime_ns) > views[dst].window_ns:
+            kept = sides[dst].kept_mtime_ns(now.rel)
+            if kept is None or abs(kept - src.mtime_ns) > views[dst].window_ns:
+                continue
         if j is not None and _same_file(j.side(dst), now) and _same_file(j.side(3 - dst), src):
             continue  # committed before the kill
         if check:

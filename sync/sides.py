@@ -167,6 +167,23 @@ class Side:
             return None
         return entry_from_info(rel, info, with_modes=self.has_modes)
 
+    def kept_mtime_ns(self, rel: str) -> int | None:
+        """The source mtime (ns) a copy stored with the file at *rel* where the listing shows
+        another time: S3 keeps it as user metadata ``mtime`` (rclone's key; one HEAD request),
+        while its listing gives the upload time. None elsewhere, or when nothing was stored."""
+        if self.is_local:
+            return None
+        from pool.fsattrs import fs_kind, parse_mtime_meta
+
+        if fs_kind(self.fs) != "s3":
+            return None
+        try:
+            meta = {k.lower(): v for k, v in self.fs.metadata(self.path(rel)).items()}
+        except (OSError, AttributeError) as e:
+            log.debug("no metadata for %s: %s", rel, e)
+            return None
+        return parse_mtime_meta(meta["mtime"]) if meta.get("mtime") else None
+
     def open_read(self, rel: str) -> BinaryIO:
         if self.is_local:
             return open(self.path(rel), "rb")

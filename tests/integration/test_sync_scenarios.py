@@ -328,6 +328,34 @@ def test_files_changing_during_a_run_are_left_for_the_next_run(pair: Pair, monke
     assert pair.assert_same()["a.txt"] == b"version 2, written during the run"
 
 
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing after the raising point runs (no handler catches it)."""
+
+
+def test_killed_after_a_copy_before_its_commit_then_edited(pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy that reached the destination, killed before its journal row, then edited on the
+    source: the rerun carries the edit (on S3 the listing's time is the upload's, the copy is
+    recognised by the source mtime stored with the object)."""
+    seed(pair)
+    pair.one.write("a.txt", b"version 1, copied before the kill", mtime=PAST + 10)
+
+    def killed(*_a: Any, **_k: Any) -> None:
+        raise _Killed
+
+    monkeypatch.setattr(Journal, "commit_copy", killed)
+    with pytest.raises(_Killed):
+        pair.sync()
+    monkeypatch.undo()
+    assert pair.two.read("a.txt") == b"version 1, copied before the kill"
+    pair.one.write("a.txt", b"version 2, edited after the kill")
+    out = pair.sync()
+    assert out.result is not None and not out.result.failures
+    assert not out.plan.conflicts
+    t = pair.assert_same()
+    assert t["a.txt"] == b"version 2, edited after the kill"
+    assert not [k for k in t if ".conflict-" in k]
+
+
 def test_lock_per_pair(pair: Pair) -> None:
     with pair_lock(pair.state / "j.lock", "t"), pytest.raises(BusyError, match="already running"):
         pair.sync()
