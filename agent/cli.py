@@ -112,6 +112,7 @@ def init(as_json: bool) -> None:
 
 # -- buckets ---------------------------------------------------------------------------------
 
+
 @main.group()
 def bucket() -> None:
     """Create, list and remove buckets (the folders at the top of the mount).

@@ -28,18 +28,32 @@ log = logging.getLogger(__name__)
 @click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
 @click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground; Ctrl-C unmounts.")
 @click.option("--cache-max-size", type=SIZE, default=None, help="Cache size limit, e.g. 10G.")
-@click.option("--write-back", "write_back", type=DURATION, default=None,
-              help="Delay before a changed file uploads, e.g. 5s.")
+@click.option(
+    "--write-back", "write_back", type=DURATION, default=None, help="Delay before a changed file uploads, e.g. 5s."
+)
 @click.option("--read-only", is_flag=True, help="Refuse all changes (EROFS).")
 @click.option("--allow-other", is_flag=True, help="Let other users in (permissions still apply).")
-@click.option("--attr-timeout", type=DURATION, default=10.0, show_default=True,
-              help="How long the kernel may cache attributes and names (changes made through the mount"
-                   " or by `darkstorage bucket` are seen at once).")
-@click.option("--transfers", type=click.IntRange(1, 64), default=2, show_default=True,
-              help="Uploads running at once.")
+@click.option(
+    "--attr-timeout",
+    type=DURATION,
+    default=10.0,
+    show_default=True,
+    help="How long the kernel may cache attributes and names (changes made through the mount"
+    " or by `darkstorage bucket` are seen at once).",
+)
+@click.option("--transfers", type=click.IntRange(1, 64), default=2, show_default=True, help="Uploads running at once.")
 @click.option("--debug", is_flag=True, help="Log every FUSE request (foreground only).")
-def mount(mountpoint: Path, foreground: bool, cache_max_size: int | None, write_back: float | None,
-          read_only: bool, allow_other: bool, attr_timeout: float, transfers: int, debug: bool) -> None:
+def mount(
+    mountpoint: Path,
+    foreground: bool,
+    cache_max_size: int | None,
+    write_back: float | None,
+    read_only: bool,
+    allow_other: bool,
+    attr_timeout: float,
+    transfers: int,
+    debug: bool,
+) -> None:
     """Mount the pool at MOUNTPOINT: one folder per bucket.
 
     \b
@@ -70,8 +84,12 @@ def mount(mountpoint: Path, foreground: bool, cache_max_size: int | None, write_
         mountpoint=mp,
         cache_max_bytes=cache_max_size if cache_max_size is not None else pool.config.cache_max_bytes,
         write_back_s=write_back if write_back is not None else pool.config.write_back_s,
-        read_only=read_only, allow_other=allow_other, attr_timeout_s=attr_timeout,
-        entry_timeout_s=attr_timeout, transfers=transfers, debug=debug,
+        read_only=read_only,
+        allow_other=allow_other,
+        attr_timeout_s=attr_timeout,
+        entry_timeout_s=attr_timeout,
+        transfers=transfers,
+        debug=debug,
     )
     console.print(f"mounted at {mp} (Ctrl-C to unmount)", style="green")
     left = serve(pool, opts)
@@ -87,8 +105,9 @@ def _spawn(pool: Pool, mp: Path, flags: list[str]) -> None:
     pool.config.run_dir.mkdir(parents=True, exist_ok=True)
     logfile = pool.config.run_dir / "mount.log"
     with open(logfile, "ab") as out:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                start_new_session=True, env=os.environ.copy())
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, env=os.environ.copy()
+        )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if os.path.ismount(mp):
@@ -105,8 +124,14 @@ def _spawn(pool: Pool, mp: Path, flags: list[str]) -> None:
 
 @click.command()
 @click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--timeout", "timeout_s", type=float, default=600.0, show_default=True,
-              help="Seconds to wait for uploads before giving up.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=float,
+    default=600.0,
+    show_default=True,
+    help="Seconds to wait for uploads before giving up.",
+)
 def umount(mountpoint: Path, timeout_s: float) -> None:
     """Upload dirty files, then unmount MOUNTPOINT.
 
@@ -171,19 +196,27 @@ def status(as_json: bool) -> None:
     rec = read_record(pool)
     states = cat.count_by_state()
     stats = pool.tier_stats()
-    pending_restores = cat.db.execute(
-        "SELECT count(*) FROM objects WHERE restore_ready_ns IS NOT NULL").fetchone()[0]
+    pending_restores = cat.db.execute("SELECT count(*) FROM objects WHERE restore_ready_ns IS NOT NULL").fetchone()[0]
     data = {
         "home": str(pool.config.home),
         "mounts": [rec] if rec else [],
-        "cache": {"used_bytes": cat.cache_total(), "max_bytes": (rec or {}).get("cache_max_bytes", pool.config.cache_max_bytes)},
+        "cache": {
+            "used_bytes": cat.cache_total(),
+            "max_bytes": (rec or {}).get("cache_max_bytes", pool.config.cache_max_bytes),
+        },
         "dirty_files": states.get("dirty", 0),
         "uploads_in_flight": states.get("uploading", 0),
         "clean_files": states.get("clean", 0),
         "restores_requested": pending_restores,
         "trash_pending": cat.db.execute("SELECT count(*) FROM trash").fetchone()[0],
-        "tiers": {t: {"url": pool.config.tiers[t].url if t in pool.config.tiers else None,
-                      "files": stats[t][0], "bytes": stats[t][1]} for t in TIERS},
+        "tiers": {
+            t: {
+                "url": pool.config.tiers[t].url if t in pool.config.tiers else None,
+                "files": stats[t][0],
+                "bytes": stats[t][1],
+            }
+            for t in TIERS
+        },
     }
     if as_json:
         emit_json(data)
@@ -192,7 +225,9 @@ def status(as_json: bool) -> None:
 
     console.print(f"pool: {data['home']}")
     if rec:
-        console.print(f"mounted at {rec['mountpoint']} (pid {rec['pid']}{', read-only' if rec.get('read_only') else ''})")
+        console.print(
+            f"mounted at {rec['mountpoint']} (pid {rec['pid']}{', read-only' if rec.get('read_only') else ''})"
+        )
     else:
         console.print("not mounted")
     cache = data["cache"]
@@ -201,5 +236,7 @@ def status(as_json: bool) -> None:
     console.print(f"dirty files: {data['dirty_files']}  uploads in flight: {data['uploads_in_flight']}")
     table = Table("tier", "backend", "files", "size")
     for t in TIERS:
-        table.add_row(t, pool.config.tiers[t].url if t in pool.config.tiers else "-", str(stats[t][0]), format_size(stats[t][1]))
+        table.add_row(
+            t, pool.config.tiers[t].url if t in pool.config.tiers else "-", str(stats[t][0]), format_size(stats[t][1])
+        )
     console.print(table)

@@ -113,9 +113,16 @@ def source_tree(spec: str) -> Iterator[Path]:
         yield inside(root)
 
 
-def run_image_mount(view_factory: Callable[[Path], Any], image: Path, mountpoint: Path, *,
-                    foreground: bool, fsname: str, allow_other: bool = False,
-                    argv: list[str] | None = None) -> None:
+def run_image_mount(
+    view_factory: Callable[[Path], Any],
+    image: Path,
+    mountpoint: Path,
+    *,
+    foreground: bool,
+    fsname: str,
+    allow_other: bool = False,
+    argv: list[str] | None = None,
+) -> None:
     """The CLI side of ``iso mount`` / ``dmg mount``.
 
     In the foreground: open the image with *view_factory* and serve it until unmounted. In the
@@ -147,8 +154,13 @@ def run_image_mount(view_factory: Callable[[Path], Any], image: Path, mountpoint
     assert argv is not None
     logfile = Path(tempfile.gettempdir()) / f"darkstorage-image-mount-{os.getpid()}.log"
     with open(logfile, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "agent", *argv, "--foreground"], stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=out, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", *argv, "--foreground"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + _MOUNT_WAIT_S
     while not os.path.ismount(mountpoint):
         if proc.poll() is not None:
@@ -157,5 +169,7 @@ def run_image_mount(view_factory: Callable[[Path], Any], image: Path, mountpoint
             proc.terminate()
             raise MountError(f"mounting {image.name} did not finish within {_MOUNT_WAIT_S:.0f}s")
         time.sleep(0.02)
-    console.print(f"{image.name} mounted read-only at {mountpoint} (pid {proc.pid}, log {logfile}; "
-                  f"`darkstorage umount {mountpoint}` or `fusermount3 -u {mountpoint}` to detach)")
+    console.print(
+        f"{image.name} mounted read-only at {mountpoint} (pid {proc.pid}, log {logfile}; "
+        f"`darkstorage umount {mountpoint}` or `fusermount3 -u {mountpoint}` to detach)"
+    )

@@ -46,8 +46,14 @@ def tiers_list(bucket: str | None, as_json: bool) -> None:
         raise NotFoundError(f"no bucket {bucket}")
     rules = pool.catalog.placements(bucket)
     data: dict[str, list[dict[str, Any]]] = {
-        "tiers": [{"tier": t, "url": pool.config.tiers[t].url if t in pool.config.tiers else None,
-                   "access": TIER_ACCESS[t].value} for t in TIERS],
+        "tiers": [
+            {
+                "tier": t,
+                "url": pool.config.tiers[t].url if t in pool.config.tiers else None,
+                "access": TIER_ACCESS[t].value,
+            }
+            for t in TIERS
+        ],
         "rules": [{"bucket": b, "prefix": p, "tier": t} for b, p, t in rules],
     }
     if as_json:
@@ -86,9 +92,13 @@ def tiers_set(target: str, default: str) -> None:
 @tiers.command("set-backend")
 @click.argument("tier", type=tier_choice)
 @click.argument("target")
-@click.option("--storage-class", "storage_class", default=None,
-              help="Store class / access tier of the objects (S3: STANDARD_IA, GLACIER, DEEP_ARCHIVE, ...;"
-                   " Azure: Hot, Cool, Cold, Archive).")
+@click.option(
+    "--storage-class",
+    "storage_class",
+    default=None,
+    help="Store class / access tier of the objects (S3: STANDARD_IA, GLACIER, DEEP_ARCHIVE, ...;"
+    " Azure: Hot, Cool, Cold, Archive).",
+)
 def tiers_set_backend(tier: str, target: str, storage_class: str | None) -> None:
     """Put TIER on TARGET: an integration folder (integration:NAME/path/) or a local path.
 
@@ -111,8 +121,10 @@ def tiers_set_backend(tier: str, target: str, storage_class: str | None) -> None
         raise BusyError("the pool is mounted: unmount it before changing a tier's backend")
     files = pool.catalog.db.execute("SELECT count(*) FROM objects WHERE tier = ?", (tier,)).fetchone()[0]
     if files:
-        raise BusyError(f"tier {tier} holds {files} file(s): move them to another tier first"
-                        f" (`darkstorage tiers assign BUCKET --tier T --recursive`)")
+        raise BusyError(
+            f"tier {tier} holds {files} file(s): move them to another tier first"
+            f" (`darkstorage tiers assign BUCKET --tier T --recursive`)"
+        )
     pool.close()
     url = set_tier_backend(tier, target, storage_class=storage_class)
     console.print(f"tier {tier} now on {url}" + (f" ({storage_class})" if storage_class else ""))

@@ -58,9 +58,18 @@ PEERS = ("native", "bindfs", "rclone")
 BLOCK = 1 << 20
 RANDOM_READS = 20_000
 SEED = 20240501
-ROWS = {"seq_write": "", "seq_read_cold": "sequential read, cold", "seq_read_warm": "sequential read, warm",
-        "rand_read_4k": f"{RANDOM_READS:,} random 4 KiB preads", "create": "", "stat": "", "unlink": "",
-        "untar": "untar Python stdlib (tar -xf)", "find": "find -type f | wc -l", "du": "du -s"}
+ROWS = {
+    "seq_write": "",
+    "seq_read_cold": "sequential read, cold",
+    "seq_read_warm": "sequential read, warm",
+    "rand_read_4k": f"{RANDOM_READS:,} random 4 KiB preads",
+    "create": "",
+    "stat": "",
+    "unlink": "",
+    "untar": "untar Python stdlib (tar -xf)",
+    "find": "find -type f | wc -l",
+    "du": "du -s",
+}
 SEQ_ROWS = ("seq_write", "seq_read_cold", "seq_read_warm")
 console = Console(width=None if sys.stdout.isatty() else 200)  # piped output: don't squeeze the table to 80
 notes: list[str] = []
@@ -145,12 +154,21 @@ def stop_process(name: str, proc: subprocess.Popen[bytes], mnt: Path, sigterm: b
         console.print(f"[dim]{name}: stopped in {time.perf_counter() - t0:.1f}s (exit {proc.returncode})[/]")
 
 
-def start_mount(name: str, cmd: list[str], mnt: Path, log: Path, stack: contextlib.ExitStack, sigterm: bool,
-                timeout: float, env: dict[str, str] | None = None) -> None:
+def start_mount(
+    name: str,
+    cmd: list[str],
+    mnt: Path,
+    log: Path,
+    stack: contextlib.ExitStack,
+    sigterm: bool,
+    timeout: float,
+    env: dict[str, str] | None = None,
+) -> None:
     mnt.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, cwd=ROOT,
-                                start_new_session=True)  # our Ctrl-C must not reach it; we stop it in order
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, cwd=ROOT, start_new_session=True
+        )  # our Ctrl-C must not reach it; we stop it in order
     stack.callback(stop_process, name, proc, mnt, sigterm, timeout)
     deadline = time.monotonic() + 60
     while not os.path.ismount(mnt):
@@ -176,8 +194,18 @@ def start_target(name: str, tdir: Path, stack: contextlib.ExitStack, args: argpa
     if name == "bindfs":
         cmd = ["bindfs", "-f", str(tdir / "src"), str(mnt)]
     else:
-        cmd = ["rclone", "mount", str(tdir / "src"), str(mnt), "--vfs-cache-mode", "full", "--config", "/dev/null",
-               "--cache-dir", str(tdir / "rclone-cache")]
+        cmd = [
+            "rclone",
+            "mount",
+            str(tdir / "src"),
+            str(mnt),
+            "--vfs-cache-mode",
+            "full",
+            "--config",
+            "/dev/null",
+            "--cache-dir",
+            str(tdir / "rclone-cache"),
+        ]
     start_mount(name, cmd, mnt, log, stack, False, args.stop_timeout)
     return mnt
 
@@ -194,7 +222,7 @@ def seq_write(path: Path, size: int, pool: bytes) -> None:
         view, done = memoryview(pool), 0
         while done < size:
             off = done % len(pool)
-            done += os.write(fd, view[off:off + BLOCK])
+            done += os.write(fd, view[off : off + BLOCK])
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -229,8 +257,9 @@ def remove_files(names: list[str]) -> None:
         os.unlink(n)
 
 
-def run_rows(name: str, root: Path, args: argparse.Namespace, tarball: Path, tar_files: int,
-             res: dict[str, float | None]) -> None:
+def run_rows(
+    name: str, root: Path, args: argparse.Namespace, tarball: Path, tar_files: int, res: dict[str, float | None]
+) -> None:
     """Run every row on target *name* in directory *root*, filling *res* (seconds; None = failed)."""
 
     def row(key: str, fn: Callable[[], object], cold: bool = False) -> None:
@@ -263,8 +292,7 @@ def run_rows(name: str, root: Path, args: argparse.Namespace, tarball: Path, tar
         fdir.rmdir()
     dest = root / "untar"
     dest.mkdir()
-    row("untar", lambda: subprocess.run(["tar", "-xf", str(tarball), "-C", str(dest)], check=True,
-                                        capture_output=True))
+    row("untar", lambda: subprocess.run(["tar", "-xf", str(tarball), "-C", str(dest)], check=True, capture_output=True))
     out: dict[str, str] = {}
 
     def sh(key: str, cmd: str) -> None:
@@ -281,8 +309,11 @@ def run_rows(name: str, root: Path, args: argparse.Namespace, tarball: Path, tar
 def build_tarball(base: Path) -> tuple[Path, int]:
     stdlib = sysconfig.get_paths()["stdlib"]
     tarball = base / "stdlib.tar"
-    subprocess.run(["tar", "-cf", str(tarball), "--exclude=__pycache__", "--exclude=site-packages", "-C", stdlib, "."],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["tar", "-cf", str(tarball), "--exclude=__pycache__", "--exclude=site-packages", "-C", stdlib, "."],
+        check=True,
+        capture_output=True,
+    )
     listing = subprocess.run(["tar", "-tvf", str(tarball)], check=True, capture_output=True, text=True).stdout
     files = sum(1 for line in listing.splitlines() if line.startswith("-"))
     console.print(f"tarball: {stdlib} -> {tarball.stat().st_size / 1e6:.0f} MB, {files} files")
@@ -329,17 +360,27 @@ def report(results: dict[str, dict[str, float | None]], args: argparse.Namespace
         table.add_row(label, *cells, *ratio_cells)
     console.print()
     if peers:
-        console.print("Ratios are other_time / darkstorage_time (throughput-style): "
-                      "[green]>1 means darkstorage is faster[/], [red]<1 means darkstorage is slower[/].")
+        console.print(
+            "Ratios are other_time / darkstorage_time (throughput-style): "
+            "[green]>1 means darkstorage is faster[/], [red]<1 means darkstorage is slower[/]."
+        )
     console.print(table)
     kib = {t: r.get("du_kib") for t, r in results.items() if r.get("du_kib") is not None}
     if kib:
         console.print("du -s of the untarred tree (KiB): " + ", ".join(f"{t}={v:.0f}" for t, v in kib.items()))
     if args.json:
-        data = {"size_bytes": args.size, "files": args.files, "random_reads": RANDOM_READS, "seed": SEED,
-                "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
-                "rows": ROWS, "units": "seconds, except du_kib (KiB from du -s)", "results": results, "notes": notes,
-                "ratios_other_over_darkstorage": {p: ratios(results[p], results["darkstorage"]) for p in peers}}
+        data = {
+            "size_bytes": args.size,
+            "files": args.files,
+            "random_reads": RANDOM_READS,
+            "seed": SEED,
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
+            "rows": ROWS,
+            "units": "seconds, except du_kib (KiB from du -s)",
+            "results": results,
+            "notes": notes,
+            "ratios_other_over_darkstorage": {p: ratios(results[p], results["darkstorage"]) for p in peers},
+        }
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
         console.print(f"wrote {args.json}")
 

@@ -266,9 +266,22 @@ def _entry(path: Path, rel: str, st: os.stat_result) -> TreeEntry | None:
         kind, size = "symlink", len(os.fsencode(target))
     else:
         return None
-    return TreeEntry(rel=rel, kind=kind, mode=st.st_mode, uid=st.st_uid, gid=st.st_gid, size=size,
-                     mtime_ns=st.st_mtime_ns, atime_ns=st.st_atime_ns, ctime_ns=st.st_ctime_ns,
-                     nlink=st.st_nlink, ino=st.st_ino, dev=st.st_dev, target=target, path=path)
+    return TreeEntry(
+        rel=rel,
+        kind=kind,
+        mode=st.st_mode,
+        uid=st.st_uid,
+        gid=st.st_gid,
+        size=size,
+        mtime_ns=st.st_mtime_ns,
+        atime_ns=st.st_atime_ns,
+        ctime_ns=st.st_ctime_ns,
+        nlink=st.st_nlink,
+        ino=st.st_ino,
+        dev=st.st_dev,
+        target=target,
+        path=path,
+    )
 
 
 def walk_tree(root: Path) -> SourceTree:

@@ -275,8 +275,7 @@ class Catalog:
         self.db.execute(
             "UPDATE inodes SET mode=?, uid=?, gid=?, size=?, nlink=?, atime_ns=?, mtime_ns=?,"
             " ctime_ns=?, btime_ns=?, rdev=? WHERE id=?",
-            (a.mode, a.uid, a.gid, a.size, a.nlink, a.atime_ns, a.mtime_ns, a.ctime_ns,
-             a.btime_ns, a.rdev, a.id),
+            (a.mode, a.uid, a.gid, a.size, a.nlink, a.atime_ns, a.mtime_ns, a.ctime_ns, a.btime_ns, a.rdev, a.id),
         )
 
     def readlink(self, ino: int) -> bytes | None:
@@ -299,7 +298,7 @@ class Catalog:
         statement. Returns those that had a cache file, so the caller can delete it."""
         cached: list[int] = []
         for i in range(0, len(inos), 500):
-            part = inos[i:i + 500]
+            part = inos[i : i + 500]
             q = ",".join("?" * len(part))
             cached += [r[0] for r in self.db.execute(f"SELECT inode FROM cache WHERE inode IN ({q})", part)]
             self.db.execute(f"DELETE FROM inodes WHERE nlink = 0 AND id IN ({q})", part)
@@ -312,9 +311,7 @@ class Catalog:
     # -- directory entries -----------------------------------------------------------------
 
     def lookup(self, parent: int, name: bytes) -> int | None:
-        row = self.db.execute(
-            "SELECT inode FROM dentries WHERE parent = ? AND name = ?", (parent, name)
-        ).fetchone()
+        row = self.db.execute("SELECT inode FROM dentries WHERE parent = ? AND name = ?", (parent, name)).fetchone()
         return row[0] if row else None
 
     def lookup_attrs(self, parent: int, name: bytes) -> Attrs | None:
@@ -326,9 +323,7 @@ class Catalog:
         return Attrs(*row) if row else None
 
     def add_entry(self, parent: int, name: bytes, ino: int) -> None:
-        self.db.execute(
-            "INSERT INTO dentries (parent, name, inode) VALUES (?, ?, ?)", (parent, name, ino)
-        )
+        self.db.execute("INSERT INTO dentries (parent, name, inode) VALUES (?, ?, ?)", (parent, name, ino))
 
     def remove_entry(self, parent: int, name: bytes) -> None:
         self.db.execute("DELETE FROM dentries WHERE parent = ? AND name = ?", (parent, name))
@@ -348,9 +343,7 @@ class Catalog:
 
     def parent_of(self, ino: int) -> int | None:
         """The directory holding *ino* (for directories there is exactly one)."""
-        row = self.db.execute(
-            "SELECT parent FROM dentries WHERE inode = ? ORDER BY id LIMIT 1", (ino,)
-        ).fetchone()
+        row = self.db.execute("SELECT parent FROM dentries WHERE inode = ? ORDER BY id LIMIT 1", (ino,)).fetchone()
         return row[0] if row else None
 
     def is_ancestor(self, ancestor: int, ino: int) -> bool:
@@ -405,15 +398,11 @@ class Catalog:
     # -- xattrs -----------------------------------------------------------------------------
 
     def getxattr(self, ino: int, name: bytes) -> bytes | None:
-        row = self.db.execute(
-            "SELECT value FROM xattrs WHERE inode = ? AND name = ?", (ino, name)
-        ).fetchone()
+        row = self.db.execute("SELECT value FROM xattrs WHERE inode = ? AND name = ?", (ino, name)).fetchone()
         return row[0] if row else None
 
     def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO xattrs (inode, name, value) VALUES (?, ?, ?)", (ino, name, value)
-        )
+        self.db.execute("INSERT OR REPLACE INTO xattrs (inode, name, value) VALUES (?, ?, ?)", (ino, name, value))
 
     def listxattr(self, ino: int) -> list[bytes]:
         return [r[0] for r in self.db.execute("SELECT name FROM xattrs WHERE inode = ?", (ino,))]
@@ -442,8 +431,7 @@ class Catalog:
 
     def mark_dirty(self, ino: int, t_ns: int) -> None:
         self.db.execute(
-            "UPDATE objects SET state = 'dirty', dirty_since_ns = coalesce(dirty_since_ns, ?)"
-            " WHERE inode = ?",
+            "UPDATE objects SET state = 'dirty', dirty_since_ns = coalesce(dirty_since_ns, ?) WHERE inode = ?",
             (t_ns, ino),
         )
 
@@ -463,27 +451,23 @@ class Catalog:
         return dict(self.db.execute("SELECT state, count(*) FROM objects GROUP BY state").fetchall())
 
     def key_referenced(self, tier: str, key: str) -> bool:
-        return self.db.execute(
-            "SELECT 1 FROM objects WHERE tier = ? AND key = ? LIMIT 1", (tier, key)
-        ).fetchone() is not None
-
-    def add_trash(self, tier: str, key: str, xxh3_128: str | None) -> None:
-        self.db.execute(
-            "INSERT INTO trash (tier, key, xxh3_128) VALUES (?, ?, ?)", (tier, key, xxh3_128)
+        return (
+            self.db.execute("SELECT 1 FROM objects WHERE tier = ? AND key = ? LIMIT 1", (tier, key)).fetchone()
+            is not None
         )
 
+    def add_trash(self, tier: str, key: str, xxh3_128: str | None) -> None:
+        self.db.execute("INSERT INTO trash (tier, key, xxh3_128) VALUES (?, ?, ?)", (tier, key, xxh3_128))
+
     def trash_items(self, limit: int = 256) -> list[tuple[int, str, str, str | None]]:
-        return self.db.execute(
-            "SELECT id, tier, key, xxh3_128 FROM trash ORDER BY id LIMIT ?", (limit,)
-        ).fetchall()
+        return self.db.execute("SELECT id, tier, key, xxh3_128 FROM trash ORDER BY id LIMIT ?", (limit,)).fetchall()
 
     def drop_trash(self, item_id: int) -> None:
         self.db.execute("DELETE FROM trash WHERE id = ?", (item_id,))
 
     def add_rekeys(self, inodes: list[int]) -> None:
         self.db.executemany(
-            "INSERT OR IGNORE INTO rekeys (inode) SELECT inode FROM objects"
-            " WHERE inode = ? AND key IS NOT NULL",
+            "INSERT OR IGNORE INTO rekeys (inode) SELECT inode FROM objects WHERE inode = ? AND key IS NOT NULL",
             [(i,) for i in inodes],
         )
 

@@ -34,4 +34,3 @@ def hash_fd(fd: int) -> tuple[str, int]:
         h.update(chunk)
         off += len(chunk)
     return h.hexdigest(), off
-

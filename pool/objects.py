@@ -199,8 +199,12 @@ class ObjectStore:
                 obj = cat.object(job.ino)
                 if obj is None or obj.tier != job.tier or obj.state != "uploading":
                     continue
-                if cat.db.execute("SELECT 1 FROM objects WHERE tier = ? AND key = ? AND inode != ?",
-                                  (job.tier, job.key, job.ino)).fetchone() is not None:
+                if (
+                    cat.db.execute(
+                        "SELECT 1 FROM objects WHERE tier = ? AND key = ? AND inode != ?", (job.tier, job.key, job.ino)
+                    ).fetchone()
+                    is not None
+                ):
                     continue
                 self.backend(job.tier).move(job.tmp_key, job.key)
                 moved.append((job, stored))
@@ -212,8 +216,14 @@ class ObjectStore:
                         continue
                     if obj.key is not None and obj.key != job.key:
                         cat.add_trash(job.tier, obj.key, obj.xxh3_128)
-                    cat.update_object(job.ino, key=job.key, size=stored.size, xxh3_128=stored.xxh3_128,
-                                      etag=stored.etag, upload_tmp_key=None)
+                    cat.update_object(
+                        job.ino,
+                        key=job.key,
+                        size=stored.size,
+                        xxh3_128=stored.xxh3_128,
+                        etag=stored.etag,
+                        upload_tmp_key=None,
+                    )
         for job, _ in moved:
             job.placed = True
 
@@ -243,8 +253,14 @@ class ObjectStore:
                     cat.drop_rekey(job.ino)
                 return True
             key = self.key_of(job.ino)
-            if (stored is None or obj is None or obj.state != "uploading" or not unchanged
-                    or key is None or obj.tier != job.tier):
+            if (
+                stored is None
+                or obj is None
+                or obj.state != "uploading"
+                or not unchanged
+                or key is None
+                or obj.tier != job.tier
+            ):
                 if obj is not None and obj.state == "uploading":
                     cat.update_object(job.ino, state="dirty", upload_tmp_key=None)
                 if stored is not None:
@@ -254,8 +270,16 @@ class ObjectStore:
             backend.move(job.tmp_key, key)
             if obj.key is not None and obj.key != key:
                 cat.add_trash(job.tier, obj.key, obj.xxh3_128)
-            cat.update_object(job.ino, state="clean", key=key, size=stored.size, xxh3_128=stored.xxh3_128,
-                              etag=stored.etag, dirty_since_ns=None, upload_tmp_key=None)
+            cat.update_object(
+                job.ino,
+                state="clean",
+                key=key,
+                size=stored.size,
+                xxh3_128=stored.xxh3_128,
+                etag=stored.etag,
+                dirty_since_ns=None,
+                upload_tmp_key=None,
+            )
             cat.drop_rekey(job.ino)
         return True
 
@@ -286,7 +310,7 @@ class ObjectStore:
         dropped: list[int] = []
         for i in range(0, len(items), batch):
             with self.lock.held():  # released between chunks so uploads can commit
-                for item_id, tier, key, _digest in items[i:i + batch]:
+                for item_id, tier, key, _digest in items[i : i + batch]:
                     if tier in self.backends and not self.catalog.key_referenced(tier, key):
                         self.backends[tier].delete(key)
                         done += 1

@@ -76,13 +76,11 @@ class Pool(Tiering):
     def check_bucket_name(name: str) -> str:
         if not _BUCKET_RE.match(name) or name in (".", ".."):
             raise UsageError(
-                f"bad bucket name {name!r}: use letters, digits, '.', '_' and '-', starting"
-                " with a letter or digit"
+                f"bad bucket name {name!r}: use letters, digits, '.', '_' and '-', starting with a letter or digit"
             )
         return name
 
-    def create_bucket(self, name: str, *, uid: int | None = None, gid: int | None = None,
-                      mode: int = 0o755) -> int:
+    def create_bucket(self, name: str, *, uid: int | None = None, gid: int | None = None, mode: int = 0o755) -> int:
         """Create a bucket (a directory under the root). Returns its inode.
 
         Raises:
@@ -94,8 +92,13 @@ class Pool(Tiering):
         with cat.tx():
             if cat.lookup(ROOT, name.encode()) is not None:
                 raise ExistsError(f"bucket {name} already exists")
-            a = cat.new_inode(stat.S_IFDIR | mode, os.getuid() if uid is None else uid,
-                              os.getgid() if gid is None else gid, t, nlink=2)
+            a = cat.new_inode(
+                stat.S_IFDIR | mode,
+                os.getuid() if uid is None else uid,
+                os.getgid() if gid is None else gid,
+                t,
+                nlink=2,
+            )
             self.register_bucket_dir(name, a.id, t)
         return a.id
 
@@ -215,7 +218,11 @@ class Pool(Tiering):
         rel = "/".join(p.decode("utf-8", "surrogateescape") for p in [*parts[1:], name])
         best, best_len = DEFAULT_TIER, -1
         for _, prefix, tier in rules:
-            if (prefix == "" or rel == prefix.rstrip("/") or rel.startswith(prefix if prefix.endswith("/") else prefix + "/")) and len(prefix) > best_len:
+            if (
+                prefix == ""
+                or rel == prefix.rstrip("/")
+                or rel.startswith(prefix if prefix.endswith("/") else prefix + "/")
+            ) and len(prefix) > best_len:
                 best, best_len = tier, len(prefix)
         return best
 
@@ -253,13 +260,15 @@ class Pool(Tiering):
         cat = self.catalog
         stats = {"uploads_resumed": 0, "orphans_purged": 0, "moves_rolled_back": 0, "partial_caches_dropped": 0}
         for ino, tier, tmp in cat.db.execute(
-                "SELECT inode, tier, upload_tmp_key FROM objects WHERE upload_tmp_key IS NOT NULL").fetchall():
+            "SELECT inode, tier, upload_tmp_key FROM objects WHERE upload_tmp_key IS NOT NULL"
+        ).fetchall():
             if tier in self.backends:
                 self.backends[tier].delete(tmp)
             cat.update_object(ino, upload_tmp_key=None)
         with cat.tx():
             stats["uploads_resumed"] = cat.db.execute(
-                "UPDATE objects SET state = 'dirty' WHERE state = 'uploading'").rowcount
+                "UPDATE objects SET state = 'dirty' WHERE state = 'uploading'"
+            ).rowcount
             for ino, key in cat.db.execute("SELECT inode, key FROM objects WHERE state = 'dirty'").fetchall():
                 try:
                     st = os.stat(self.cache_path(ino))

@@ -208,9 +208,7 @@ def migrate(conn: sqlite3.Connection) -> int:
     """
     (version,) = conn.execute("PRAGMA user_version").fetchone()
     if version > len(MIGRATIONS):
-        raise sqlite3.DatabaseError(
-            f"catalog schema {version} is newer than this darkstorage ({len(MIGRATIONS)})"
-        )
+        raise sqlite3.DatabaseError(f"catalog schema {version} is newer than this darkstorage ({len(MIGRATIONS)})")
     for number in range(version + 1, len(MIGRATIONS) + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:

@@ -64,9 +64,7 @@ class Tiering(ObjectStore):
             st = self.restore_state(ino)
             if st.state != "ready":
                 self.request_restore(ino)
-                raise RestorePendingError(
-                    f"{self.key_of(ino)} is on {obj.tier}: restore started, {st} - retry later"
-                )
+                raise RestorePendingError(f"{self.key_of(ino)} is on {obj.tier}: restore started, {st} - retry later")
         tmp = dst.tmp_key(obj.key)
         with cat.tx():
             cat.db.execute(
@@ -93,8 +91,7 @@ class Tiering(ObjectStore):
         with self.lock.held(), cat.tx():
             self._claim_key(dst_tier, obj.key, ino)
             dst.move(tmp, obj.key)
-            cat.update_object(ino, tier=dst_tier, etag=stored.etag, restore_requested_ns=None,
-                              restore_ready_ns=None)
+            cat.update_object(ino, tier=dst_tier, etag=stored.etag, restore_requested_ns=None, restore_ready_ns=None)
             cat.add_trash(obj.tier, obj.key, obj.xxh3_128)
             cat.db.execute("DELETE FROM tier_moves WHERE inode = ?", (ino,))
         self.process_trash()
@@ -195,7 +192,8 @@ class Tiering(ObjectStore):
         if bucket is None:
             rows = cat.db.execute(
                 "SELECT o.tier, count(*), coalesce(sum(i.size), 0) FROM objects o"
-                " JOIN inodes i ON i.id = o.inode GROUP BY o.tier").fetchall()
+                " JOIN inodes i ON i.id = o.inode GROUP BY o.tier"
+            ).fetchall()
         else:
             ino = cat.bucket_inode(bucket)
             if ino is None:
@@ -203,11 +201,13 @@ class Tiering(ObjectStore):
             files = cat.descendant_files(ino)
             rows = []
             for chunk in range(0, len(files), 500):
-                part = files[chunk:chunk + 500]
+                part = files[chunk : chunk + 500]
                 q = ",".join("?" * len(part))
                 rows += cat.db.execute(
                     f"SELECT o.tier, count(*), coalesce(sum(i.size), 0) FROM objects o"
-                    f" JOIN inodes i ON i.id = o.inode WHERE o.inode IN ({q}) GROUP BY o.tier", part).fetchall()
+                    f" JOIN inodes i ON i.id = o.inode WHERE o.inode IN ({q}) GROUP BY o.tier",
+                    part,
+                ).fetchall()
         for tier, n, size in rows:
             f0, b0 = out.get(tier, (0, 0))
             out[tier] = (f0 + n, b0 + size)

@@ -31,11 +31,14 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return h
 
 
-def cli(*args: str, home: Path, check: bool = True, timeout: float = 120, **kw: object) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, home: Path, check: bool = True, timeout: float = 120, **kw: object
+) -> subprocess.CompletedProcess[str]:
     """Run ``darkstorage ARGS`` in a subprocess against pool *home*."""
     env = {**os.environ, "DARKSTORAGE_HOME": str(home)}
-    res = subprocess.run([sys.executable, "-m", "agent", *args], env=env, capture_output=True,
-                         text=True, timeout=timeout, cwd=ROOT, **kw)  # type: ignore[call-overload]
+    res = subprocess.run(
+        [sys.executable, "-m", "agent", *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT, **kw
+    )  # type: ignore[call-overload]
     if check and res.returncode != 0:
         raise AssertionError(f"darkstorage {' '.join(args)} exited {res.returncode}: {res.stderr}")
     return res
@@ -58,7 +61,10 @@ class Mount:
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "agent", "mount", str(self.path), "--foreground", *self.args],
-                env=env, stdout=out, stderr=out, cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=out,
+                cwd=ROOT,
             )
         deadline = time.monotonic() + 30
         while not self.ready():

@@ -150,8 +150,13 @@ def serve(pool: Pool, opts: MountOptions) -> int:
         if any(stats.values()):
             log.info("recovered after an unclean stop: %s", stats)
         pool.catalog.defer_checkpoints()
-        ops = Operations(pool, cache_max_bytes=opts.cache_max_bytes, read_only=opts.read_only,
-                         attr_timeout_s=opts.attr_timeout_s, entry_timeout_s=opts.entry_timeout_s)
+        ops = Operations(
+            pool,
+            cache_max_bytes=opts.cache_max_bytes,
+            read_only=opts.read_only,
+            attr_timeout_s=opts.attr_timeout_s,
+            entry_timeout_s=opts.entry_timeout_s,
+        )
         options = set(pyfuse3.default_options)
         options |= {"fsname=darkstorage", "subtype=darkstorage"}
         if opts.read_only:
@@ -164,9 +169,15 @@ def serve(pool: Pool, opts: MountOptions) -> int:
             pyfuse3.init(ops, str(mp), options)
         except RuntimeError as e:
             raise MountError(f"cannot mount at {mp}: {e}") from None
-        record = {"pid": os.getpid(), "mountpoint": str(mp.absolute()), "read_only": opts.read_only,
-                  "cache_max_bytes": opts.cache_max_bytes, "write_back_s": opts.write_back_s,
-                  "started_ns": time.time_ns(), "state": "mounted"}
+        record = {
+            "pid": os.getpid(),
+            "mountpoint": str(mp.absolute()),
+            "read_only": opts.read_only,
+            "cache_max_bytes": opts.cache_max_bytes,
+            "write_back_s": opts.write_back_s,
+            "started_ns": time.time_ns(),
+            "state": "mounted",
+        }
         _write_record(pool, record)
         dirty_left = -1
         try:

@@ -51,8 +51,15 @@ class NodeOps(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, pool: Pool, *, cache_max_bytes: int, read_only: bool = False,
-                 attr_timeout_s: float = 10.0, entry_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        *,
+        cache_max_bytes: int,
+        read_only: bool = False,
+        attr_timeout_s: float = 10.0,
+        entry_timeout_s: float = 10.0,
+    ) -> None:
         super().__init__()
         self.pool = pool
         self.cat = pool.catalog
@@ -106,8 +113,9 @@ class NodeOps(pyfuse3.Operations):
             return 0
         items, self.atimes = self.atimes, {}
         with self.cat.op():
-            self.cat.db.executemany("UPDATE inodes SET atime_ns = ? WHERE id = ?",
-                                    [(t, ino) for ino, t in items.items()])
+            self.cat.db.executemany(
+                "UPDATE inodes SET atime_ns = ? WHERE id = ?", [(t, ino) for ino, t in items.items()]
+            )
         return len(items)
 
     def entry(self, a: Attrs) -> pyfuse3.EntryAttributes:

@@ -79,8 +79,14 @@ class Operations(XattrOps):
         return self.entry(self.get(inode))
 
     @guard
-    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
-                      fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:  # type: ignore[override]
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:  # type: ignore[override]
         self._writable()
         a = self.get(inode)
         self.atimes.pop(inode, None)  # a is current; an explicit atime below must win
@@ -158,8 +164,16 @@ class Operations(XattrOps):
 
     # -- creating names -----------------------------------------------------------------------
 
-    def _new_node(self, parent: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext,
-                  *, rdev: int = 0, target: bytes | None = None) -> Attrs:
+    def _new_node(
+        self,
+        parent: int,
+        name: bytes,
+        mode: int,
+        ctx: pyfuse3.RequestContext,
+        *,
+        rdev: int = 0,
+        target: bytes | None = None,
+    ) -> Attrs:
         self._writable()
         self._check_name(name)
         p = self._dir(parent)
@@ -179,8 +193,9 @@ class Operations(XattrOps):
         size = len(target) if target is not None else 0
         try:
             with self.cat.op():
-                a = self.cat.new_inode(mode, ctx.uid, gid, t, nlink=2 if is_dir else 1, size=size,
-                                       rdev=rdev, target=target)
+                a = self.cat.new_inode(
+                    mode, ctx.uid, gid, t, nlink=2 if is_dir else 1, size=size, rdev=rdev, target=target
+                )
                 if parent == ROOT:
                     self.pool.register_bucket_dir(name.decode("utf-8", "surrogateescape"), a.id, t)
                 else:
@@ -193,8 +208,9 @@ class Operations(XattrOps):
         return a
 
     @guard
-    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
-                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:  # type: ignore[override]
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:  # type: ignore[override]
         kind = stat.S_IFMT(mode)
         if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
             raise fail(errno.EINVAL)
@@ -202,25 +218,29 @@ class Operations(XattrOps):
         return self._ref(a)
 
     @guard
-    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
-                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:  # type: ignore[override]
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:  # type: ignore[override]
         return self._ref(self._new_node(parent_inode, name, stat.S_IFDIR | (mode & 0o7777), ctx))
 
     @guard
-    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
-                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:  # type: ignore[override]
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:  # type: ignore[override]
         return self._ref(self._new_node(parent_inode, name, stat.S_IFLNK | 0o777, ctx, target=target))
 
     @guard
-    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
-                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:  # type: ignore[override]
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:  # type: ignore[override]
         a = self._new_node(parent_inode, name, stat.S_IFREG | (mode & 0o7777), ctx)
         fi = await self._open_handle(a, flags, fresh=True)
         return fi, self._ref(a)
 
     @guard
-    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
-                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:  # type: ignore[override]
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:  # type: ignore[override]
         self._writable()
         self._check_name(new_name)
         a = self.get(inode)
@@ -304,8 +324,15 @@ class Operations(XattrOps):
         self.cat.db.execute("DELETE FROM placement WHERE bucket = ?", (b,))
 
     @guard
-    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
-                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:  # type: ignore[override]
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:  # type: ignore[override]
         self._writable()
         if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT) or (
             flags & RENAME_EXCHANGE and flags != RENAME_EXCHANGE
@@ -382,8 +409,10 @@ class Operations(XattrOps):
 
     def _add_bucket_entry(self, name: bytes, ino: int, t: int) -> None:
         self.cat.add_entry(ROOT, name, ino)
-        self.cat.db.execute("INSERT INTO buckets (name, inode, created_ns) VALUES (?, ?, ?)",
-                            (name.decode("utf-8", "surrogateescape"), ino, t))
+        self.cat.db.execute(
+            "INSERT INTO buckets (name, inode, created_ns) VALUES (?, ?, ?)",
+            (name.decode("utf-8", "surrogateescape"), ino, t),
+        )
 
     def _exchange(self, po: Attrs, name_old: bytes, src: Attrs, pn: Attrs, name_new: bytes, dst: Attrs) -> None:
         if po.id != pn.id:
@@ -395,12 +424,17 @@ class Operations(XattrOps):
             raise fail(errno.EPERM)
         t = now_ns()
         with self.cat.op():
-            self.cat.db.execute("UPDATE dentries SET inode = ? WHERE parent = ? AND name = ?", (dst.id, po.id, name_old))
-            self.cat.db.execute("UPDATE dentries SET inode = ? WHERE parent = ? AND name = ?", (src.id, pn.id, name_new))
+            self.cat.db.execute(
+                "UPDATE dentries SET inode = ? WHERE parent = ? AND name = ?", (dst.id, po.id, name_old)
+            )
+            self.cat.db.execute(
+                "UPDATE dentries SET inode = ? WHERE parent = ? AND name = ?", (src.id, pn.id, name_new)
+            )
             for p, name, ino in ((po, name_old, dst.id), (pn, name_new, src.id)):
                 if p.id == ROOT:
-                    self.cat.db.execute("UPDATE buckets SET inode = ? WHERE name = ?",
-                                        (ino, name.decode("utf-8", "surrogateescape")))
+                    self.cat.db.execute(
+                        "UPDATE buckets SET inode = ? WHERE name = ?", (ino, name.decode("utf-8", "surrogateescape"))
+                    )
             if po.id != pn.id and src.is_dir != dst.is_dir:
                 delta = 1 if src.is_dir else -1
                 po.nlink -= delta

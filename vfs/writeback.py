@@ -169,8 +169,7 @@ class WriteBack:
         finally:
             self.inflight.difference_update(inos)
 
-    def _commit(self, jobs: list[UploadJob], results: list[StoredObject | BaseException],
-                gens: dict[int, int]) -> None:
+    def _commit(self, jobs: list[UploadJob], results: list[StoredObject | BaseException], gens: dict[int, int]) -> None:
         data = self.ops.data
         for job, res in zip(jobs, results, strict=True):
             try:
@@ -212,8 +211,10 @@ class WriteBack:
             try:
                 pool.backend(tier).sync()
             except OSError as e:
-                out = [e if not isinstance(r, BaseException) and j.tier == tier else r
-                       for j, r in zip(jobs, out, strict=True)]
+                out = [
+                    e if not isinstance(r, BaseException) and j.tier == tier else r
+                    for j, r in zip(jobs, out, strict=True)
+                ]
         try:
             pool.upload_place([(j, r) for j, r in zip(jobs, out, strict=True) if not isinstance(r, BaseException)])
         except Exception:
@@ -229,6 +230,7 @@ class WriteBack:
     async def chores(self) -> None:
         """Re-key renamed objects, record changed attributes and delete trashed objects, in a
         worker thread with its own catalog connection."""
+
         def work() -> None:
             pool = self._thread_pool()
             try:

@@ -135,8 +135,9 @@ def _manifest(root: Path, ignore: Callable[[str, list[str]], set[str]] | None) -
 
 
 @pytest.mark.slow
-def test_stdlib_tree_survives_copy_unmount_and_remount(mounts: Callable[..., Mount], home: Path,
-                                                       tmp_path: Path) -> None:
+def test_stdlib_tree_survives_copy_unmount_and_remount(
+    mounts: Callable[..., Mount], home: Path, tmp_path: Path
+) -> None:
     extra = tmp_path / "extra"
     extra.mkdir()
     _make_extra_tree(extra)
@@ -190,16 +191,26 @@ def test_attribute_changes_reach_the_object_metadata(mounts: Callable[..., Mount
 
 
 def _git(repo: Path, *args: str, env: dict[str, str]) -> str:
-    res = subprocess.run(["git", "-c", "user.name=Test", "-c", "user.email=test@example.com",
-                          "-c", "init.defaultBranch=main", *args], cwd=repo, env=env,
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com", "-c", "init.defaultBranch=main", *args],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, f"git {' '.join(args)} exited {res.returncode}: {res.stderr}"
     return res.stdout
 
 
 def test_git_in_the_mount(mounts: Callable[..., Mount], tmp_path: Path) -> None:
-    env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull,
-           "HOME": str(tmp_path), "GIT_TERMINAL_PROMPT": "0"}
+    env = {
+        **os.environ,
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "HOME": str(tmp_path),
+        "GIT_TERMINAL_PROMPT": "0",
+    }
     m = mounts("--write-back", "0.2s")
     repo = m.path / "b" / "repo"
     repo.mkdir()
@@ -276,8 +287,12 @@ def test_sqlite_in_the_mount(mounts: Callable[..., Mount]) -> None:
     d = m2.path / "b" / "db"
     _check(d / "rollback.db")
     _check(d / "wal.db")
-    res = subprocess.run(["sqlite3", str(d / "wal.db"), "PRAGMA integrity_check; SELECT count(*) FROM t;"],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        ["sqlite3", str(d / "wal.db"), "PRAGMA integrity_check; SELECT count(*) FROM t;"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert (res.returncode, res.stdout.split()) == (0, ["ok", "1000"]), res.stderr
 
 
@@ -306,12 +321,12 @@ class Writer(threading.Thread):
         return (cls.PERIOD * (size // len(cls.PERIOD) + 1))[:size]
 
     def run(self) -> None:
-        ring = self.PERIOD + self.PERIOD[:self.CHUNK]
+        ring = self.PERIOD + self.PERIOD[: self.CHUNK]
         self.first_write_ns = time.time_ns()
         try:
             while True:
                 p = self.acked % len(self.PERIOD)
-                self.acked += os.write(self.fd, ring[p:p + self.CHUNK])
+                self.acked += os.write(self.fd, ring[p : p + self.CHUNK])
                 time.sleep(0.005)  # pacing, so the file stays a few MiB however long a scenario takes
         except OSError as e:
             self.error = e
@@ -346,7 +361,7 @@ def _crash_scenario(name: str, m: Mount) -> dict[str, bytes]:
             f.flush()
             os.fsync(f.fileno())
         data = bytearray(files["f4.bin"])
-        data[MiB:MiB + 5000] = b"X" * 5000
+        data[MiB : MiB + 5000] = b"X" * 5000
         files["f4.bin"] = bytes(data)
         return files
     for rel, data in files.items():
@@ -361,14 +376,16 @@ def _crash_scenario(name: str, m: Mount) -> dict[str, bytes]:
     return files
 
 
-@pytest.mark.parametrize("scenario, write_back", [
-    ("right-after-fsync", "0.2s"),
-    ("dirty-at-kill", "60s"),
-    ("rewrite-after-upload", "0.2s"),
-    ("during-upload", "0s"),
-])
-def test_kill_9_loses_nothing_fsynced(mounts: Callable[..., Mount], home: Path, scenario: str,
-                                      write_back: str) -> None:
+@pytest.mark.parametrize(
+    "scenario, write_back",
+    [
+        ("right-after-fsync", "0.2s"),
+        ("dirty-at-kill", "60s"),
+        ("rewrite-after-upload", "0.2s"),
+        ("during-upload", "0s"),
+    ],
+)
+def test_kill_9_loses_nothing_fsynced(mounts: Callable[..., Mount], home: Path, scenario: str, write_back: str) -> None:
     m = mounts("--write-back", write_back)
     writer = Writer(m.path / "b" / "writer.log")
     writer.start()
@@ -535,9 +552,11 @@ def test_read_only_mount_refuses_changes(mounts: Callable[..., Mount], home: Pat
 def _catalog_rows(home: Path) -> list[tuple]:
     con = sqlite3.connect(home / "catalog.db")
     try:
-        return (con.execute("SELECT * FROM inodes ORDER BY id").fetchall()
-                + con.execute("SELECT * FROM dentries ORDER BY id").fetchall()
-                + con.execute("SELECT * FROM objects ORDER BY inode").fetchall())
+        return (
+            con.execute("SELECT * FROM inodes ORDER BY id").fetchall()
+            + con.execute("SELECT * FROM dentries ORDER BY id").fetchall()
+            + con.execute("SELECT * FROM objects ORDER BY inode").fetchall()
+        )
     finally:
         con.close()
 

@@ -18,7 +18,7 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.fuse
 
 # a tiny in-memory view, served by a child process (the FUSE loop needs its own process)
-SERVER = textwrap.dedent('''
+SERVER = textwrap.dedent("""
     import sys, types
     from pathlib import Path
     from vfs.imagefs import serve_image
@@ -43,7 +43,7 @@ SERVER = textwrap.dedent('''
             if ino == 2 and name == b"user.origin": return b"image"
             raise KeyError(name)
     serve_image(View(), Path(sys.argv[1]), fsname="test-image")
-''')
+""")
 
 
 def test_image_view_mount(tmp_path: Path) -> None:

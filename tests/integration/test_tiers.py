@@ -102,7 +102,9 @@ def test_bucket_create_list_remove(home: Path, tmp_path: Path) -> None:
     cli("bucket", "create", "docs", home=home)
     assert "already exists" in one_line_error(cli("bucket", "create", "photos", home=home, check=False), 4)
     assert [(b["name"], b["files"], b["bytes"]) for b in cli_json("bucket", "list", home=home)] == [
-        ("docs", 0, 0), ("photos", 0, 0)]
+        ("docs", 0, 0),
+        ("photos", 0, 0),
+    ]
     assert "photos" in cli("bucket", "list", home=home).stdout
 
     m = Mount(home, tmp_path / "mnt", ["--write-back", "0.2s"]).start()
@@ -115,7 +117,9 @@ def test_bucket_create_list_remove(home: Path, tmp_path: Path) -> None:
     hot = home / "tiers" / "hot" / "photos"
     assert (hot / "a.jpg").read_bytes() == pattern(1, 1000)
     assert [(b["name"], b["files"], b["bytes"]) for b in cli_json("bucket", "list", home=home)] == [
-        ("docs", 0, 0), ("photos", 2, 3345)]
+        ("docs", 0, 0),
+        ("photos", 2, 3345),
+    ]
 
     err = one_line_error(cli("bucket", "remove", "photos", home=home, check=False), 5)
     assert "not empty" in err and "--force" in err
@@ -148,20 +152,35 @@ def test_cli_exit_codes(home: Path, tmp_path: Path) -> None:
     one_line: list[tuple[int, str | None, Path, tuple[str, ...]]] = []  # (code, text in message, home, args)
     for bad in ("bad name", "a/b", ".hidden", "-x", "x" * 256, "ü"):
         one_line.append((2, "bad bucket name", home, ("bucket", "create", "--", bad)))
-    for args in (("bucket", "remove", "nope"), ("tiers", "set", "nope/x", "--default", "cold"),
-                 ("tiers", "stats", "nope"), ("tiers", "list", "nope"),
-                 ("tiers", "assign", "nope/f", "--tier", "cold"), ("tiers", "restore", "b/nope", "--status"),
-                 ("umount", str(tmp_path / "not-mounted"))):
+    for args in (
+        ("bucket", "remove", "nope"),
+        ("tiers", "set", "nope/x", "--default", "cold"),
+        ("tiers", "stats", "nope"),
+        ("tiers", "list", "nope"),
+        ("tiers", "assign", "nope/f", "--tier", "cold"),
+        ("tiers", "restore", "b/nope", "--status"),
+        ("umount", str(tmp_path / "not-mounted")),
+    ):
         one_line.append((3, None, home, args))
     # nothing set up yet: a home that does not exist, and an empty one
     for fresh in (tmp_path / "missing", empty):
-        for args in (("bucket", "list"), ("bucket", "create", "x"), ("status",), ("tiers", "list"),
-                     ("tiers", "stats"), ("mount", str(tmp_path / "m2"))):
+        for args in (
+            ("bucket", "list"),
+            ("bucket", "create", "x"),
+            ("status",),
+            ("tiers", "list"),
+            ("tiers", "stats"),
+            ("mount", str(tmp_path / "m2")),
+        ):
             one_line.append((6, "darkstorage init", fresh, args))
         # umount needs no pool (image views mount without one): "not mounted"
         one_line.append((3, "is not mounted", fresh, ("umount", str(tmp_path / "m2"))))
-    click_usage = [("tiers", "set", "b", "--default", "tepid"), ("bucket", "frobnicate"),
-                   ("mount", str(tmp_path / "m"), "--cache-max-size", "lots"), ("bucket", "create")]
+    click_usage = [
+        ("tiers", "set", "b", "--default", "tepid"),
+        ("bucket", "frobnicate"),
+        ("mount", str(tmp_path / "m"), "--cache-max-size", "lots"),
+        ("bucket", "create"),
+    ]
 
     with ThreadPoolExecutor(4) as ex:  # independent commands: run a few at once
         results = list(ex.map(lambda c: cli(*c[3], home=c[2], check=False), one_line))
@@ -189,8 +208,7 @@ def test_default_tier_rules_place_new_files(mounts: Callable[..., Mount], home: 
     cli("tiers", "set", "b/coldstuff", "--default", "cold", home=home)
     cli("tiers", "set", "b/coldstuff/hot/", "--default", "hot", home=home)
     rules = cli_json("tiers", "list", "b", home=home)["rules"]  # type: ignore[index]
-    assert [(r["prefix"], r["tier"]) for r in rules] == [("", "warm"), ("coldstuff", "cold"),
-                                                         ("coldstuff/hot/", "hot")]
+    assert [(r["prefix"], r["tier"]) for r in rules] == [("", "warm"), ("coldstuff", "cold"), ("coldstuff/hot/", "hot")]
     b = m.path / "b"
     (b / "coldstuff" / "sub" / "deeper").mkdir(parents=True)
     (b / "coldstuff" / "hot").mkdir()
@@ -236,7 +254,7 @@ def test_page_in_from_cold(mounts: Callable[..., Mount], home: Path) -> None:
         for _ in range(6):
             off = rng.randrange(0, size)
             n = rng.choice((1, 100, 4096, 70_000, MiB + 3))
-            assert os.pread(fd, n, off) == data[off:off + n], (off, n)
+            assert os.pread(fd, n, off) == data[off : off + n], (off, n)
         assert os.pread(fd, 10, size - 3) == data[-3:]
         assert os.pread(fd, 10, size + 100) == b""
         complete, nbytes = cache_entry(home, ino) or (None, 0)
@@ -268,13 +286,19 @@ def test_assign_to_archive_and_restore(mounts: Callable[..., Mount], home: Path)
     m = mounts("--write-back", "0.2s", "--cache-max-size", "64K")
     d = m.path / "b" / "arch"
     d.mkdir()
-    files = {"a.bin": pattern(10, MiB + 5), "c.bin": pattern(11, 700_000), "d.bin": pattern(12, 3),
-             "keep.bin": pattern(13, 5000)}
+    files = {
+        "a.bin": pattern(10, MiB + 5),
+        "c.bin": pattern(11, 700_000),
+        "d.bin": pattern(12, 3),
+        "keep.bin": pattern(13, 5000),
+    }
     for name, data in files.items():
         (d / name).write_bytes(data)
     wait_until(lambda: all(xattr(d / n, "state") == "clean" for n in files), "write-back")
-    wait_until(lambda: all(cache_entry(home, os.stat(d / n).st_ino) is None for n in ("a.bin", "c.bin")),
-               "the clean files' caches to be evicted")
+    wait_until(
+        lambda: all(cache_entry(home, os.stat(d / n).st_ino) is None for n in ("a.bin", "c.bin")),
+        "the clean files' caches to be evicted",
+    )
     assert all(copies(home, f"b/arch/{n}") == ["hot"] for n in files)
 
     # (a) moved while mounted; the restore takes longer than open() waits: EAGAIN, then readable
@@ -293,8 +317,11 @@ def test_assign_to_archive_and_restore(mounts: Callable[..., Mount], home: Path)
     with pytest.raises(OSError) as exc:
         open(d / "a.bin", "rb")  # still pending: the second open does not restart the clock either
     assert exc.value.errno == errno.EAGAIN
-    wait_until(lambda: cli("tiers", "restore", "b/arch/a.bin", "--status", home=home, check=False).returncode == 0,
-               "the simulated restore", timeout=20)
+    wait_until(
+        lambda: cli("tiers", "restore", "b/arch/a.bin", "--status", home=home, check=False).returncode == 0,
+        "the simulated restore",
+        timeout=20,
+    )
     with open(d / "a.bin", "rb") as f:
         assert xattr(d / "a.bin", "restore") == "cached"
         assert f.read() == files["a.bin"]
@@ -310,7 +337,8 @@ def test_assign_to_archive_and_restore(mounts: Callable[..., Mount], home: Path)
     assert json.loads(res.stdout) == [{"key": "b/arch/a.bin", "outcome": "already"}]
     listed = cli_json("tiers", "files", "--tier", "archive", home=home)
     assert sorted((f["path"], f["bytes"], f["state"]) for f in listed) == [  # type: ignore[union-attr]
-        (f"b/arch/{n}", len(files[n]), "clean") for n in ("a.bin", "c.bin", "d.bin")]
+        (f"b/arch/{n}", len(files[n]), "clean") for n in ("a.bin", "c.bin", "d.bin")
+    ]
     stats = cli_json("tiers", "stats", "b", home=home)
     assert stats["archive"] == {"files": 3, "bytes": sum(len(files[n]) for n in ("a.bin", "c.bin", "d.bin"))}
     assert stats["hot"] == {"files": 1, "bytes": len(files["keep.bin"])}
@@ -328,8 +356,11 @@ def test_assign_to_archive_and_restore(mounts: Callable[..., Mount], home: Path)
     res = cli("tiers", "restore", "b/arch/d.bin", "--json", home=home, check=False)
     assert res.returncode == 9 and json.loads(res.stdout)["state"] == "pending", res.stderr
     assert cli("tiers", "restore", "b/arch/d.bin", "--status", home=home, check=False).returncode == 9
-    wait_until(lambda: cli("tiers", "restore", "b/arch/d.bin", "--status", home=home, check=False).returncode == 0,
-               "the simulated restore", timeout=20)
+    wait_until(
+        lambda: cli("tiers", "restore", "b/arch/d.bin", "--status", home=home, check=False).returncode == 0,
+        "the simulated restore",
+        timeout=20,
+    )
     assert (d / "d.bin").read_bytes() == files["d.bin"]
     assert (d / "keep.bin").read_bytes() == files["keep.bin"]
     assert cli("tiers", "restore", "b/arch/keep.bin", "--status", home=home).stdout.strip().endswith("not-needed")
@@ -346,8 +377,7 @@ def test_assign_to_archive_and_restore(mounts: Callable[..., Mount], home: Path)
 
 
 @pytest.mark.fuse
-def test_cache_eviction_keeps_the_limit_but_never_open_or_dirty_files(mounts: Callable[..., Mount],
-                                                                      home: Path) -> None:
+def test_cache_eviction_keeps_the_limit_but_never_open_or_dirty_files(mounts: Callable[..., Mount], home: Path) -> None:
     limit = 4 * MiB
     cli("tiers", "set", "b/cold/", "--default", "cold", home=home)
     m = mounts("--write-back", "0.2s", "--cache-max-size", "4M")

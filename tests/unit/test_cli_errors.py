@@ -52,9 +52,11 @@ def test_bad_config(tmp_path: Path) -> None:
 def test_bad_sizes_and_durations_are_usage_errors(tmp_path: Path) -> None:
     home = tmp_path / "h"
     cli("init", home=home)
-    for args in (["mount", str(tmp_path / "m"), "--cache-max-size", "lots"],
-                 ["mount", str(tmp_path / "m"), "--write-back", "soon"],
-                 ["tiers", "files", "--tier", "lukewarm"]):
+    for args in (
+        ["mount", str(tmp_path / "m"), "--cache-max-size", "lots"],
+        ["mount", str(tmp_path / "m"), "--write-back", "soon"],
+        ["tiers", "files", "--tier", "lukewarm"],
+    ):
         res = cli(*args, home=home, check=False)
         assert res.returncode == ExitCode.USAGE, (args, res.stderr)
         assert "Traceback" not in res.stderr

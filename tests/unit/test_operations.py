@@ -139,8 +139,13 @@ async def test_truncate_and_setattr_times(ops: Operations) -> None:
     a = await ops.setattr(ino, SimpleNamespace(st_size=4), fields(update_size=True), None, CTX)
     assert a.st_size == 4 and a.st_mtime_ns > before.st_mtime_ns
     assert await read_all(ops, ino) == b"0123"
-    a = await ops.setattr(ino, SimpleNamespace(st_atime_ns=1_000, st_mtime_ns=2_000),
-                          fields(update_atime=True, update_mtime=True), None, CTX)
+    a = await ops.setattr(
+        ino,
+        SimpleNamespace(st_atime_ns=1_000, st_mtime_ns=2_000),
+        fields(update_atime=True, update_mtime=True),
+        None,
+        CTX,
+    )
     assert (a.st_atime_ns, a.st_mtime_ns) == (1_000, 2_000) and a.st_ctime_ns > before.st_ctime_ns
 
 

@@ -190,8 +190,9 @@ async def test_placed_upload_of_a_file_renamed_meanwhile_is_rekeyed(ops: Operati
     worker.close()
 
 
-
-async def test_placed_upload_of_a_file_deleted_meanwhile_leaves_nothing(ops: Operations, pool: Pool, worker: Pool) -> None:
+async def test_placed_upload_of_a_file_deleted_meanwhile_leaves_nothing(
+    ops: Operations, pool: Pool, worker: Pool
+) -> None:
     b = await bucket(ops)
     ino = await make_file(ops, b, b"gone", b"bytes")
     job, stored = placed_upload(pool, worker, ino)
@@ -202,7 +203,6 @@ async def test_placed_upload_of_a_file_deleted_meanwhile_leaves_nothing(ops: Ope
     pool.process_trash()
     assert not hot(pool, "b/gone").exists()
     worker.close()
-
 
 
 async def test_placed_upload_overtaken_by_a_write_stays_dirty(ops: Operations, pool: Pool, worker: Pool) -> None:

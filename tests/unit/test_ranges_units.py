@@ -39,12 +39,16 @@ def test_rangeset_against_a_bitmap() -> None:
     assert r.total() == sum(bits)
 
 
-@pytest.mark.parametrize(("text", "n"), [("4096", 4096), ("10G", 10 << 30), ("512M", 512 << 20), ("1.5GiB", 3 << 29), ("2k", 2048)])
+@pytest.mark.parametrize(
+    ("text", "n"), [("4096", 4096), ("10G", 10 << 30), ("512M", 512 << 20), ("1.5GiB", 3 << 29), ("2k", 2048)]
+)
 def test_parse_size(text: str, n: int) -> None:
     assert parse_size(text) == n
 
 
-@pytest.mark.parametrize(("text", "s"), [("5s", 5), ("250ms", 0.25), ("1h30m", 5400), ("1y", 365 * 86400), ("2.5", 2.5)])
+@pytest.mark.parametrize(
+    ("text", "s"), [("5s", 5), ("250ms", 0.25), ("1h30m", 5400), ("1y", 365 * 86400), ("2.5", 2.5)]
+)
 def test_parse_duration(text: str, s: float) -> None:
     assert parse_duration(text) == pytest.approx(s)
 
