@@ -27,21 +27,18 @@ anacron does), once however many ticks were missed.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import re
-import sqlite3
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pool.config import pool_home
-from pool.errors import BusyError, CatalogError, NotFoundError, UsageError
+from pool.errors import UsageError
+from pool.named_store import NamedStore, run_lock
 
 MIGRATIONS = [
     """
@@ -127,51 +124,19 @@ class Job:
         return d
 
 
-class JobStore:
+class JobStore(NamedStore[Job]):
     """The image jobs of pool home *home* (default :func:`pool.config.pool_home`)."""
 
-    def __init__(self, home: Path | None = None) -> None:
-        self.dir = (home or pool_home()) / "sync"
-        (self.dir / "jobs").mkdir(parents=True, exist_ok=True)
-        try:
-            self.db = sqlite3.connect(str(self.dir / "jobs.db"), isolation_level=None, timeout=30)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            version = self.db.execute("PRAGMA user_version").fetchone()[0]
-            if version > len(MIGRATIONS):
-                raise CatalogError(f"image job registry {self.dir / 'jobs.db'} is from a newer darkstorage")
-            for i in range(version, len(MIGRATIONS)):
-                self.db.executescript(f"BEGIN IMMEDIATE; {MIGRATIONS[i]}; PRAGMA user_version = {i + 1}; COMMIT;")
-        except sqlite3.DatabaseError as e:
-            raise CatalogError(f"image job registry {self.dir / 'jobs.db'} is unreadable: {e}") from None
+    DB_FILE = "jobs.db"
+    SUBDIR = "jobs"
+    TABLE = "jobs"
+    COLS = "name, command, argv, output, schedule, created_ns, last_run_ns, last_result, last_message, last_files"
+    WHAT = "image job"
+    LIST_HINT = "darkstorage jobs list"
+    MIGRATIONS = MIGRATIONS
 
-    def close(self) -> None:
-        self.db.close()
-
-    def __enter__(self) -> JobStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    _COLS = "name, command, argv, output, schedule, created_ns, last_run_ns, last_result, last_message, last_files"
-
-    @staticmethod
-    def _row(r: tuple[Any, ...]) -> Job:
+    def _row(self, r: tuple[Any, ...]) -> Job:
         return Job(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], json.loads(r[9] or "[]"))
-
-    def list(self) -> list[Job]:
-        return [self._row(r) for r in self.db.execute(f"SELECT {self._COLS} FROM jobs ORDER BY name")]
-
-    def find(self, name: str) -> Job | None:
-        r = self.db.execute(f"SELECT {self._COLS} FROM jobs WHERE name = ?", (name,)).fetchone()
-        return self._row(r) if r else None
-
-    def get(self, name: str) -> Job:
-        """Raises NotFoundError when there is no job *name*."""
-        job = self.find(name)
-        if job is None:
-            raise NotFoundError(f"no image job {name} (see `darkstorage jobs list`)")
-        return job
 
     def save(self, job: Job) -> bool:
         """Insert job *job*, or update the job of that name when it writes the same output (its
@@ -215,37 +180,14 @@ class JobStore:
         """Forget job *name* (the images it wrote stay)."""
         job = self.get(name)
         self.db.execute("DELETE FROM jobs WHERE name = ?", (name,))
-        (self.dir / "jobs" / f"{name}.lock").unlink(missing_ok=True)
+        self.lock_path(name).unlink(missing_ok=True)
         return job
 
-    def lock_path(self, name: str) -> Path:
-        return self.dir / "jobs" / f"{name}.lock"
 
-
-@contextmanager
-def job_lock(path: Path, name: str) -> Iterator[None]:
-    """Hold the lock of job *name* (``flock`` on *path*) for one run; the kernel drops it when
-    the holder dies, so a killed run never leaves a stale lock.
+def job_lock(path: Path, name: str) -> AbstractContextManager[None]:
+    """Hold the lock of job *name* for one run (see :func:`pool.named_store.run_lock`).
 
     Raises:
         BusyError: the job is running in another process (the agent, or ``jobs run-now``).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 100, 0).decode(errors="replace").split()
-            raise BusyError(
-                f"image job {name} is already running" + (f" (pid {holder[0]})" if holder else "")
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {time.time_ns()}\n".encode(), 0)
-        try:
-            yield
-        finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    return run_lock(path, f"image job {name}")

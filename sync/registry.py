@@ -23,21 +23,17 @@ Schema (``PRAGMA user_version`` = migrations applied)::
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import xxhash
 
-from pool.config import pool_home
-from pool.errors import BusyError, CatalogError, NotFoundError
+from pool.named_store import NamedStore, run_lock
 
 MIGRATIONS = [
     """
@@ -77,51 +73,23 @@ class Pair:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-class Registry:
+class Registry(NamedStore[Pair]):
     """The pair registry of pool home *home* (default :func:`pool.config.pool_home`)."""
 
-    def __init__(self, home: Path | None = None) -> None:
-        self.dir = (home or pool_home()) / "sync"
-        (self.dir / "pairs").mkdir(parents=True, exist_ok=True)
-        try:
-            self.db = sqlite3.connect(str(self.dir / "registry.db"), isolation_level=None, timeout=30)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL: a crash loses at most the last commit
-            version = self.db.execute("PRAGMA user_version").fetchone()[0]
-            if version > len(MIGRATIONS):
-                raise CatalogError(f"sync registry {self.dir} is from a newer darkstorage")
-            for i in range(version, len(MIGRATIONS)):
-                self.db.executescript(f"BEGIN IMMEDIATE; {MIGRATIONS[i]}; PRAGMA user_version = {i + 1}; COMMIT;")
-        except sqlite3.DatabaseError as e:
-            raise CatalogError(f"sync registry {self.dir} is unreadable: {e}") from None
-
-    def close(self) -> None:
-        self.db.close()
+    DB_FILE = "registry.db"
+    SUBDIR = "pairs"
+    TABLE = "pairs"
+    COLS = "name, path1, path2, direction, options, schedule, realtime, paused, created_ns, last_run_ns, last_result, last_message"
+    ORDER = "created_ns"
+    WHAT = "sync pair"
+    LIST_HINT = "darkstorage sync list"
+    MIGRATIONS = MIGRATIONS
 
     def journal_path(self, name: str) -> Path:
         return self.dir / "pairs" / f"{name}.db"
 
-    def lock_path(self, name: str) -> Path:
-        return self.dir / "pairs" / f"{name}.lock"
-
     def _row(self, r: tuple[Any, ...]) -> Pair:
         return Pair(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], bool(r[6]), bool(r[7]), r[8], r[9], r[10], r[11])
-
-    _COLS = "name, path1, path2, direction, options, schedule, realtime, paused, created_ns, last_run_ns, last_result, last_message"
-
-    def list(self) -> list[Pair]:
-        return [self._row(r) for r in self.db.execute(f"SELECT {self._COLS} FROM pairs ORDER BY created_ns")]
-
-    def find(self, name: str) -> Pair | None:
-        r = self.db.execute(f"SELECT {self._COLS} FROM pairs WHERE name = ?", (name,)).fetchone()
-        return self._row(r) if r else None
-
-    def get(self, name: str) -> Pair:
-        """Raises NotFoundError when there is no pair *name*."""
-        p = self.find(name)
-        if p is None:
-            raise NotFoundError(f"no sync pair {name} (see `darkstorage sync list`)")
-        return p
 
     def save(self, p: Pair) -> None:
         """Insert or update pair *p* (its run outcome columns are kept when None)."""
@@ -164,32 +132,10 @@ class Registry:
         return p
 
 
-@contextmanager
-def pair_lock(path: Path, name: str) -> Iterator[None]:
-    """Hold the lock of pair *name* (``flock`` on *path*) for one run.
-
-    The kernel drops an ``flock`` when its holder dies, so a lock left by a killed run is never
-    stale: the file may still name the dead holder, but the next run takes the lock at once.
-    The file records ``pid host started_ns`` of the holder for the busy message.
+def pair_lock(path: Path, name: str) -> AbstractContextManager[None]:
+    """Hold the lock of pair *name* for one run (see :func:`pool.named_store.run_lock`).
 
     Raises:
         BusyError: another live process is syncing this pair.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").split()
-            who = f" (pid {holder[0]} on {holder[1]})" if len(holder) >= 2 else ""
-            raise BusyError(f"sync pair {name} is already running{who}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {os.uname().nodename} {time.time_ns()}\n".encode(), 0)
-        try:
-            yield
-        finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    return run_lock(path, f"sync pair {name}")
