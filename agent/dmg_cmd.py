@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import functools
 import os
 import stat
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from pool.units import format_size, parse_size
 from .console import console, emit_json, print_listing, transfer_progress
 from .dmg_options import MacLayout, mac_layout_options, new_mount_folder
 from .jobs_cmd import schedule_options
+from .passwords import PasswordSource, password_options
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 _COPY_BYTES = 1 << 20
@@ -35,59 +34,6 @@ def _size(value: str) -> int | None:
 
 
 _CHILD_PASSWORD_ENV = "DARKSTORAGE_DMG_PASSWORD"  # hands the password to a background `dmg mount`
-
-
-class PasswordSource:
-    """Where an image password comes from: ``--password`` (a hidden prompt), ``--password-env
-    VAR`` or ``--password-file FILE`` (its first line). Read once, when first needed."""
-
-    def __init__(self, ask: bool, env: str | None, file: Path | None) -> None:
-        if ask + (env is not None) + (file is not None) > 1:
-            raise UsageError("give only one of --password, --password-env and --password-file")
-        self.ask, self.env, self.file = ask, env, file
-        self.value: str | None = None
-
-    @property
-    def given(self) -> bool:
-        return self.ask or self.env is not None or self.file is not None
-
-    def get(self, *, confirm: bool = False) -> str:
-        if self.value is not None:
-            return self.value
-        if self.env is not None:
-            value = os.environ.get(self.env)
-            if value is None:
-                raise UsageError(f"--password-env: the environment variable {self.env} is not set")
-        elif self.file is not None:
-            try:
-                value = self.file.read_text().splitlines()[0] if self.file.stat().st_size else ""
-            except OSError as e:
-                raise UsageError(f"--password-file {self.file}: {e.strerror}") from None
-        elif self.ask or sys.stdin.isatty():
-            value = click.prompt("password", hide_input=True, confirmation_prompt=confirm, err=True)
-        else:
-            raise UsageError("this needs a password: --password (asks), --password-env VAR or --password-file FILE")
-        if not value:
-            raise UsageError("an empty password is not allowed")
-        self.value = str(value)
-        return self.value
-
-
-def password_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """``--password`` / ``--password-env VAR`` / ``--password-file FILE``, passed to *f* as one
-    :class:`PasswordSource` named ``password``."""
-
-    @functools.wraps(f)
-    def wrapper(*args: Any, password: bool, password_env: str | None, password_file: Path | None, **kw: Any) -> Any:
-        return f(*args, password=PasswordSource(password, password_env, password_file), **kw)
-
-    for opt in (
-        click.option("--password-file", type=click.Path(path_type=Path, dir_okay=False), help="Read it from a file."),
-        click.option("--password-env", metavar="VAR", help="Read it from this environment variable."),
-        click.option("--password", is_flag=True, help="Ask for the image password (hidden)."),
-    ):
-        wrapper = opt(wrapper)
-    return wrapper
 
 
 @click.command("bucket2dmg")

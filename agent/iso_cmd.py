@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from pool.units import format_size
 from .console import console, emit_json, print_listing, transfer_progress
 from .jobs_cmd import schedule_options
 from .params import SIZE, SIZE_OR_UNLIMITED
+from .passwords import PasswordSource, password_options
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
@@ -52,8 +52,12 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON i
 )
 @click.option("--split", "split_bytes", type=SIZE, default=None, help="Split into numbered chunks of this size (4GB).")
 @click.option("--compress", type=click.Choice(["gzip"]), default=None, help="Compress the image (standard gzip).")
-@click.option("--encrypt", is_flag=True, help="Encrypt the image in the age format (passphrase).")
-@click.option("--password", is_flag=True, help="Ask for the passphrase (or read DARKSTORAGE_ISO_PASSWORD).")
+@click.option(
+    "--encrypt",
+    is_flag=True,
+    help="Encrypt the image in the age format; the passphrase comes from --password, --password-env or --password-file.",
+)
+@password_options(what="age passphrase")
 @click.option(
     "--source-date-epoch",
     type=int,
@@ -98,7 +102,7 @@ def bucket2iso(
     split_bytes: int | None,
     compress: str | None,
     encrypt: bool,
-    password: bool,
+    password: PasswordSource,
     source_date_epoch: int | None,
     permissions: str,
     max_file_size: int | None,
@@ -114,6 +118,7 @@ def bucket2iso(
       darkstorage bucket2iso os-bucket -o boot.iso --bootable --boot-image boot/isolinux.bin \\
           --uefi --efi-image boot/efiboot.img --hybrid --bios
       darkstorage bucket2iso ~/docs -o docs.iso --compress gzip --encrypt --password --split 4GB
+      darkstorage bucket2iso ~/docs -o docs.iso --encrypt --password-env ISO_PW --schedule "0 3 * * *"
       darkstorage bucket2iso photos -o photos.iso --multi-session --append
     """
     from imaging.common import apply_permissions, check_max_file_size, walk_tree
@@ -136,8 +141,10 @@ def bucket2iso(
     if bios and not bootable:
         raise UsageError("--hybrid --bios needs a BIOS boot image (--bootable --boot-image)")
     mbr_code = load_isohybrid_mbr(isohybrid_mbr) if bios else None
-    if encrypt != password:
-        raise UsageError("--encrypt needs --password (the age passphrase)")
+    if encrypt and not password.given:
+        raise UsageError("--encrypt needs the age passphrase: --password (asks), --password-env VAR or --password-file FILE")
+    if password.given and not encrypt:
+        raise UsageError("--password, --password-env and --password-file go with --encrypt")
     if append and not multi_session:
         raise UsageError("--append needs --multi-session")
     if multi_session and (fmt == "udf" or compress or encrypt or split_bytes or hybrid):
@@ -146,7 +153,7 @@ def bucket2iso(
         )
     if split_bytes is not None and split_bytes < 2048:
         raise UsageError("--split needs at least 2048 bytes per chunk")
-    passphrase = _passphrase() if encrypt else None
+    passphrase = password.get(confirm=True) if encrypt else None
     started = time.monotonic()
     with source_tree(source) as root:
         if append:
@@ -213,16 +220,6 @@ def bucket2iso(
         },
         as_json,
     )
-
-
-def _passphrase() -> str:
-    env = os.environ.get("DARKSTORAGE_ISO_PASSWORD")
-    if env:
-        return env
-    value = click.prompt("passphrase", hide_input=True, confirmation_prompt=True, err=True)
-    if not value:
-        raise UsageError("an empty passphrase is not allowed")
-    return str(value)
 
 
 def _report(data: dict[str, Any], as_json: bool) -> None:

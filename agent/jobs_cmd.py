@@ -116,18 +116,13 @@ def job_argv(ctx: click.Context) -> list[str]:
     return argv
 
 
-def _check_secrets(command: str, params: dict[str, Any]) -> None:
+def _check_secrets(params: dict[str, Any]) -> None:
     """A scheduled run cannot ask for a password and a job never stores one."""
     indirect = params.get("password_env") or params.get("password_file")
     if params.get("password") is True or (params.get("encrypt") and not indirect):
-        if "password_env" in params:
-            raise UsageError(
-                "--schedule: the agent cannot ask for a password and a job never stores one: "
-                "give it with --password-env VAR or --password-file FILE"
-            )
         raise UsageError(
-            f"--schedule: {command} can only ask for its passphrase, which a scheduled run cannot do "
-            "(scheduled images cannot use --encrypt here; bucket2dmg --encrypt takes --password-env/--password-file)"
+            "--schedule: the agent cannot ask for a password and a job never stores one: "
+            "give it with --password-env VAR or --password-file FILE"
         )
 
 
@@ -139,7 +134,7 @@ def register(command: str, ctx: click.Context, schedule: str, name: str | None, 
     params = ctx.params
     if params.get("append"):
         raise UsageError("--schedule cannot --append (each run builds a fresh image and replaces the last one)")
-    _check_secrets(command, params)
+    _check_secrets(params)
     output = Path(params["output"]).expanduser().absolute()
     job = Job(check_name(name or output.stem), command, job_argv(ctx), str(output), schedule)
     home = pool_home()

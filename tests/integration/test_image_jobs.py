@@ -139,6 +139,43 @@ def test_run_now_builds_verifies_installs_and_keeps_the_last_image_on_failure(ho
     assert cli("jobs", "run-now", "nope", home=home, check=False).returncode == 3
 
 
+def test_encrypted_iso_from_env_or_file_and_as_a_scheduled_job(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``bucket2iso --encrypt`` takes its age passphrase from a variable or a file, so a job can
+    encrypt; the job stores the file's path, never the passphrase; pyrage (another age
+    implementation) decrypts what was written into an image ``iso verify`` accepts."""
+    pyrage = pytest.importorskip("pyrage")
+    src = tmp_path / "src"
+    make_src(src)
+    pw = tmp_path / "pw"
+    pw.write_text("correct horse\n")
+    out = tmp_path / "out" / "sec.iso"
+    cli("bucket2iso", str(src), "-o", str(out), "--encrypt", "--password-file", str(pw), "--schedule", "@daily",
+        home=home)  # fmt: skip
+    assert "correct horse" not in (home / "sync" / "jobs.db").read_bytes().decode("latin-1")
+    res = json.loads(cli("jobs", "run-now", "sec", "--json", home=home).stdout)
+    enc = out.with_name("sec.iso.age")
+    assert res["result"] == "ok" and res["files"] == [str(enc)]
+    (tmp_path / "job.iso").write_bytes(pyrage.passphrase.decrypt(enc.read_bytes(), "correct horse"))
+    cli("iso", "verify", str(tmp_path / "job.iso"), home=home)
+    monkeypatch.setenv("ISO_PW", "battery staple")
+    cli("bucket2iso", str(src), "-o", str(tmp_path / "now.iso"), "--encrypt", "--password-env", "ISO_PW", home=home)
+    plain = pyrage.passphrase.decrypt((tmp_path / "now.iso.age").read_bytes(), "battery staple")
+    (tmp_path / "now-plain.iso").write_bytes(plain)
+    assert "a.txt" in cli("iso", "ls", str(tmp_path / "now-plain.iso"), home=home).stdout
+    for args, words in [
+        (["--password-env", "ISO_PW"], "go with --encrypt"),
+        (["--encrypt"], "needs the age passphrase"),
+        (["--encrypt", "--password-env", "NOT_SET_ANYWHERE"], "not set"),
+        (["--encrypt", "--password-env", "ISO_PW", "--password-file", str(pw)], "only one of"),
+    ]:
+        r = cli("bucket2iso", str(src), "-o", str(tmp_path / "bad.iso"), *args, home=home, check=False,
+                stdin=subprocess.DEVNULL)  # fmt: skip
+        assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not list(tmp_path.glob("bad.iso*"))
+
+
 def test_agent_once_and_resident_agent_run_due_jobs(home: Path, tmp_path: Path) -> None:
     src = tmp_path / "src"
     make_src(src)
