@@ -137,7 +137,8 @@ class TreeEntry:
         mtime_ns, atime_ns, ctime_ns: timestamps in ns since the Unix epoch.
         nlink, ino, dev: link count and identity, to find hard links.
         target: the symlink's target, ``""`` otherwise.
-        path: absolute path to read the data from.
+        path: absolute path to read the data from (a ``str``: a ``Path`` per entry would cost a
+            tree walk more than its ``lstat`` calls).
     """
 
     rel: str
@@ -153,7 +154,7 @@ class TreeEntry:
     ino: int
     dev: int
     target: str
-    path: Path
+    path: str
 
     @property
     def name(self) -> str:
@@ -256,7 +257,7 @@ def check_max_file_size(tree: SourceTree, limit: int | None) -> None:
         raise UsageError(f"{over[0].rel} is {size(over[0].size)}, over --max-file-size {size(limit)}{more}")
 
 
-def _entry(path: Path, rel: str, st: os.stat_result) -> TreeEntry | None:
+def _entry(path: str, rel: str, st: os.stat_result) -> TreeEntry | None:
     if stat.S_ISDIR(st.st_mode):
         kind, size, target = "dir", 0, ""
     elif stat.S_ISREG(st.st_mode):
@@ -301,10 +302,10 @@ def walk_tree(root: Path) -> SourceTree:
     if not stat.S_ISDIR(st.st_mode):
         raise NotFoundError(f"not a folder: {root}")
     tree = SourceTree(root=root.absolute())
-    first = _entry(tree.root, "", st)
+    first = _entry(str(tree.root), "", st)
     assert first is not None
     tree.entries.append(first)
-    stack: list[tuple[Path, str]] = [(tree.root, "")]
+    stack: list[tuple[str, str]] = [(str(tree.root), "")]
     while stack:
         folder, rel = stack.pop()
         try:
@@ -314,7 +315,7 @@ def walk_tree(root: Path) -> SourceTree:
             log.warning("cannot list %s: %s", folder, e.strerror)
             tree.skipped.append(rel)
             continue
-        subdirs: list[tuple[Path, str]] = []
+        subdirs: list[tuple[str, str]] = []
         for d in children:
             crel = f"{rel}/{d.name}" if rel else d.name
             try:
@@ -323,7 +324,7 @@ def walk_tree(root: Path) -> SourceTree:
                 log.warning("cannot stat %s: %s", d.path, e.strerror)
                 tree.skipped.append(crel)
                 continue
-            entry = _entry(Path(d.path), crel, cst)
+            entry = _entry(d.path, crel, cst)
             if entry is None:
                 log.warning("skipping %s: images hold no device nodes, FIFOs or sockets", d.path)
                 tree.skipped.append(crel)
@@ -332,7 +333,7 @@ def walk_tree(root: Path) -> SourceTree:
             if entry.kind == "file":
                 tree.total_bytes += entry.size
             elif entry.kind == "dir":
-                subdirs.append((Path(d.path), crel))
+                subdirs.append((d.path, crel))
         # depth-first, in name order: push in reverse so the first name is walked first
         stack.extend(reversed(subdirs))
     return tree

@@ -119,7 +119,7 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def content_hash(path: Path) -> str:
+def content_hash(path: str | Path) -> str:
     """xxh3-128 of the file at *path* (hex), read 1 MiB at a time."""
     h = xxhash.xxh3_128()
     with open(path, "rb") as f:
@@ -197,7 +197,7 @@ def _manifest_entry(path: Path, now_ns: int) -> TreeEntry:
     st = os.lstat(path)
     return TreeEntry(rel=MANIFEST_NAME, kind="file", mode=0o100644, uid=os.getuid(), gid=os.getgid(),
                      size=st.st_size, mtime_ns=now_ns, atime_ns=now_ns, ctime_ns=now_ns, nlink=1,
-                     ino=st.st_ino, dev=st.st_dev, target="", path=path)  # fmt: skip
+                     ino=st.st_ino, dev=st.st_dev, target="", path=str(path))  # fmt: skip
 
 
 @dataclass

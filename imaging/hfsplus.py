@@ -44,7 +44,6 @@ import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pool.errors import UnsupportedError, UsageError
 
@@ -206,7 +205,7 @@ class HfsPlusWriter:
             kind = "dir" if x.data is None else "file"
             mode = (stat.S_IFDIR | 0o755) if kind == "dir" else (stat.S_IFREG | 0o644)
             size = len(x.data) if isinstance(x.data, bytes) else 0
-            e = TreeEntry(x.rel, kind, mode, UNKNOWN_ID, UNKNOWN_ID, size, now_ns, now_ns, now_ns, 1, 0, 0, "", Path())
+            e = TreeEntry(x.rel, kind, mode, UNKNOWN_ID, UNKNOWN_ID, size, now_ns, now_ns, now_ns, 1, 0, 0, "", "")
             out.append((e, x))
         return out
 

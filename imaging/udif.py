@@ -205,12 +205,12 @@ class FileSpan:
     checks that the file still has that size.
 
     Attributes:
-        path: the file to read.
+        path: the file to read (str or Path).
         size: its size in bytes when the volume was planned.
         label: how errors name it (e.g. its path in the tree).
     """
 
-    path: Path
+    path: str | Path
     size: int
     label: str
 
