@@ -55,7 +55,8 @@ _CHARSPEC = b"\x00OSTA Compressed Unicode".ljust(64, b"\x00")
 _FE_BODY = struct.Struct("<IHHHBB6sHIIIHBBIQQ12s12s12sI16s32sQII")
 _FID_HEAD = struct.Struct("<HBBIIHHIH")  # version, characteristics, L_FI, ICB long_ad, L_IU
 _SHORT_AD = struct.Struct("<II")
-_TS = struct.Struct("<HhBBBBBBBB")
+_TS_HEAD = struct.Struct("<HhBBBBB")
+_TS_TAIL = struct.Struct("<BBB")
 
 # ICB tag file types (ECMA-167 4/14.6.6) and FID characteristics (4/14.4.3)
 _FT_DIR, _FT_FILE, _FT_SYMLINK = 4, 5, 12
@@ -179,22 +180,22 @@ def tagged(ident: int, location: int, body: bytes | bytearray, serial: int = 0) 
     return bytes(head) + body
 
 
-_DAYS: dict[int, tuple[int, int, int]] = {}
+_SECONDS: dict[int, bytes] = {}
 
 
 def timestamp(ns: int) -> bytes:
     """ECMA-167 1/7.3 timestamp, UTC (type 1, offset 0), to the microsecond."""
     secs, sub = divmod(ns, 1_000_000_000)
-    day, rest = divmod(secs, 86400)
-    ymd = _DAYS.get(day)
-    if ymd is None:
-        t = time.gmtime(day * 86400)
-        ymd = _DAYS[day] = (t.tm_year, t.tm_mon, t.tm_mday)
-    hour, rest = divmod(rest, 3600)
-    minute, sec = divmod(rest, 60)
-    cs, sub = divmod(sub // 1000, 10000)
-    hus, us = divmod(sub, 100)
-    return _TS.pack(0x1000, ymd[0], ymd[1], ymd[2], hour, minute, sec, cs, hus, us)
+    head = _SECONDS.get(secs)
+    if head is None:
+        if len(_SECONDS) > 1 << 16:
+            _SECONDS.clear()
+        t = time.gmtime(secs)
+        head = _SECONDS[secs] = _TS_HEAD.pack(
+            0x1000, t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, min(t.tm_sec, 59)
+        )
+    us = sub // 1000
+    return head + _TS_TAIL.pack(us // 10000, us // 100 % 100, us % 100)
 
 
 def udf_permissions(mode: int) -> int:
@@ -416,7 +417,7 @@ def write_udf(
     if not lay.partition_start <= lay.meta_start <= lay.partition_start + lay.partition_blocks - plan.blocks:
         raise ValueError("the UDF metadata area does not fit in the partition")
     now = timestamp(build_time_ns)
-    pwrite(_metadata(plan, lay, volume_id, now), lay.meta_start * BLOCK)
+    _metadata(plan, lay, volume_id, now, pwrite)
     for i, ident in enumerate((b"BEA01", b"NSR03", b"TEA01")):
         pwrite((b"\x00" + ident + b"\x01").ljust(BLOCK, b"\x00"), (lay.vrs + i) * BLOCK)
     vsid = hashlib.sha256(f"darkstorage-udf:{seed}".encode()).hexdigest()[:16]
@@ -430,9 +431,50 @@ def write_udf(
         pwrite(tagged(2, block, extents + bytes(480)).ljust(BLOCK, b"\x00"), block * BLOCK)
 
 
-def _metadata(plan: UdfPlan, lay: UdfLayout, volume_id: str, now: bytes) -> bytearray:
+class _Window:
+    """Gathers descriptors at increasing byte offsets in a reused 1 MiB buffer; pwrites it when full.
+
+    (A buffer as large as the metadata area would be slow: fresh memory costs a page fault per page.)
+    """
+
+    SIZE = 512 * BLOCK
+    ZERO = bytes(SIZE)
+
+    def __init__(self, pwrite: Callable[[bytes | bytearray, int], object], start: int) -> None:
+        self.pwrite = pwrite
+        self.buf = bytearray(self.SIZE)
+        self.start = start  # byte offset of buf[0]
+        self.used = 0
+
+    def put(self, offset: int, data: bytes) -> None:
+        at = offset - self.start
+        end = at + len(data)
+        if end > self.SIZE:
+            self.flush()
+            self.start = offset
+            at, end = 0, len(data)
+            if end > self.SIZE:
+                self.pwrite(data, offset)
+                self.start = offset + -(-len(data) // BLOCK) * BLOCK
+                return
+        self.buf[at:end] = data
+        self.used = max(self.used, end)
+
+    def flush(self) -> None:
+        if self.used:
+            length = -(-self.used // BLOCK) * BLOCK
+            self.pwrite(memoryview(self.buf)[:length], self.start)
+            self.buf[:length] = self.ZERO[:length]
+            self.used = 0
+
+
+def _metadata(
+    plan: UdfPlan, lay: UdfLayout, volume_id: str, now: bytes, pwrite: Callable[[bytes | bytearray, int], object]
+) -> None:
     base = lay.meta_start - lay.partition_start
-    out = bytearray(plan.blocks * BLOCK)
+    origin = lay.meta_start * BLOCK
+    window = _Window(pwrite, origin)
+    put = window.put
     where = plan.where
     links = plan.links
     pstart = lay.partition_start
@@ -453,7 +495,7 @@ def _metadata(plan: UdfPlan, lay: UdfLayout, volume_id: str, now: bytes) -> byte
                 nblocks = 0
                 ads = b""
             fe = _file_entry(node, base + rel, uid, _FT_FILE, links[id(node)], 0, size, nblocks, ads)
-            out[at : at + len(fe)] = fe
+            put(origin + at, fe)
         elif kind == "dir":
             _rel, uid = where[id(node)]
             me = (base + rel, uid)
@@ -468,30 +510,30 @@ def _metadata(plan: UdfPlan, lay: UdfLayout, volume_id: str, now: bytes) -> byte
             stream = _dir_stream(plan, named, parent, start, base)
             if stream_inline:
                 fe = _file_entry(node, base + rel, uid, _FT_DIR, links[id(node)], 3, len(stream), 0, stream)
-                out[at : at + len(fe)] = fe
+                put(origin + at, fe)
             else:
                 ads = _short_ads(len(stream), start)
                 recorded = -(-len(stream) // BLOCK)
                 fe = _file_entry(node, base + rel, uid, _FT_DIR, links[id(node)], 0, len(stream), recorded, ads)
-                out[at : at + len(fe)] = fe
-                out[at + BLOCK : at + BLOCK + len(stream)] = stream
+                put(origin + at, fe)
+                put(origin + at + BLOCK, stream)
         else:  # symlink
             _rel, uid = where[id(node)]
             data = payload
             assert isinstance(data, bytes)
             if len(data) <= _INLINE_MAX:
                 fe = _file_entry(node, base + rel, uid, _FT_SYMLINK, 1, 3, len(data), 0, data)
-                out[at : at + len(fe)] = fe
+                put(origin + at, fe)
             else:
                 ads = _short_ads(len(data), base + rel + 1)
                 fe = _file_entry(node, base + rel, uid, _FT_SYMLINK, 1, 0, len(data), -(-len(data) // BLOCK), ads)
-                out[at : at + len(fe)] = fe
-                out[at + BLOCK : at + BLOCK + len(data)] = data
+                put(origin + at, fe)
+                put(origin + at + BLOCK, data)
     fsd_rel = base
     root_block = base + plan.entries[0][1]
-    out[0:BLOCK] = _fsd(fsd_rel, root_block, volume_id, now).ljust(BLOCK, b"\x00")
-    out[BLOCK : 2 * BLOCK] = tagged(8, fsd_rel + 1, bytes(496)).ljust(BLOCK, b"\x00")
-    return out
+    window.flush()
+    pwrite(_fsd(fsd_rel, root_block, volume_id, now), origin)
+    pwrite(tagged(8, fsd_rel + 1, bytes(496)), origin + BLOCK)
 
 
 def _fsd(rel: int, root_block: int, volume_id: str, now: bytes) -> bytes:
