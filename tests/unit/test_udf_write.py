@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import binascii
+import calendar
 import hashlib
 import os
 import shutil
@@ -249,6 +250,152 @@ def test_7zip(image: tuple[Path, Path], tmp_path: Path) -> None:
     ]:
         want = (src / rel).read_bytes() if rel != "a/hard.txt" else (src / "orig.txt").read_bytes()
         assert (tmp_path / "x" / rel).read_bytes() == want
+
+
+def _symlink_target(data: bytes) -> str:
+    """ECMA-167 4/14.16.1 path components back to a POSIX path (the test's own decoder)."""
+    parts: list[str] = []
+    absolute = False
+    i = 0
+    while i < len(data):
+        kind, length = data[i], data[i + 1]
+        ident = data[i + 4 : i + 4 + length]
+        i += 4 + length
+        if kind == 2:
+            absolute = True
+        elif kind in (3, 4):
+            parts.append(".." if kind == 3 else ".")
+        else:
+            parts.append(ident[1:].decode("latin-1" if ident[0] == 8 else "utf-16-be"))
+    return ("/" if absolute else "") + "/".join(parts)
+
+
+def read_udf(image: Path) -> dict[str, dict[str, object]]:
+    """Walk a UDF volume with pycdlib's descriptor parsers (tags, CRCs, File Entries, FIDs).
+
+    Returns path -> {kind, mode, uid, gid, mtime_us, nlink, ino, data|target}.
+    """
+    from pycdlib.udf import UDFFileEntry, UDFFileIdentifierDescriptor, UDFTag
+
+    raw = image.read_bytes()
+
+    def tag_at(block: int, length: int = BLOCK, location: int | None = None) -> tuple[UDFTag, bytes]:
+        data = raw[block * BLOCK : block * BLOCK + length]
+        tag = UDFTag()
+        tag.parse(data, block if location is None else location)  # checksum + CRC-ITU
+        if location is not None:
+            assert int.from_bytes(data[12:16], "little") == location
+        return tag, data
+
+    tag, avdp = tag_at(256)
+    assert tag.tag_ident == 2
+    vds = int.from_bytes(avdp[20:24], "little")
+    part_start = fsd_rel = -1
+    for i in range(16):
+        tag, desc = tag_at(vds + i)
+        assert int.from_bytes(desc[12:16], "little") == vds + i
+        if tag.tag_ident == 5:
+            part_start = int.from_bytes(desc[188:192], "little")
+        elif tag.tag_ident == 6:
+            fsd_rel = int.from_bytes(desc[252:256], "little")
+        elif tag.tag_ident == 8:
+            break
+    tag, fsd = tag_at(part_start + fsd_rel, location=fsd_rel)
+    assert tag.tag_ident == 256
+    root_rel = int.from_bytes(fsd[404:408], "little")
+    found: dict[str, dict[str, object]] = {}
+
+    def entry(rel: int) -> tuple[UDFFileEntry, bytes]:
+        tag, data = tag_at(part_start + rel, location=rel)
+        assert tag.tag_ident == 261
+        fe = UDFFileEntry()
+        fe.parse(data, part_start + rel, None, tag)
+        return fe, data
+
+    def contents(fe: UDFFileEntry, data: bytes) -> bytes:
+        alloc = fe.icb_tag.flags & 7
+        if alloc == 3:
+            return data[176 + fe.len_extended_attrs : 176 + fe.len_extended_attrs + fe.info_len]
+        assert alloc == 0
+        out = b"".join(
+            raw[(part_start + ad.log_block_num) * BLOCK : (part_start + ad.log_block_num) * BLOCK + ad.extent_length]
+            for ad in fe.alloc_descs
+        )
+        assert len(out) == fe.info_len
+        return out
+
+    def walk(rel: int, path: str) -> None:
+        fe, data = entry(rel)
+        stream = contents(fe, data)
+        pos = 0
+        first = True
+        stream_block = rel if fe.icb_tag.flags & 7 == 3 else fe.alloc_descs[0].log_block_num
+        while pos < len(stream):
+            tag = UDFTag()
+            tag.parse(stream[pos:], stream_block + pos // BLOCK)
+            assert (
+                tag.tag_ident == 257
+                and int.from_bytes(stream[pos + 12 : pos + 16], "little") == stream_block + pos // BLOCK
+            )
+            fid = UDFFileIdentifierDescriptor()
+            pos += fid.parse(stream[pos:], 0, tag, None)
+            assert fid.isparent == first  # the parent FID comes first, and only once
+            first = False
+            if fid.isparent:
+                continue
+            name = fid.fi.decode(fid.encoding)
+            child_rel = fid.icb.log_block_num
+            kid, kid_data = entry(child_rel)
+            assert int.from_bytes(fid.icb.impl_use[2:6], "little") == kid.unique_id & 0xFFFFFFFF
+            kind = {4: "dir", 5: "file", 12: "symlink"}[kid.icb_tag.file_type]
+            perms = kid.perms
+            mode = (perms & 7) | (perms >> 5 & 7) << 3 | (perms >> 10 & 7) << 6
+            flags = kid.icb_tag.flags
+            mode |= (flags >> 6 & 1) * 0o4000 | (flags >> 7 & 1) * 0o2000 | (flags >> 8 & 1) * 0o1000
+            t = kid.mod_time
+            secs = calendar.timegm((t.year, t.month, t.day, t.hour, t.minute, t.second))
+            us = t.centiseconds * 10000 + t.hundreds_microseconds * 100 + t.microseconds
+            info: dict[str, object] = {
+                "kind": kind,
+                "mode": mode,
+                "uid": kid.uid,
+                "gid": kid.gid,
+                "mtime_us": secs * 10**6 + us,
+                "nlink": kid.file_link_count,
+                "ino": child_rel,
+            }
+            sub = f"{path}/{name}" if path else name
+            found[sub] = info
+            if kind == "file":
+                info["data"] = contents(kid, kid_data)
+            elif kind == "symlink":
+                info["target"] = _symlink_target(contents(kid, kid_data))
+            else:
+                walk(child_rel, sub)
+
+    walk(root_rel, "")
+    return found
+
+
+def test_read_back(image: tuple[Path, Path]) -> None:
+    """Names, bytes, modes, owners, mtimes, link counts, symlink targets read by another parser."""
+    src, out = image
+    got = read_udf(out)
+    assert sorted(got) == sorted(str(p.relative_to(src)) for p in src.rglob("*"))
+    for rel, info in got.items():
+        st = (src / rel).lstat()
+        assert info["mode"] == stat.S_IMODE(st.st_mode), rel
+        assert (info["uid"], info["gid"]) == (st.st_uid, st.st_gid), rel
+        assert info["mtime_us"] == st.st_mtime_ns // 1000, rel
+        if info["kind"] == "file":
+            assert stat.S_ISREG(st.st_mode) and info["data"] == (src / rel).read_bytes(), rel
+            assert info["nlink"] == st.st_nlink, rel
+        elif info["kind"] == "symlink":
+            assert info["target"] == os.readlink(src / rel), rel
+        else:
+            assert stat.S_ISDIR(st.st_mode) and info["nlink"] == st.st_nlink - 1, rel  # UDF has no '.'
+    assert got["a/hard.txt"]["ino"] == got["orig.txt"]["ino"]
+    assert got["with space"]["mode"] == 0o1777 and got["big.bin"]["mode"] == 0o755
 
 
 def _can_loop_mount() -> str | None:
