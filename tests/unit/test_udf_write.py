@@ -14,19 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from imaging.udf_write import (
-    BLOCK,
-    UdfLayout,
-    UdfNode,
-    cs0,
-    dstring,
-    plan_udf,
-    symlink_bytes,
-    tagged,
-    timestamp,
-    udf_permissions,
-    write_udf,
-)
+from imaging.udf_format import BLOCK, cs0, dstring, symlink_bytes, tagged, timestamp, udf_permissions
+from imaging.udf_write import UdfLayout, UdfNode, plan_udf, write_udf
 
 EPOCH_NS = 1_700_000_000 * 10**9
 BIG = 3 * 1024 * 1024 + 123  # a "big-ish" file: several blocks, a partial last one
