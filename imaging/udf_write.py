@@ -156,58 +156,60 @@ def plan_udf(root: UdfNode) -> UdfPlan:
     unique = 16
     files = dirs = 0
     stack = [root]
-    while stack:
+    max_size = _MAX_ADS * _MAX_EXTENT
+    add_entry = entries.append
+    while stack:  # directories, depth first; each one's files and symlinks follow its File Entry
         node = stack.pop()
-        kind = node.kind
-        if kind == "dir":
-            kids = sorted(node.children, key=_NAME)
-            named: list[tuple[bytes, UdfNode]] = []
-            add = named.append
-            length = 40  # parent FID
-            subdirs = 0
-            for kid in kids:
-                name = kid.name
-                try:
-                    enc = b"\x08" + name.encode("latin-1")
-                except UnicodeEncodeError:
-                    enc = b"\x10" + name.encode("utf-16-be")
-                n = len(enc)
-                if n > 255 or n == 1 or "/" in name:
-                    raise ValueError(f"name not valid in UDF (empty, '/' or over 254 bytes): {name[:40]!r}")
-                add((enc, kid))
-                length += (41 + n) & ~3
-                if kid.kind == "dir":
-                    subdirs += 1
-            for i in range(1, len(kids)):
-                if kids[i].name == kids[i - 1].name:
-                    raise ValueError(f"duplicate name in a directory: {kids[i].name!r}")
-            uid = 0 if node is root else unique
-            where[id(node)] = (block, uid)
-            unique += node is not root
-            entries.append((node, block, (named, length)))
-            links[id(node)] = 1 + subdirs
-            block += 1 if length <= _INLINE_MAX else 1 + -(-length // BLOCK)
-            dirs += 1
-            stack.extend(reversed(kids))
-        elif node.link_to is not None:
-            pending_links.append(node)
-        elif kind == "file":
-            if node.size > _MAX_ADS * _MAX_EXTENT:
-                raise ValueError(f"file too large for one UDF File Entry: {node.name!r} ({node.size} bytes)")
-            where[id(node)] = (block, unique)
-            entries.append((node, block, unique))
-            unique += 1
-            block += 1
-            files += 1
-        elif kind == "symlink":
-            data = symlink_bytes(node.target)
-            where[id(node)] = (block, unique)
-            entries.append((node, block, data))
-            unique += 1
-            block += 1 if len(data) <= _INLINE_MAX else 1 + -(-len(data) // BLOCK)
-            files += 1
-        else:
-            raise ValueError(f"unknown node kind for UDF: {kind!r}")
+        kids = sorted(node.children, key=_NAME)
+        named: list[tuple[bytes, UdfNode]] = []
+        add = named.append
+        length = 40  # parent FID
+        subdirs: list[UdfNode] = []
+        for kid in kids:
+            name = kid.name
+            try:
+                enc = b"\x08" + name.encode("latin-1")
+            except UnicodeEncodeError:
+                enc = b"\x10" + name.encode("utf-16-be")
+            n = len(enc)
+            if n > 255 or n == 1 or "/" in name:
+                raise ValueError(f"name not valid in UDF (empty, '/' or over 254 bytes): {name[:40]!r}")
+            add((enc, kid))
+            length += (41 + n) & ~3
+        for i in range(1, len(kids)):
+            if kids[i].name == kids[i - 1].name:
+                raise ValueError(f"duplicate name in a directory: {kids[i].name!r}")
+        uid = 0 if node is root else unique
+        where[id(node)] = (block, uid)
+        unique += node is not root
+        add_entry((node, block, (named, length)))
+        block += 1 if length <= _INLINE_MAX else 1 + -(-length // BLOCK)
+        dirs += 1
+        for kid in kids:
+            kind = kid.kind
+            if kind == "dir":
+                subdirs.append(kid)
+            elif kid.link_to is not None:
+                pending_links.append(kid)
+            elif kind == "file":
+                if kid.size > max_size:
+                    raise ValueError(f"file too large for one UDF File Entry: {kid.name!r} ({kid.size} bytes)")
+                where[id(kid)] = (block, unique)
+                add_entry((kid, block, unique))
+                unique += 1
+                block += 1
+                files += 1
+            elif kind == "symlink":
+                data = symlink_bytes(kid.target)
+                where[id(kid)] = (block, unique)
+                add_entry((kid, block, data))
+                unique += 1
+                block += 1 if len(data) <= _INLINE_MAX else 1 + -(-len(data) // BLOCK)
+                files += 1
+            else:
+                raise ValueError(f"unknown node kind for UDF: {kind!r}")
+        links[id(node)] = 1 + len(subdirs)
+        stack.extend(reversed(subdirs))
     for node in pending_links:
         target = node.link_to
         if target is None or target.kind != "file" or id(target) not in where or target.link_to is not None:
