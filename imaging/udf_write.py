@@ -4,8 +4,10 @@ Sources: ECMA-167 3rd edition (parts 2, 3, 4: volume recognition, volume and fil
 OSTA UDF 2.01 (the profile; 2.2 descriptors, 2.3 file structure, 3.2.1 unique ids).
 Why 2.01: UDF 2.50 and later *require* a Metadata Partition (type 2 partition map, UDF 2.60
 2.2.10), which only adds indirection on a read-only image; 2.01 is the newest revision without it
-and every reader (Linux ``udf``, Windows XP+, macOS, 7-Zip, udftools) reads it. (pycdlib's
-``udf="2.60"`` actually records revision 1.02: NSR02, ``udfinfo`` says ``udfrev=1.02``.)
+and Linux ``udf``, Windows XP+, macOS, 7-Zip and udftools read it. (pycdlib's ``udf="2.60"``
+actually records revision 1.02: NSR02, ``udfinfo`` says ``udfrev=1.02``.)
+7-Zip's UDF reader knows File Entries of files and directories only: a volume holding a symlink
+(file type 12) is refused whole ("Unsupported feature"), whoever wrote it.
 
 What is written, the caller choosing every absolute 2048-byte block:
 
@@ -16,21 +18,25 @@ What is written, the caller choosing every absolute 2048-byte block:
   contents use), Unallocated Space Descriptor (empty), Terminating Descriptor;
 * Logical Volume Integrity Descriptor (closed; file/dir counts, next unique id) + Terminating D.;
 * Anchor Volume Descriptor Pointers at the blocks given (256, and N or N-256);
-* in the partition, from ``meta_start``: File Set Descriptor, Terminating Descriptor, then in
-  depth-first order one File Entry (ECMA-167 4/14.9, ICB strategy 4) per directory, file and
-  symlink; a directory's File Identifier Descriptors (parent first, children sorted by code point)
+* in the partition, from ``meta_start``: File Set Descriptor, Terminating Descriptor, then
+  directories depth first, each one's File Entry (ECMA-167 4/14.9, ICB strategy 4) followed by
+  the File Entries of its files and symlinks; a directory's File Identifier Descriptors (parent first, children sorted by code point)
   and a symlink's path components are embedded in the File Entry when they fit (ICB allocation
   type 3), else recorded in the blocks right after it (short_ad).
 
 Hard links: one File Entry whose link count is the number of names, referenced by one FID per
-name (ECMA-167 4/14.9.6; the Linux driver and 7-Zip read it). Files are contiguous runs of blocks
+name (ECMA-167 4/14.9.6; the Linux driver and 7-Zip read it). Unique ids: root 0, then 16, 17, ...
+in layout order (UDF 3.2.1.1); FIDs carry the low 32 bits (UDF 2.3.4.3). Directory link counts
+are 1 + subdirectories (Linux adds one for '.'). Files are contiguous runs of blocks
 at the given absolute block; extents are cut at 2^30 - 2048 bytes (a short_ad length has 30
 bits), so one File Entry holds up to 234 extents (about 234 GiB); larger files raise ValueError.
 
-Usage::
+Usage (descriptor encodings live in :mod:`imaging.udf_format`)::
 
-    plan = plan_udf(root)                      # plan.blocks: metadata blocks from meta_start
-    write_udf(plan, lambda b, off: os.pwrite(fd, b, off), UdfLayout(...), volume_id=..., ...)
+    plan = plan_udf(root)       # plan.blocks: metadata blocks to reserve at meta_start
+    # ... choose meta_start, place file data (node.data_block), size the partition ...
+    write_udf(plan, lambda b, off: os.pwrite(fd, b, off), UdfLayout(...), volume_id="NAME",
+              build_time_ns=source_date_epoch * 10**9, seed=source_date_epoch)
 """
 
 from __future__ import annotations
@@ -314,9 +320,13 @@ def write_udf(
     """Write every UDF structure of *plan* at its absolute block through ``pwrite(data, byte_offset)``.
 
     Args:
-        plan: from :func:`plan_udf` (the tree must not change in between).
+        plan: from :func:`plan_udf`. Names, kinds, children, symlink targets and ``link_to`` must
+            not change in between; attributes, sizes (within the planned extent count) and
+            ``data_block`` are read here, so data may be placed after planning.
         pwrite: writes bytes at an absolute byte offset of the image (e.g. ``os.pwrite`` bound to an
-            fd). The metadata area is written in one call of ``plan.blocks * 2048`` bytes; blocks of
+            fd); called with bytes, bytearray or memoryview (valid during the call only), at
+            increasing offsets inside the metadata area, in chunks of up to 1 MiB (a longer FID
+            stream or symlink in one call); blocks of
             the VDS extents and of the partition not written here must read as zeros.
         layout: the absolute blocks (see :class:`UdfLayout`).
         volume_id: volume/logical volume/file set identifier (cut to 30 Latin-1 or 15 other chars).

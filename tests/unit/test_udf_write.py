@@ -183,6 +183,27 @@ def test_big_file_extents(tmp_path: Path) -> None:
     assert ads[0][1] == 300 - 257 and all(b2 == b1 + n // BLOCK for (n, b1), (_, b2) in zip(ads, ads[1:], strict=False))
 
 
+def test_directory_over_the_write_window(tmp_path: Path) -> None:
+    """A directory whose FID stream (about 1.1 MiB) is longer than the 1 MiB write window."""
+    names = [f"{i:05d} " + "n" * 230 for i in range(4500)]
+    kids = [UdfNode(n, "file", mode=0o600, uid=i, mtime_ns=EPOCH_NS + i) for i, n in enumerate(names)]
+    after = UdfNode("zz after", "dir", children=[UdfNode("last", "symlink", target="../big/00001 x")])
+    root = UdfNode("", "dir", children=[UdfNode("big", "dir", children=kids), after])
+    plan = plan_udf(root)
+    assert plan.blocks > 4500 + 512  # the stream alone is over 512 blocks
+    out = tmp_path / "wide.udf"
+    total = 257 + plan.blocks + 1
+    lay = UdfLayout(16, 32, 48, 64, 257, plan.blocks, 257, (256, total - 1))
+    with open(out, "wb") as f:
+        f.truncate(total * BLOCK)
+        write_udf(plan, lambda b, off: os.pwrite(f.fileno(), b, off), lay, volume_id="w", build_time_ns=0, seed=0)
+    got = read_udf(out)
+    assert len(got) == 4500 + 3
+    assert got["big/" + names[4499]]["uid"] == 4499 and got["big/" + names[0]]["mode"] == 0o600
+    assert got["zz after/last"]["target"] == "../big/00001 x"
+    assert got["big"]["nlink"] == 1 and got["zz after"]["nlink"] == 1
+
+
 def test_reproducible(image: tuple[Path, Path], tmp_path: Path) -> None:
     src, out = image
     again = tmp_path / "again.udf"
