@@ -137,10 +137,6 @@ class UdfPlan:
     next_unique: int
 
 
-def _fid_len(name_len: int) -> int:
-    return (38 + name_len + 3) & ~3
-
-
 def plan_udf(root: UdfNode) -> UdfPlan:
     """Lay out the metadata area of the tree under *root* (a 'dir' node).
 
