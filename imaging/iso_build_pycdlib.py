@@ -1,4 +1,6 @@
-"""Lay out an ISO image from a source tree with pycdlib: ISO 9660 level 3, Rock Ridge, Joliet, UDF.
+"""The pycdlib image builder, kept for UDF images while :mod:`imaging.udf_write` is not there.
+
+Lay out an ISO image from a source tree with pycdlib: ISO 9660 level 3, Rock Ridge, Joliet, UDF.
 
 pycdlib builds every directory structure (ECMA-119 directory records and path tables, RRIP 1.12
 PX/TF/NM/SL entries, Joliet SVD, UDF 2.60 descriptors, El Torito catalog) and assigns each file
@@ -17,10 +19,10 @@ its extent; :mod:`imaging.iso_write` then writes the bytes. What pycdlib lacks i
 from __future__ import annotations
 
 import functools
-import gc
 import io
 import logging
 import math
+import os
 import random
 import stat
 import sys
@@ -28,7 +30,8 @@ import time as _time
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import pycdlib
 import pycdlib.dr
@@ -39,6 +42,8 @@ from pycdlib.pycdlibexception import PyCdlibException
 from pool.errors import NotFoundError, UsageError
 
 from .common import SourceTree, TreeEntry
+from .iso_build import IsoLayout, IsoOptions, paused_gc, udf_perms, volume_id
+from .iso_layout import BootEntry, DataExtent
 from .iso_names import DirNames, is_utf8_name
 
 log = logging.getLogger(__name__)
@@ -48,46 +53,8 @@ BOOT_CATALOG = "boot.cat"
 _CLOCKED_MODULES = ("pycdlib.pycdlib", "pycdlib.headervd", "pycdlib.udf", "pycdlib.dates", "pycdlib.utils")
 
 
-@dataclass(frozen=True)
-class IsoOptions:
-    """What to put into the image besides the tree.
-
-    Attributes:
-        rock_ridge, joliet, udf: which directory trees to write next to ISO 9660 (always there).
-        volume_name: volume identifier (ECMA-119 8.4.6, 32 d-characters; Joliet/UDF keep it whole).
-        publisher, application: PVD identifiers (128 a-characters each).
-        copyright, abstract: a file name in the tree's root, or a text that becomes such a file.
-        boot_image: tree-relative path of a BIOS no-emulation boot image (El Torito, with a
-            boot info table, as isolinux needs).
-        efi_image: tree-relative path of a FAT image holding ``EFI/BOOT/BOOTX64.EFI`` (El Torito
-            platform 0xEF entry).
-        source_date_epoch: seconds since the epoch used as the build time (None: now).
-    """
-
-    rock_ridge: bool = True
-    joliet: bool = True
-    udf: bool = True
-    volume_name: str = "DARKSTORAGE"
-    publisher: str = ""
-    application: str = "DARKSTORAGE"
-    copyright: str = ""
-    abstract: str = ""
-    boot_image: str | None = None
-    efi_image: str | None = None
-    source_date_epoch: int | None = None
-
-    @classmethod
-    def for_format(cls, fmt: str | None, **kw: Any) -> IsoOptions:
-        """Options for a ``--format`` value: None means every tree (Rock Ridge + Joliet + UDF)."""
-        if fmt is None:
-            return cls(**kw)
-        if fmt not in FORMATS:
-            raise UsageError(f"unknown ISO format {fmt!r} (use one of {', '.join(FORMATS)})")
-        return cls(rock_ridge=fmt == "rock-ridge", joliet=fmt == "joliet", udf=fmt == "udf", **kw)
-
-
 @dataclass
-class IsoLayout:
+class _PyLayout:
     """A laid-out image: the pycdlib object plus what the writer and the report need.
 
     Attributes:
@@ -135,24 +102,6 @@ def _gmtime_s(secs: int) -> _time.struct_time:
 
 
 @contextmanager
-def paused_gc() -> Iterator[None]:
-    """Pause the cyclic garbage collector (restored on exit, if it was on).
-
-    A layout holds several objects per entry, all alive until the image is written; with the
-    collector on, its full collections walk that growing graph again and again, which cost more
-    than the layout itself (51,000 files: ~60 % of the build). pycdlib makes almost no cyclic
-    garbage meanwhile.
-    """
-    was_on = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_on:
-            gc.enable()
-
-
-@contextmanager
 def pinned_clock(now: float, seed: int | None) -> Iterator[_Clock]:
     modules = [sys.modules[name] for name in _CLOCKED_MODULES]
     saved = [m.time for m in modules]  # type: ignore[attr-defined]
@@ -189,20 +138,6 @@ def _normpath(path: str) -> bytes:
     return _pycdlib_normpath(path)
 
 
-def udf_perms(mode: int) -> int:
-    """POSIX permission bits → UDF File Entry permissions (ECMA-167 4/14.9.5: x=1, w=2, r=4 per class)."""
-    out = 0
-    for shift_posix, shift_udf in ((0, 0), (3, 5), (6, 10)):
-        bits = (mode >> shift_posix) & 7
-        out |= (((bits & 1) and 1) | ((bits & 2) and 2) | ((bits & 4) and 4)) << shift_udf
-    return out
-
-
-def _volume_id(name: str) -> str:
-    clean = "".join(c if c.isascii() and (c.isalnum() or c == "_") else "_" for c in name.upper())
-    return clean[:32] or "DARKSTORAGE"
-
-
 class IsoImage(pycdlib.PyCdlib):
     """A pycdlib image whose file data a caller may write itself (see :mod:`imaging.iso_write`).
 
@@ -225,7 +160,7 @@ class _Builder:
         self.opts = opts
         self.clock = clock
         self.iso = IsoImage()
-        self.layout = IsoLayout(self.iso)
+        self.layout = _PyLayout(self.iso)
         self.names: dict[str, DirNames] = {}
         self.iso_paths: dict[str, str] = {"": ""}
         self.joliet_paths: dict[str, str] = {"": ""}
@@ -447,10 +382,10 @@ class _Builder:
         )
 
 
-def build_layout(
+def build_layout_pycdlib(
     tree: SourceTree, opts: IsoOptions, *, on_entry: Callable[[TreeEntry], None] | None = None
 ) -> IsoLayout:
-    """Lay out the image of *tree*: every entry added to a new pycdlib image, extents assigned.
+    """Lay out the image of *tree* with pycdlib (see :func:`imaging.iso_build.build_layout`).
 
     Args:
         tree: the walked source (see :func:`imaging.common.walk_tree`).
@@ -469,12 +404,12 @@ def build_layout(
         b.layout.seed = seed
         b.iso.new(
             interchange_level=3,
-            vol_ident=_volume_id(opts.volume_name),
+            vol_ident=volume_id(opts.volume_name),
             sys_ident="LINUX",
             pub_ident_str=opts.publisher[:128],
             app_ident_str=opts.application[:128],
             preparer_ident_str="DARKSTORAGE",
-            vol_set_ident=_volume_id(opts.volume_name),
+            vol_set_ident=volume_id(opts.volume_name),
             rock_ridge="1.12" if opts.rock_ridge else None,
             joliet=3 if opts.joliet else None,
             udf="2.60" if opts.udf else None,
@@ -502,4 +437,115 @@ def build_layout(
         except PyCdlibException as e:
             raise UsageError(f"cannot lay out the image: {e}") from None
         b.apply_owners()
-    return b.layout
+    return _neutral(b.layout)
+
+
+def _neutral(lay: _PyLayout) -> IsoLayout:
+    """The pycdlib layout in the writer's shape: one :class:`DataExtent` per inode with data."""
+    iso = lay.iso
+    by_inode: dict[int, DataExtent] = {}
+    for ino in iso.inodes:
+        length = ino.get_data_length()
+        block = ino.extent_location() if length else 0
+        if ino.manage_fp:
+            ext = DataExtent(block, length, source=Path(ino.data_fp))
+        else:  # generated in memory (copyright/abstract text)
+            fp = ino.data_fp
+            fp.seek(ino.fp_offset)
+            ext = DataExtent(block, length, data=fp.read(length))
+        if ino.boot_info_table is not None:  # El Torito boot info table at byte 8
+            ext.patch = ino.boot_info_table.record()
+        by_inode[id(ino)] = ext
+    boot: list[BootEntry] = []
+    cat = iso.eltorito_boot_catalog
+    if cat is not None:
+        first = (cat.validation_entry.platform_id, cat.initial_entry)
+        rest = [(s.platform_id, e) for s in cat.sections for e in s.section_entries]
+        for platform, entry in [first, *rest]:
+            boot.append(BootEntry(platform, by_inode[id(entry.inode)], entry.sector_count))
+    files = {rel: by_inode[id(ino)] for rel, ino in lay.inodes.items() if id(ino) in by_inode}
+    for rel, ext in files.items():
+        ext.rel = ext.rel or rel
+
+    def write_metadata(fd: int) -> None:
+        records = _RecordWriter(fd)
+        iso.inode_writer = _no_data  # the copier writes the data afterwards
+        try:
+            with paused_gc(), pinned_clock(lay.build_time_s, lay.seed):  # pycdlib stamps the date now
+                iso.write_fp(cast(Any, records), progress_cb=lambda d, t, _o: None)
+            records.flush()
+        finally:
+            iso.inode_writer = None
+            _forget_lookups()
+
+    return IsoLayout(
+        volume_blocks=iso.pvd.space_size,
+        write_metadata=write_metadata,
+        extents=sorted((e for e in by_inode.values() if e.length), key=lambda e: e.block),
+        files=files,
+        sources=lay.sources,
+        skipped=lay.skipped,
+        generated=lay.generated,
+        boot=boot,
+        udf=iso.has_udf(),
+        build_time_s=lay.build_time_s,
+        seed=lay.seed,
+    )
+
+
+class _RecordWriter:
+    """The file object pycdlib writes its records to: contiguous writes become one ``pwrite``."""
+
+    mode = "w+b"
+
+    def __init__(self, fd: int, limit: int = 1 << 20) -> None:
+        self.fd = fd
+        self.limit = limit
+        self.pos = 0
+        self.buf = bytearray()
+        self.buf_start = 0
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_END:
+            self.flush()
+            self.pos = os.fstat(self.fd).st_size + offset
+        elif whence == os.SEEK_CUR:
+            self.pos += offset
+        else:
+            self.pos = offset
+        return self.pos
+
+    def write(self, data: bytes) -> int:
+        if self.pos != self.buf_start + len(self.buf) or len(self.buf) >= self.limit:
+            self.flush()
+            self.buf_start = self.pos
+        self.buf += data
+        self.pos += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        view = memoryview(self.buf)
+        done = 0
+        while done < len(view):
+            done += os.pwrite(self.fd, view[done:], self.buf_start + done)
+        view.release()
+        self.buf.clear()
+        self.buf_start = self.pos
+
+
+def _forget_lookups() -> None:
+    """Empty pycdlib's record lookup caches: shared by every image, they keep written ones alive."""
+    for cached in (
+        pycdlib.PyCdlib._find_iso_record,  # type: ignore[attr-defined]
+        pycdlib.PyCdlib._find_rr_record,  # type: ignore[attr-defined]
+        pycdlib.PyCdlib._find_joliet_record,  # type: ignore[attr-defined]
+        pycdlib.PyCdlib._find_udf_record,  # type: ignore[attr-defined]
+    ):
+        cached.cache_clear()
+
+
+def _no_data(outfp: Any, ino: Any) -> Iterator[int]:
+    yield 0

@@ -1,0 +1,664 @@
+"""Lay out and serialise the ISO 9660 side of an image: directory trees, extents, descriptors.
+
+One pass over the walked tree makes a node per entry (names mangled by :mod:`imaging.iso_names`);
+each directory's children are sorted once (ECMA-119 9.3: by name, then extension); then blocks
+are assigned in one sweep:
+
+====================  ==============================================================
+block 16              Primary Volume Descriptor (ECMA-119 8.4)
+17 (El Torito)        Boot Record (El Torito 1.0, 2.0)
+next (Joliet)         Joliet Supplementary Volume Descriptor (ECMA-119 8.5, ``%/E``)
+next                  Volume Descriptor Set Terminator (ECMA-119 8.3)
+next (UDF)            UDF Volume Recognition Sequence and descriptors (:mod:`imaging.udf_write`)
+then                  L and M path tables (ISO 9660, then Joliet; ECMA-119 9.4)
+then                  ISO 9660 directories in path table order, then Joliet's
+then                  SUSP Continuation Areas (RRIP names, links and the ER that do not fit)
+then                  El Torito boot catalog
+then                  file data, in walk order; hard links share one extent; files over
+                      0xFFFFF800 bytes are several contiguous extents (multi-extent records)
+====================  ==============================================================
+
+Rock Ridge (RRIP 1.12) gives every record PX (mode, links, uid, gid, serial number), TF
+(modify, access, change times) and NM (the real name), SL for symlinks; the root's "." record
+starts with SUSP SP and its ER entry names ``IEEE_P1282``. Directories deeper than 8 levels stay
+where they are (no ``RR_MOVED`` relocation, as ``mkisofs -D`` and xorriso with Rock Ridge do):
+Linux, xorriso, 7-Zip and pycdlib read them.
+
+:func:`serialise` returns the metadata bytes of blocks ``[0, first data block)`` plus the
+boot catalog; :mod:`imaging.iso_write` copies the file data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pool.errors import NotFoundError
+
+from . import iso9660_write as w
+from .common import SourceTree, TreeEntry
+from .iso_names import DirNames, is_utf8_name
+
+log = logging.getLogger(__name__)
+
+BLOCK = w.BLOCK
+BOOT_CATALOG = "boot.cat"
+
+
+@dataclass(eq=False)
+class DataExtent:
+    """Where one file's data goes in the image and where it comes from.
+
+    Attributes:
+        block: first 2048-byte block (0 for empty files).
+        length: bytes of data (the extent is padded to whole blocks).
+        source: the file to copy from, or None when *data* holds the bytes.
+        data: in-memory contents (generated copyright/abstract files).
+        patch: bytes to write at byte 8 of the extent after the copy (El Torito boot info table).
+        rel: tree-relative path of the first name (for messages).
+    """
+
+    block: int
+    length: int
+    source: Path | None = None
+    data: bytes | None = None
+    patch: bytes | None = None
+    rel: str = ""
+
+
+@dataclass(frozen=True)
+class BootEntry:
+    """One El Torito no-emulation entry: platform (0 BIOS, 0xEF UEFI), the image, 512-byte sectors."""
+
+    platform: int
+    extent: DataExtent
+    sectors: int
+
+
+class _Node:
+    __slots__ = (
+        "name",
+        "iso_id",
+        "joliet_id",
+        "is_dir",
+        "target",
+        "mode",
+        "uid",
+        "gid",
+        "dates",
+        "data",
+        "fixed",
+        "children",
+        "parent",
+        "block",
+        "size",
+        "jblock",
+        "jsize",
+        "number",
+        "jnumber",
+        "serial",
+        "subdirs",
+        "records",
+        "jrecords",
+    )
+
+    def __init__(self, name: bytes, iso_id: bytes, joliet_id: bytes | None, is_dir: bool) -> None:
+        self.name = name
+        self.iso_id = iso_id
+        self.joliet_id = joliet_id
+        self.is_dir = is_dir
+        self.target: bytes | None = None
+        self.mode = 0
+        self.uid = 0
+        self.gid = 0
+        self.dates = (b"", b"", b"")
+        self.data: DataExtent | None = None
+        self.fixed: tuple[int, int] | None = None  # (block, length) of the boot catalog
+        self.children: list[_Node] = []
+        self.parent: _Node = self
+        self.block = 0
+        self.size = 0
+        self.jblock = 0
+        self.jsize = 0
+        self.number = 0
+        self.jnumber = 0
+        self.serial = 0
+        self.subdirs = 0
+        self.records: list[tuple[bytes, bytes, _Node, int, int, list[list[bytes]]]] = []
+        self.jrecords: list[tuple[bytes, _Node, int, int]] = []
+
+
+def _secs(ns: int) -> int:
+    return ns // 1_000_000_000
+
+
+def _iso_key(node: _Node) -> tuple[bytes, bytes]:
+    name, _, ext = node.iso_id.partition(b";")[0].partition(b".")
+    return name, ext
+
+
+def _joliet_key(node: _Node) -> tuple[bytes, bytes]:
+    assert node.joliet_id is not None
+    base, dot, ext = node.joliet_id.decode("utf-16-be", "surrogatepass").rpartition(".")
+    if not dot:
+        base, ext = ext, ""
+    return base.encode("utf-16-be", "surrogatepass"), ext.encode("utf-16-be", "surrogatepass")
+
+
+def _ucs2(name: str) -> bytes:
+    return name.encode("utf-16-be", "surrogatepass")
+
+
+def _pieces(length: int) -> list[int]:
+    """Lengths of the extents of a file of *length* bytes (ECMA-119 6.5.1 multi-extent)."""
+    if length <= w.MAX_EXTENT:
+        return [length]
+    full, rest = divmod(length, w.MAX_EXTENT)
+    return [w.MAX_EXTENT] * full + ([rest] if rest else [])
+
+
+@dataclass
+class IsoPlan:
+    """A laid-out ISO 9660 (+ Rock Ridge, Joliet, El Torito) volume, ready to serialise.
+
+    Attributes:
+        extents: every extent holding file data, in block order (hard links once).
+        files: tree-relative path of each regular file → its extent.
+        sources: tree files whose data is in the image, in tree order.
+        skipped: tree-relative paths left out; generated: names of files made from option text.
+        boot: El Torito entries (BIOS first).
+        data_start: first block of file data; volume_blocks: blocks of the ISO volume.
+    """
+
+    rock_ridge: bool
+    joliet: bool
+    root: _Node
+    build_time_s: float
+    extents: list[DataExtent] = field(default_factory=list)
+    files: dict[str, DataExtent] = field(default_factory=dict)
+    sources: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    generated: list[str] = field(default_factory=list)
+    boot: list[BootEntry] = field(default_factory=list)
+    copyright_id: str = ""
+    abstract_id: str = ""
+    data_start: int = 0
+    reserved_start: int = 0
+    volume_blocks: int = 0
+    # assigned by layout()
+    dirs: list[_Node] = field(default_factory=list)
+    jdirs: list[_Node] = field(default_factory=list)
+    descriptors: list[tuple[str, int]] = field(default_factory=list)
+    pt_blocks: tuple[int, int, int, int] = (0, 0, 0, 0)
+    pt_bytes: tuple[bytes, bytes, bytes, bytes] = (b"", b"", b"", b"")
+    ce_start: int = 0
+    ce_areas: list[tuple[int, list[bytes]]] = field(default_factory=list)
+    catalog_block: int = 0
+    nodes_by_rel: dict[str, _Node] = field(default_factory=dict)
+
+
+class Builder:
+    """Makes the nodes of an :class:`IsoPlan` from a walked tree (see :func:`plan_iso`)."""
+
+    def __init__(self, tree: SourceTree, *, rock_ridge: bool, joliet: bool, udf: bool, build_time_s: float) -> None:
+        self.tree = tree
+        self.rr = rock_ridge
+        self.joliet = joliet
+        self.udf = udf
+        self.build_time_s = build_time_s
+        root_entry = tree.entries[0]
+        root = _Node(b"", b"\x00", b"\x00" if joliet else None, True)
+        self._attrs(root, root_entry)
+        self.plan = IsoPlan(rock_ridge, joliet, root, build_time_s)
+        self.dirs: dict[str, _Node] = {"": root}
+        self.names: dict[str, DirNames] = {}
+        self.links: dict[tuple[int, int], DataExtent] = {}
+        self.file_nodes: dict[str, _Node] = {}
+        self.iso_paths: dict[str, str] = {"": ""}
+
+    @staticmethod
+    def _attrs(node: _Node, e: TreeEntry) -> None:
+        node.mode = e.mode
+        node.uid = e.uid
+        node.gid = e.gid
+        node.dates = (w.dr_date(_secs(e.mtime_ns)), w.dr_date(_secs(e.atime_ns)), w.dr_date(_secs(e.ctime_ns)))
+
+    def add_all(self, on_entry: Callable[[TreeEntry], None] | None = None) -> None:
+        """Add every entry of the tree but the root."""
+        for entry in self.tree.entries[1:]:
+            self.add(entry)
+            if on_entry is not None:
+                on_entry(entry)
+
+    def add(self, entry: TreeEntry) -> None:
+        plan = self.plan
+        name = entry.name
+        if (self.rr or self.udf) and not is_utf8_name(name):
+            log.warning("skipping %r: its name is not UTF-8", entry.rel)
+            plan.skipped.append(entry.rel)
+            return
+        parent_rel = entry.rel.rpartition("/")[0]
+        parent = self.dirs.get(parent_rel)
+        if parent is None:  # its directory was skipped
+            plan.skipped.append(entry.rel)
+            return
+        kind = entry.kind
+        if kind == "symlink":
+            if not (self.rr or self.udf):
+                log.warning("skipping symlink %r: plain ISO 9660 and Joliet cannot hold symlinks", entry.rel)
+                plan.skipped.append(entry.rel)
+                return
+            if not is_utf8_name(entry.target):
+                log.warning("skipping symlink %r: its target is not UTF-8", entry.rel)
+                plan.skipped.append(entry.rel)
+                return
+        names = self.names.get(parent_rel)
+        if names is None:
+            names = self.names[parent_rel] = DirNames()
+        is_dir = kind == "dir"
+        iso_name = names.iso(name, is_dir=is_dir)
+        joliet = _ucs2(names.joliet(name)) if self.joliet and kind != "symlink" else None
+        node = _Node(name.encode("utf-8", "surrogateescape"), iso_name.encode("ascii"), joliet, is_dir)
+        self._attrs(node, entry)
+        node.parent = parent
+        parent.children.append(node)
+        if is_dir:
+            self.dirs[entry.rel] = node
+            parent.subdirs += 1
+            self.iso_paths[entry.rel] = f"{self.iso_paths[parent_rel]}/{iso_name}"
+        elif kind == "symlink":
+            node.target = entry.target.encode("utf-8", "surrogateescape")
+            node.mode = stat.S_IFLNK | stat.S_IMODE(entry.mode)
+        else:
+            key = (entry.dev, entry.ino)
+            ext = self.links.get(key) if entry.nlink > 1 and entry.size <= w.MAX_EXTENT else None
+            if ext is None:
+                ext = DataExtent(0, entry.size, source=entry.path, rel=entry.rel)
+                plan.extents.append(ext)
+                if entry.nlink > 1:
+                    self.links[key] = ext
+            node.data = ext
+            plan.files[entry.rel] = ext
+            plan.sources.append(entry.rel)
+            self.file_nodes[entry.rel] = node
+            self.iso_paths[entry.rel] = f"{self.iso_paths[parent_rel]}/{iso_name}"
+
+    def _root_node(self, name: str, mode: int) -> _Node:
+        names = self.names.setdefault("", DirNames())
+        iso_name = names.iso(name, is_dir=False)
+        node = _Node(name.encode(), iso_name.encode("ascii"), _ucs2(names.joliet(name)) if self.joliet else None, False)
+        node.mode = mode
+        date = w.dr_date(int(self.build_time_s))
+        node.dates = (date, date, date)
+        node.parent = self.plan.root
+        self.plan.root.children.append(node)
+        return node
+
+    def root_file(self, text: str, default_name: str) -> str:
+        """A root file name for a PVD file field: an existing tree file, or one made from *text*."""
+        if not text:
+            return ""
+        if text in self.file_nodes:
+            return self.iso_paths[text].lstrip("/").split(";")[0]
+        data = (text.rstrip("\n") + "\n").encode()
+        node = self._root_node(default_name, stat.S_IFREG | 0o444)
+        node.data = DataExtent(0, len(data), data=data, rel=default_name)
+        self.plan.extents.append(node.data)
+        self.plan.generated.append(default_name)
+        return node.iso_id.decode().split(";")[0]
+
+    def boot(self, boot_image: str | None, efi_image: str | None) -> None:
+        """Add the El Torito catalog file and entries (BIOS: 4 sectors + boot info table).
+
+        Raises:
+            NotFoundError: an image is not a regular file of the tree.
+        """
+        if not (boot_image or efi_image):
+            return
+        taken = {e.name for e in self.tree.entries if e.depth == 1}
+        name = BOOT_CATALOG
+        n = 1
+        while name in taken:
+            name = f"boot{n}.cat"
+            n += 1
+        for rel, efi in ((boot_image, False), (efi_image, True)):
+            if not rel:
+                continue
+            rel = rel.strip("/")
+            node = self.file_nodes.get(rel)
+            if node is None or node.data is None:
+                what = "EFI image" if efi else "boot image"
+                raise NotFoundError(f"{what} {rel!r} is not a file in the source tree")
+            ext = node.data
+            if efi:
+                self.plan.boot.append(BootEntry(0xEF, ext, -(-ext.length // BLOCK) * 4))
+            else:
+                ext.patch = b""  # filled with the boot info table once the extent is known
+                self.plan.boot.append(BootEntry(0, ext, 4))
+        cat = self._root_node(name, stat.S_IFREG | 0o444)
+        cat.fixed = (0, BLOCK)
+
+
+def layout(plan: IsoPlan, first_block: int, *, before_data: int = 0) -> None:
+    """Assign every block from *first_block* (the block after the volume descriptors) on.
+
+    *before_data* blocks are left free between the boot catalog and the file data (from
+    ``plan.reserved_start``: the UDF metadata area).
+
+    Sets the path tables, directory extents and sizes, Continuation Areas, the boot catalog,
+    each file's extent and ``plan.volume_blocks``.
+
+    Raises:
+        ValueError: a name makes a directory record longer than 255 bytes (cannot happen with
+            :mod:`imaging.iso_names` names).
+    """
+    rr = plan.rock_ridge
+    root = plan.root
+    # -- ISO 9660 directories in path table order (ECMA-119 9.4.3) -------------------------------
+    dirs = [root]
+    i = 0
+    while i < len(dirs):
+        d = dirs[i]
+        d.number = i + 1
+        d.children.sort(key=_iso_key)
+        for c in d.children:
+            if c.is_dir:
+                dirs.append(c)
+        i += 1
+    plan.dirs = dirs
+    jdirs: list[_Node] = []
+    if plan.joliet:
+        jdirs = [root]
+        i = 0
+        while i < len(jdirs):
+            d = jdirs[i]
+            d.jnumber = i + 1
+            kids = [c for c in d.children if c.joliet_id is not None]
+            kids.sort(key=_joliet_key)
+            d.jrecords = [(c.joliet_id, c, 0, 0) for c in kids]  # type: ignore[misc]
+            for c in kids:
+                if c.is_dir:
+                    jdirs.append(c)
+            i += 1
+    plan.jdirs = jdirs
+    pt_l, pt_m = _path_tables(dirs, lambda d: d.iso_id, lambda d: d.number, lambda d: d.block)
+    pt_size = len(pt_l(0))
+    jpt_size = 0
+    if plan.joliet:
+        jpt_l, jpt_m = _path_tables(jdirs, lambda d: d.joliet_id, lambda d: d.jnumber, lambda d: d.jblock)
+        jpt_size = len(jpt_l(0))
+    pt_blocks = -(-pt_size // BLOCK)
+    jpt_blocks = -(-jpt_size // BLOCK)
+    blk = first_block
+    l_blk, m_blk = blk, blk + pt_blocks
+    blk += 2 * pt_blocks
+    jl_blk, jm_blk = blk, blk + jpt_blocks
+    blk += 2 * jpt_blocks
+    # -- record sizes (and System Use splits) --------------------------------------------------
+    serial = 0
+    ce_pos = 0  # bytes into the Continuation Area region
+    ce_areas: list[tuple[int, list[bytes]]] = []
+
+    def place_areas(areas: list[list[bytes]]) -> list[tuple[int, int]]:
+        nonlocal ce_pos
+        spots = []
+        for area in areas:
+            n = sum(map(len, area))
+            if ce_pos % BLOCK + n > BLOCK:
+                ce_pos += -ce_pos % BLOCK
+            spots.append((ce_pos, n))
+            ce_areas.append((ce_pos, area))
+            ce_pos += n
+        return spots
+
+    serials: dict[int, int] = {}
+    links: dict[int, int] = {}  # names sharing an extent (RRIP 4.1.1 PX "links")
+    for d in dirs:
+        serial += 1
+        d.serial = serial
+        for c in d.children:
+            if c.data is not None:
+                links[id(c.data)] = links.get(id(c.data), 0) + 1
+    for d in dirs:
+        records = []
+        if rr:
+            dot_entries = _rr_entries(d, d.serial, 2 + d.subdirs)
+            if d is root:
+                dot_entries = [w.SUSP_SP, *dot_entries, w.susp_er()]
+            dot_su, areas = w.pack_su(dot_entries, w.DR_MAX - 34)
+            records.append((b"\x00", dot_su, d, 0, 1, areas))
+            p = d.parent
+            dotdot_su, areas2 = w.pack_su(_rr_entries(p, p.serial, 2 + p.subdirs), w.DR_MAX - 34)
+            records.append((b"\x01", dotdot_su, p, 0, 1, areas2))
+        else:
+            records.append((b"\x00", b"", d, 0, 1, []))
+            records.append((b"\x01", b"", d.parent, 0, 1, []))
+        for c in d.children:
+            ident = c.iso_id
+            su = b""
+            areas = []
+            if rr:
+                if c.is_dir:
+                    nlink = 2 + c.subdirs
+                    ser = c.serial
+                elif c.data is not None:
+                    key = id(c.data)
+                    nlink = links[key]
+                    ser = serials.get(key, 0)
+                    if not ser:
+                        serial += 1
+                        ser = serials[key] = serial
+                else:
+                    nlink = 1
+                    serial += 1
+                    ser = serial
+                entries = _rr_entries(c, ser, nlink)
+                entries.extend(w.rr_nm(c.name))
+                if c.target is not None:
+                    entries.extend(w.rr_sl(c.target))
+                su, areas = w.pack_su(entries, w.DR_MAX - 33 - len(ident) - (0 if len(ident) & 1 else 1))
+            if c.data is not None and c.data.length > w.MAX_EXTENT:
+                count = len(_pieces(c.data.length))
+                for k in range(count):
+                    records.append((ident, su, c, k, count, areas))
+            else:
+                records.append((ident, su, c, 0, 1, areas))
+        d.records = records  # type: ignore[assignment]
+    # -- directory extents ---------------------------------------------------------------------
+    for d in dirs:
+        pos = 0
+        for ident, su, *_ in d.records:
+            n = 33 + len(ident) + (0 if len(ident) & 1 else 1) + len(su)
+            if pos % BLOCK + n > BLOCK:
+                pos += -pos % BLOCK
+            pos += n
+        d.block = blk
+        d.size = -(-pos // BLOCK) * BLOCK
+        blk += d.size // BLOCK
+    for d in jdirs:
+        pos = 0
+        for ident, _node, _k, _n in _joliet_records(d):
+            n = 33 + len(ident) + (0 if len(ident) & 1 else 1)
+            if pos % BLOCK + n > BLOCK:
+                pos += -pos % BLOCK
+            pos += n
+        d.jblock = blk
+        d.jsize = -(-pos // BLOCK) * BLOCK
+        blk += d.jsize // BLOCK
+    # -- Continuation Areas --------------------------------------------------------------------
+    for d in dirs:
+        new = []
+        spots: list[tuple[int, int]] = []
+        for ident, su, node, k, n, areas in d.records:
+            if k == 0:  # the pieces of a multi-extent file share one Continuation Area
+                spots = place_areas(areas) if areas else []
+            new.append((ident, su, node, k, n, spots))
+        d.records = new  # type: ignore[assignment]
+    plan.ce_start = blk
+    blk += -(-ce_pos // BLOCK)
+    plan.ce_areas = ce_areas
+    # -- boot catalog, then file data ------------------------------------------------------------
+    if plan.boot:
+        plan.catalog_block = blk
+        blk += 1
+        for d in dirs:
+            for c in d.children:
+                if c.fixed is not None:
+                    c.fixed = (plan.catalog_block, BLOCK)
+    plan.reserved_start = blk
+    blk += before_data
+    plan.data_start = blk
+    for ext in plan.extents:
+        if ext.length:
+            ext.block = blk
+            blk += -(-ext.length // BLOCK)
+    plan.volume_blocks = blk
+    plan.pt_blocks = (l_blk, m_blk, jl_blk, jm_blk)
+    # path tables need the directory blocks: build them now
+    jl = jm = b""
+    if plan.joliet:
+        jl, jm = jpt_l(1), jpt_m(1)
+    plan.pt_bytes = (pt_l(1), pt_m(1), jl, jm)
+    for entry in plan.boot:
+        if entry.extent.patch is not None:
+            entry.extent.patch = _boot_info(entry.extent)
+
+
+def _joliet_records(d: _Node) -> list[tuple[bytes, _Node, int, int]]:
+    recs = [(b"\x00", d, 0, 1), (b"\x01", d.parent, 0, 1)]
+    for ident, c, _a, _b in d.jrecords:
+        n = len(_pieces(c.data.length)) if c.data is not None and c.data.length > w.MAX_EXTENT else 1
+        recs.extend((ident, c, k, n) for k in range(n))
+    return recs
+
+
+def _boot_info(ext: DataExtent) -> bytes:
+    if ext.source is not None:
+        with open(ext.source, "rb") as f:
+            data = f.read()
+    else:
+        data = ext.data or b""
+    return w.boot_info_table(data[:BLOCK], 16, ext.block, ext.length, w.boot_checksum(data))
+
+
+def _rr_entries(node: _Node, serial: int, nlink: int) -> list[bytes]:
+    m, a, c = node.dates
+    return [w.rr_px(node.mode, nlink, node.uid, node.gid, serial), w.rr_tf(m, a, c)]
+
+
+def _path_tables(
+    dirs: list[_Node],
+    ident: Callable[[_Node], bytes | None],
+    number: Callable[[_Node], int],
+    block: Callable[[_Node], int],
+) -> tuple[Callable[[int], bytes], Callable[[int], bytes]]:
+    def table(big: bool) -> Callable[[int], bytes]:
+        def make(_: int) -> bytes:
+            out = []
+            for d in dirs:
+                out.append(
+                    w.path_table_record(
+                        b"\x00" if d.parent is d else (ident(d) or b""),
+                        block(d),
+                        number(d.parent),
+                        big_endian=big,
+                    )
+                )
+            return b"".join(out)
+
+        return make
+
+    return table(False), table(True)
+
+
+def _file_flags(node: _Node, k: int, n: int) -> int:
+    if node.is_dir:
+        return w.FLAG_DIR
+    return w.FLAG_MULTI_EXTENT if k < n - 1 else 0
+
+
+def _extent(node: _Node, k: int, joliet: bool) -> tuple[int, int]:
+    if node.is_dir:
+        return (node.jblock, node.jsize) if joliet else (node.block, node.size)
+    if node.fixed is not None:
+        return node.fixed
+    if node.data is None or node.data.length == 0:
+        return 0, 0
+    pieces = _pieces(node.data.length)
+    return node.data.block + k * (w.MAX_EXTENT // BLOCK), pieces[k]
+
+
+def serialise_dirs(plan: IsoPlan, out: bytearray, base_block: int) -> None:
+    """Write the directories, path tables and Continuation Areas into *out* (starting at *base_block*)."""
+    mv = out
+    off0 = -base_block * BLOCK
+    ce_start = plan.ce_start
+    for d in plan.dirs:
+        pos = d.block * BLOCK + off0
+        end_blk = pos + BLOCK
+        for ident, su, node, k, n, spots in d.records:  # type: ignore[misc]
+            if spots:
+                su = su[: -w.CE_LEN] + w.susp_ce(ce_start + spots[0][0] // BLOCK, spots[0][0] % BLOCK, spots[0][1])
+            blk_, length = _extent(node, k, False)
+            rec = w.dir_record(ident, blk_, length, node.dates[0], _file_flags(node, k, n), su)
+            if pos + len(rec) > end_blk:
+                pos = end_blk
+                end_blk += BLOCK
+            mv[pos : pos + len(rec)] = rec
+            pos += len(rec)
+            if pos == end_blk:
+                end_blk += BLOCK
+        # chained continuation areas: fill the CE placeholders that end all but the last area
+    for ce_off, area in plan.ce_areas:
+        data = b"".join(area)
+        if area and area[-1].startswith(b"CE") and len(area[-1]) == w.CE_LEN and area[-1][2] == 0:
+            nxt = _next_area(plan, ce_off)
+            data = data[: -w.CE_LEN] + w.susp_ce(ce_start + nxt[0] // BLOCK, nxt[0] % BLOCK, nxt[1])
+        start = ce_start * BLOCK + ce_off + off0
+        mv[start : start + len(data)] = data
+    for d in plan.jdirs:
+        pos = d.jblock * BLOCK + off0
+        end_blk = pos + BLOCK
+        for ident, node, k, n in _joliet_records(d):
+            blk_, length = _extent(node, k, True)
+            rec = w.dir_record(ident, blk_, length, node.dates[0], _file_flags(node, k, n))
+            if pos + len(rec) > end_blk:
+                pos = end_blk
+                end_blk += BLOCK
+            mv[pos : pos + len(rec)] = rec
+            pos += len(rec)
+            if pos == end_blk:
+                end_blk += BLOCK
+    for blk_, table in zip(plan.pt_blocks, plan.pt_bytes, strict=True):
+        if table:
+            start = blk_ * BLOCK + off0
+            mv[start : start + len(table)] = table
+
+
+def _next_area(plan: IsoPlan, ce_off: int) -> tuple[int, int]:
+    offs = [o for o, _ in plan.ce_areas]
+    i = offs.index(ce_off)
+    nxt_off, nxt_area = plan.ce_areas[i + 1]
+    return nxt_off, sum(map(len, nxt_area))
+
+
+def root_record(plan: IsoPlan, *, joliet: bool) -> bytes:
+    """The 34-byte root directory record of the PVD or Joliet SVD (ECMA-119 8.4.18)."""
+    root = plan.root
+    blk, size = (root.jblock, root.jsize) if joliet else (root.block, root.size)
+    return w.dir_record(b"\x00", blk, size, root.dates[0], w.FLAG_DIR)
+
+
+def read_head(ext: DataExtent, n: int) -> bytes:
+    """The first *n* bytes of an extent's source (or in-memory data)."""
+    if ext.source is None:
+        return (ext.data or b"")[:n]
+    fd = os.open(ext.source, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.pread(fd, n, 0)
+    finally:
+        os.close(fd)
