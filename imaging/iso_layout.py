@@ -225,7 +225,10 @@ class Builder:
         node.mode = e.mode
         node.uid = e.uid
         node.gid = e.gid
-        node.dates = (w.dr_date(_secs(e.mtime_ns)), w.dr_date(_secs(e.atime_ns)), w.dr_date(_secs(e.ctime_ns)))
+        # TF access and change times are the mtime too: reading the tree moves atime and ctime
+        # moves with links and chmod, so recording them would make builds unreproducible
+        date = w.dr_date(_secs(e.mtime_ns))
+        node.dates = (date, date, date)
 
     def add_all(self, on_entry: Callable[[TreeEntry], None] | None = None) -> None:
         """Add every entry of the tree but the root."""
