@@ -41,7 +41,7 @@ def both16(n: int) -> bytes:
 
 def both32(n: int) -> bytes:
     """A 32-bit number in both byte orders (ECMA-119 7.3.3)."""
-    return struct.pack("<I", n) + struct.pack(">I", n)
+    return n.to_bytes(4, "little") + n.to_bytes(4, "big")
 
 
 def dr_date(secs: int) -> bytes:
@@ -237,9 +237,19 @@ def boot_checksum(data: bytes) -> int:
 
 
 # -- SUSP / RRIP entries -------------------------------------------------------------------------
+_px_heads: dict[tuple[int, int, int, int], bytes] = {}
+
+
 def rr_px(mode: int, nlink: int, uid: int, gid: int, ino: int) -> bytes:
     """RRIP 1.12 PX entry (4.1.1): mode, links, uid, gid, serial number, 44 bytes."""
-    return b"PX\x2c\x01" + both32(mode) + both32(nlink) + both32(uid) + both32(gid) + both32(ino)
+    key = (mode, nlink, uid, gid)
+    head = _px_heads.get(key)
+    if head is None:
+        head = b"PX\x2c\x01" + both32(mode) + both32(nlink) + both32(uid) + both32(gid)
+        if len(_px_heads) > 4096:
+            _px_heads.clear()
+        _px_heads[key] = head
+    return head + ino.to_bytes(4, "little") + ino.to_bytes(4, "big")
 
 
 def rr_tf(mtime: bytes, atime: bytes, ctime: bytes) -> bytes:
@@ -249,8 +259,8 @@ def rr_tf(mtime: bytes, atime: bytes, ctime: bytes) -> bytes:
 
 def rr_nm(name: bytes) -> list[bytes]:
     """RRIP NM entries (4.1.4) for *name*: pieces of at most 250 bytes, CONTINUE on all but the last."""
-    if not name:
-        return [b"NM\x05\x01\x00"]
+    if len(name) <= 250:
+        return [b"NM" + bytes((5 + len(name), 1, 0)) + name]
     pieces = [name[i : i + 250] for i in range(0, len(name), 250)]
     return [
         b"NM" + bytes((5 + len(p), 1, 1 if i < len(pieces) - 1 else 0)) + p for i, p in enumerate(pieces)

@@ -118,18 +118,19 @@ class _Node:
         self.dates = (b"", b"", b"")
         self.data: DataExtent | None = None
         self.fixed: tuple[int, int] | None = None  # (block, length) of the boot catalog
-        self.children: list[_Node] = []
         self.parent: _Node = self
-        self.block = 0
-        self.size = 0
-        self.jblock = 0
-        self.jsize = 0
-        self.number = 0
-        self.jnumber = 0
-        self.serial = 0
-        self.subdirs = 0
-        self.records: list[tuple[bytes, bytes, _Node, int, int, list[list[bytes]]]] = []
-        self.jrecords: list[tuple[bytes, _Node, int, int]] = []
+        if is_dir:  # the rest only exists on directories
+            self.children: list[_Node] = []
+            self.block = 0
+            self.size = 0
+            self.jblock = 0
+            self.jsize = 0
+            self.number = 0
+            self.jnumber = 0
+            self.serial = 0
+            self.subdirs = 0
+            self.records: list[tuple[bytes, bytes, _Node, int, int, list[list[bytes]]]] = []
+            self.jrecords: list[tuple[bytes, _Node, int, int]] = []
 
 
 def _secs(ns: int) -> int:
