@@ -13,6 +13,7 @@ next (UDF)            UDF Volume Recognition Sequence and descriptors (:mod:`ima
 then                  L and M path tables (ISO 9660, then Joliet; ECMA-119 9.4)
 then                  ISO 9660 directories in path table order, then Joliet's
 then                  SUSP Continuation Areas (RRIP names, links and the ER that do not fit)
+then (UDF)            the UDF metadata area (start of the UDF partition)
 then                  El Torito boot catalog
 then                  file data, in walk order; hard links share one extent; files over
                       0xFFFFF800 bytes are several contiguous extents (multi-extent records)
@@ -42,6 +43,7 @@ from pool.errors import NotFoundError
 from . import iso9660_write as w
 from .common import SourceTree, TreeEntry
 from .iso_names import DirNames, is_utf8_name
+from .udf_write import UdfNode
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +135,22 @@ class _Node:
             self.jrecords: list[tuple[bytes, _Node, int, int]] = []
 
 
+def _udf_node(e: TreeEntry, name: str) -> UdfNode:
+    # access and change times are the mtime (see Builder._attrs: reproducible bytes)
+    return UdfNode(
+        name,
+        e.kind,
+        mode=e.mode,
+        uid=e.uid,
+        gid=e.gid,
+        mtime_ns=e.mtime_ns,
+        atime_ns=e.mtime_ns,
+        ctime_ns=e.mtime_ns,
+        size=e.size if e.kind == "file" else 0,
+        target=e.target if e.kind == "symlink" else "",
+    )
+
+
 def _secs(ns: int) -> int:
     return ns // 1_000_000_000
 
@@ -220,6 +238,13 @@ class Builder:
         self.links: dict[tuple[int, int], DataExtent] = {}
         self.file_nodes: dict[str, _Node] = {}
         self.iso_paths: dict[str, str] = {"": ""}
+        # the UDF tree, made in the same pass (see imaging.iso_udf): rel → directory node,
+        # extent id → the first UDF node of that data (hard links point to it)
+        self.udf_root: UdfNode | None = _udf_node(root_entry, "") if udf else None
+        self.udf_dirs: dict[str, UdfNode] = {"": self.udf_root} if self.udf_root is not None else {}
+        self.udf_files: list[tuple[UdfNode, DataExtent]] = []
+        self.udf_by_extent: dict[int, UdfNode] = {}
+        self.udf_extra: list[tuple[UdfNode, _Node]] = []  # generated files and the boot catalog
 
     @staticmethod
     def _attrs(node: _Node, e: TreeEntry) -> None:
@@ -260,6 +285,11 @@ class Builder:
                 log.warning("skipping symlink %r: its target is not UTF-8", entry.rel)
                 plan.skipped.append(entry.rel)
                 return
+        udf_parent = self.udf_dirs.get(parent_rel) if self.udf else None
+        if kind == "symlink" and not self.rr:  # UDF only: no ISO 9660 record (as before)
+            if udf_parent is not None:
+                udf_parent.children.append(_udf_node(entry, name))
+            return
         names = self.names.get(parent_rel)
         if names is None:
             names = self.names[parent_rel] = DirNames()
@@ -290,6 +320,18 @@ class Builder:
             plan.sources.append(entry.rel)
             self.file_nodes[entry.rel] = node
             self.iso_paths[entry.rel] = f"{self.iso_paths[parent_rel]}/{iso_name}"
+        if udf_parent is not None:
+            unode = _udf_node(entry, name)
+            if node.data is not None:
+                first = self.udf_by_extent.get(id(node.data))
+                if first is not None:
+                    unode.link_to = first
+                else:
+                    self.udf_by_extent[id(node.data)] = unode
+                    self.udf_files.append((unode, node.data))
+            elif is_dir:
+                self.udf_dirs[entry.rel] = unode
+            udf_parent.children.append(unode)
 
     def _root_node(self, name: str, mode: int) -> _Node:
         names = self.names.setdefault("", DirNames())
@@ -300,6 +342,11 @@ class Builder:
         node.dates = (date, date, date)
         node.parent = self.plan.root
         self.plan.root.children.append(node)
+        if self.udf_root is not None:
+            ns = int(self.build_time_s) * 1_000_000_000
+            unode = UdfNode(name, "file", mode=mode, mtime_ns=ns, atime_ns=ns, ctime_ns=ns)
+            self.udf_root.children.append(unode)
+            self.udf_extra.append((unode, node))
         return node
 
     def root_file(self, text: str, default_name: str) -> str:
@@ -350,8 +397,8 @@ class Builder:
 def layout(plan: IsoPlan, first_block: int, *, before_data: int = 0) -> None:
     """Assign every block from *first_block* (the block after the volume descriptors) on.
 
-    *before_data* blocks are left free between the boot catalog and the file data (from
-    ``plan.reserved_start``: the UDF metadata area).
+    *before_data* blocks are left free after the ISO 9660 metadata (from ``plan.reserved_start``:
+    the UDF metadata area), before the boot catalog and the file data.
 
     Sets the path tables, directory extents and sizes, Continuation Areas, the boot catalog,
     each file's extent and ``plan.volume_blocks``.
@@ -505,7 +552,10 @@ def layout(plan: IsoPlan, first_block: int, *, before_data: int = 0) -> None:
     plan.ce_start = blk
     blk += -(-ce_pos // BLOCK)
     plan.ce_areas = ce_areas
-    # -- boot catalog, then file data ------------------------------------------------------------
+    # -- free blocks (UDF metadata: pycdlib looks for the File Set Descriptor at the start of the
+    # UDF partition, so this comes first after the ISO metadata), boot catalog, file data -------
+    plan.reserved_start = blk
+    blk += before_data
     if plan.boot:
         plan.catalog_block = blk
         blk += 1
@@ -513,8 +563,6 @@ def layout(plan: IsoPlan, first_block: int, *, before_data: int = 0) -> None:
             for c in d.children:
                 if c.fixed is not None:
                     c.fixed = (plan.catalog_block, BLOCK)
-    plan.reserved_start = blk
-    blk += before_data
     plan.data_start = blk
     for ext in plan.extents:
         if ext.length:
