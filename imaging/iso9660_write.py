@@ -262,9 +262,7 @@ def rr_nm(name: bytes) -> list[bytes]:
     if len(name) <= 250:
         return [b"NM" + bytes((5 + len(name), 1, 0)) + name]
     pieces = [name[i : i + 250] for i in range(0, len(name), 250)]
-    return [
-        b"NM" + bytes((5 + len(p), 1, 1 if i < len(pieces) - 1 else 0)) + p for i, p in enumerate(pieces)
-    ]
+    return [b"NM" + bytes((5 + len(p), 1, 1 if i < len(pieces) - 1 else 0)) + p for i, p in enumerate(pieces)]
 
 
 def rr_sl(target: bytes) -> list[bytes]:
@@ -296,9 +294,7 @@ def rr_sl(target: bytes) -> list[bytes]:
         if 5 + len(bodies[-1]) + len(c) > 255:
             bodies.append(bytearray())
         bodies[-1] += c
-    return [
-        b"SL" + bytes((5 + len(b), 1, 1 if i < len(bodies) - 1 else 0)) + bytes(b) for i, b in enumerate(bodies)
-    ]
+    return [b"SL" + bytes((5 + len(b), 1, 1 if i < len(bodies) - 1 else 0)) + bytes(b) for i, b in enumerate(bodies)]
 
 
 def susp_ce(block: int, offset: int, length: int) -> bytes:

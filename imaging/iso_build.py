@@ -2,9 +2,8 @@
 
 The ISO 9660 side (directory records, path tables, RRIP 1.12, Joliet, El Torito) is laid out and
 serialised by :mod:`imaging.iso_layout` / :mod:`imaging.iso9660_write` straight from the walked
-tree; when UDF is asked for it is written by :mod:`imaging.udf_write` if that module is present,
-else the whole image is laid out by pycdlib (:mod:`imaging.iso_build_pycdlib`, slower).
-Either way the result is an :class:`IsoLayout`: the volume's size, every file extent (block,
+tree, the UDF side by :mod:`imaging.udf_write` (placed by :mod:`imaging.iso_udf`); pycdlib is only
+used to read images. The result is an :class:`IsoLayout`: the volume's size, every file extent (block,
 length, source), the El Torito entries and a function that writes all bytes that are not file
 data; :mod:`imaging.iso_write` does the rest.
 
@@ -15,7 +14,6 @@ Timestamps: records carry each file's mtime (UTC); volume dates are the build ti
 from __future__ import annotations
 
 import gc
-import importlib.util
 import logging
 import os
 import time as _time
@@ -139,10 +137,6 @@ def volume_id(name: str) -> str:
     return clean[:32] or "DARKSTORAGE"
 
 
-def _udf_writer_available() -> bool:
-    return importlib.util.find_spec("imaging.udf_write") is not None
-
-
 def build_layout(
     tree: SourceTree, opts: IsoOptions, *, on_entry: Callable[[TreeEntry], None] | None = None
 ) -> IsoLayout:
@@ -157,10 +151,6 @@ def build_layout(
         NotFoundError: a boot/EFI image named in *opts* is not a file of the tree.
         UsageError: the tree cannot be laid out (the message says which entry).
     """
-    if opts.udf and not _udf_writer_available():
-        from .iso_build_pycdlib import build_layout_pycdlib
-
-        return build_layout_pycdlib(tree, opts, on_entry=on_entry)
     build_time = float(opts.source_date_epoch) if opts.source_date_epoch is not None else _time.time()
     with paused_gc():
         b = Builder(tree, rock_ridge=opts.rock_ridge, joliet=opts.joliet, udf=opts.udf, build_time_s=build_time)

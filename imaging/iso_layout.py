@@ -37,6 +37,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pool.errors import NotFoundError
 
@@ -131,7 +132,8 @@ class _Node:
             self.jnumber = 0
             self.serial = 0
             self.subdirs = 0
-            self.records: list[tuple[bytes, bytes, _Node, int, int, list[list[bytes]]]] = []
+            # (identifier, System Use, node, piece, pieces, CE areas → then their (offset, length))
+            self.records: list[tuple[bytes, bytes, _Node, int, int, list[Any]]] = []
             self.jrecords: list[tuple[bytes, _Node, int, int]] = []
 
 
@@ -518,7 +520,7 @@ def layout(plan: IsoPlan, first_block: int, *, before_data: int = 0) -> None:
                     records.append((ident, su, c, k, count, areas))
             else:
                 records.append((ident, su, c, 0, 1, areas))
-        d.records = records  # type: ignore[assignment]
+        d.records = records
     # -- directory extents ---------------------------------------------------------------------
     for d in dirs:
         pos = 0
@@ -548,7 +550,7 @@ def layout(plan: IsoPlan, first_block: int, *, before_data: int = 0) -> None:
             if k == 0:  # the pieces of a multi-extent file share one Continuation Area
                 spots = place_areas(areas) if areas else []
             new.append((ident, su, node, k, n, spots))
-        d.records = new  # type: ignore[assignment]
+        d.records = new
     plan.ce_start = blk
     blk += -(-ce_pos // BLOCK)
     plan.ce_areas = ce_areas
@@ -652,7 +654,7 @@ def serialise_dirs(plan: IsoPlan, out: bytearray, base_block: int) -> None:
     for d in plan.dirs:
         pos = d.block * BLOCK + off0
         end_blk = pos + BLOCK
-        for ident, su, node, k, n, spots in d.records:  # type: ignore[misc]
+        for ident, su, node, k, n, spots in d.records:
             if spots:
                 su = su[: -w.CE_LEN] + w.susp_ce(ce_start + spots[0][0] // BLOCK, spots[0][0] % BLOCK, spots[0][1])
             blk_, length = _extent(node, k, False)

@@ -54,7 +54,7 @@ def _fix_inline_ads() -> None:
         return entry
 
     parse_file_entry.darkstorage_fixed = True  # type: ignore[attr-defined]
-    udfmod.parse_file_entry = parse_file_entry
+    udfmod.parse_file_entry = parse_file_entry  # type: ignore[assignment]
 
 
 _fix_inline_ads()
