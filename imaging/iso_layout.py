@@ -44,7 +44,7 @@ from pool.errors import NotFoundError
 from . import iso9660_write as w
 from .common import SourceTree, TreeEntry
 from .iso_names import DirNames, is_utf8_name
-from .udf_write import UdfNode
+from .udf_write import UdfNode, symlink_bytes
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +246,7 @@ class Builder:
         self.udf_dirs: dict[str, UdfNode] = {"": self.udf_root} if self.udf_root is not None else {}
         self.udf_files: list[tuple[UdfNode, DataExtent]] = []
         self.udf_by_extent: dict[int, UdfNode] = {}
+        self.udf_names: dict[str, set[str]] = {}
         self.udf_extra: list[tuple[UdfNode, _Node]] = []  # generated files and the boot catalog
 
     @staticmethod
@@ -288,9 +289,15 @@ class Builder:
                 plan.skipped.append(entry.rel)
                 return
         udf_parent = self.udf_dirs.get(parent_rel) if self.udf else None
+        if udf_parent is not None and kind == "symlink":
+            try:
+                symlink_bytes(entry.target)
+            except ValueError as e:
+                log.warning("leaving symlink %r out of the UDF tree: %s", entry.rel, e)
+                udf_parent = None
         if kind == "symlink" and not self.rr:  # UDF only: no ISO 9660 record (as before)
             if udf_parent is not None:
-                udf_parent.children.append(_udf_node(entry, name))
+                udf_parent.children.append(_udf_node(entry, self._udf_name(parent_rel, name)))
             return
         names = self.names.get(parent_rel)
         if names is None:
@@ -323,7 +330,7 @@ class Builder:
             self.file_nodes[entry.rel] = node
             self.iso_paths[entry.rel] = f"{self.iso_paths[parent_rel]}/{iso_name}"
         if udf_parent is not None:
-            unode = _udf_node(entry, name)
+            unode = _udf_node(entry, self._udf_name(parent_rel, name))
             if node.data is not None:
                 first = self.udf_by_extent.get(id(node.data))
                 if first is not None:
@@ -334,6 +341,30 @@ class Builder:
             elif is_dir:
                 self.udf_dirs[entry.rel] = unode
             udf_parent.children.append(unode)
+
+    def _udf_name(self, parent_rel: str, name: str) -> str:
+        """*name* in the UDF tree: whole when it fits (254 Latin-1 or 127 UTF-16 units, UDF 2.1.1),
+        else shortened like Joliet names (extension kept, ``~N`` when the cut collides)."""
+        taken = self.udf_names.get(parent_rel)
+        if taken is None:
+            taken = self.udf_names[parent_rel] = set()
+        limit = 254 if all(ord(c) < 256 for c in name) else 127
+        if len(name.encode("utf-16-be", "surrogatepass")) // 2 <= limit and name not in taken:
+            taken.add(name)
+            return name
+        base, dot, ext = name.rpartition(".")
+        if not dot or not base or len(ext) > 16:
+            base, ext = name, ""
+        n = 0
+        while True:
+            suffix = f"~{n}" if n else ""
+            room = limit - len(suffix) - (len(ext) + 1 if ext else 0)
+            candidate = base[:room] + suffix + ("." + ext if ext else "")
+            if candidate not in taken:
+                taken.add(candidate)
+                log.warning("%r is shortened to %r in the UDF tree (UDF names are shorter)", name, candidate)
+                return candidate
+            n += 1
 
     def _root_node(self, name: str, mode: int) -> _Node:
         names = self.names.setdefault("", DirNames())
