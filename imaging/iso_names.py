@@ -32,18 +32,24 @@ class DirNames:
     def __init__(self) -> None:
         self._iso: set[str] = set()
         self._joliet: set[str] = set()
+        self._next: dict[tuple[str, str, bool], int] = {}
+        self._jnext: dict[str, int] = {}
 
     def iso(self, name: str, *, is_dir: bool) -> str:
         """The ISO 9660 identifier for *name* (files get ``;1``), unique in this directory."""
         stem, ext, candidate = _iso_mangle(name, is_dir)
         if candidate in self._iso:
             limit = ISO_DIR_MAX if is_dir else ISO_FILE_MAX
-            n = 1
+            # numbers below the last one used for this stem are all taken (names are never
+            # freed): go on from there, not from 1 (a thousand "libfoo.so.1.*" in one folder)
+            key = (stem, ext, is_dir)
+            n = self._next.get(key, 1)
             while candidate in self._iso:
                 suffix = f"_{n}"  # "~" is no d-character
                 room = limit - len(suffix) - (len(ext) + 1 if ext else 0)
                 candidate = self._join(stem[: max(1, room)] + suffix, ext)
                 n += 1
+            self._next[key] = n
         self._iso.add(candidate)
         return candidate if is_dir else candidate + ";1"
 
@@ -55,7 +61,8 @@ class DirNames:
             if not dot or len(ext) > 16:
                 base, ext = clean, ""
             clean = _ucs2_cut(base, JOLIET_MAX - (len(ext) + 1 if ext else 0)) + ("." + ext if ext else "")
-        candidate, n = clean, 1
+        candidate = clean
+        n = self._jnext.get(clean, 1) if clean.casefold() in self._joliet else 1
         while candidate.casefold() in self._joliet:
             base, dot, ext = clean.rpartition(".")
             if not dot or not base:
@@ -64,6 +71,8 @@ class DirNames:
             room = JOLIET_MAX - len(suffix) - (len(ext) + 1 if ext else 0)
             candidate = _ucs2_cut(base, room) + suffix + ("." + ext if ext else "")
             n += 1
+        if n > 1:
+            self._jnext[clean] = n
         self._joliet.add(candidate.casefold())
         return candidate
 
