@@ -304,7 +304,11 @@ class Builder:
             names = self.names[parent_rel] = DirNames()
         is_dir = kind == "dir"
         iso_name = names.iso(name, is_dir=is_dir)
-        joliet = _ucs2(names.joliet(name)) if self.joliet and kind != "symlink" else None
+        joliet = None
+        if self.joliet and kind != "symlink":
+            # undecodable bytes (plain ISO 9660 + Joliet keep such names) become U+FFFD
+            shown = name if is_utf8_name(name) else os.fsencode(name).decode("utf-8", "replace")
+            joliet = _ucs2(names.joliet(shown))
         node = _Node(name.encode("utf-8", "surrogateescape"), iso_name.encode("ascii"), joliet, is_dir)
         self._attrs(node, entry)
         node.parent = parent
