@@ -17,6 +17,7 @@ import time
 BLOCK = 2048
 MAX_EXTENT = 0xFFFFF800  # the largest extent a directory record can describe, block-aligned
 DR_MAX = 255  # a directory record's length is one byte (9.1.1)
+SU_BUDGET = 254  # records are kept to an even length (9.1.1/9.1.13): System Use room is counted to 254
 
 # 9.1: length, ext. attr. length, extent (LE, BE), data length (LE, BE), date, flags,
 # unit size, gap size, volume sequence number (LE, BE), identifier length
@@ -316,14 +317,16 @@ def susp_er() -> bytes:
 def pack_su(entries: list[bytes], room: int) -> tuple[bytes, list[list[bytes]]]:
     """Split System Use *entries* between a record (*room* bytes) and Continuation Areas.
 
-    Returns (the record's System Use bytes, with an 28-byte CE placeholder at its end when
+    Returns (the record's System Use bytes, of even length (a zero byte pads odd entries, SUSP
+    5.1 readers stop when fewer than 4 bytes remain), with a 28-byte CE placeholder at its end when
     anything spills; the continuation areas, each a list of entries of at most 2048 bytes, every
     area but the last ending with a CE placeholder). The caller fills the CE placeholders once
     the areas have blocks (:func:`susp_ce`). Entries keep their order (SUSP 5.1).
     """
     total = sum(map(len, entries))
     if total <= room:
-        return b"".join(entries), []
+        su = b"".join(entries)
+        return (su + b"\x00" if total & 1 else su), []
     inline: list[bytes] = []
     used = 0
     i = 0
@@ -332,6 +335,8 @@ def pack_su(entries: list[bytes], room: int) -> tuple[bytes, list[list[bytes]]]:
         inline.append(entries[i])
         i += 1
     inline.append(b"CE" + bytes(CE_LEN - 2))
+    if used & 1:  # a zero byte after the last entry keeps the record even
+        inline.append(b"\x00")
     areas: list[list[bytes]] = [[]]
     size = 0
     for e in entries[i:]:

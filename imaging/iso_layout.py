@@ -517,10 +517,10 @@ def layout(plan: IsoPlan, first_block: int, *, before_data: int = 0) -> None:
             dot_entries = _rr_entries(d, d.serial, 2 + d.subdirs)
             if d is root:
                 dot_entries = [w.SUSP_SP, *dot_entries, w.susp_er()]
-            dot_su, areas = w.pack_su(dot_entries, w.DR_MAX - 34)
+            dot_su, areas = w.pack_su(dot_entries, w.SU_BUDGET - 34)
             records.append((b"\x00", dot_su, d, 0, 1, areas))
             p = d.parent
-            dotdot_su, areas2 = w.pack_su(_rr_entries(p, p.serial, 2 + p.subdirs), w.DR_MAX - 34)
+            dotdot_su, areas2 = w.pack_su(_rr_entries(p, p.serial, 2 + p.subdirs), w.SU_BUDGET - 34)
             records.append((b"\x01", dotdot_su, p, 0, 1, areas2))
         else:
             records.append((b"\x00", b"", d, 0, 1, []))
@@ -548,7 +548,7 @@ def layout(plan: IsoPlan, first_block: int, *, before_data: int = 0) -> None:
                 entries.extend(w.rr_nm(c.name))
                 if c.target is not None:
                     entries.extend(w.rr_sl(c.target))
-                su, areas = w.pack_su(entries, w.DR_MAX - 33 - len(ident) - (0 if len(ident) & 1 else 1))
+                su, areas = w.pack_su(entries, w.SU_BUDGET - 33 - len(ident) - (0 if len(ident) & 1 else 1))
             if c.data is not None and c.data.length > w.MAX_EXTENT:
                 count = len(_pieces(c.data.length))
                 for k in range(count):
@@ -690,8 +690,10 @@ def serialise_dirs(plan: IsoPlan, out: bytearray, base_block: int) -> None:
         pos = d.block * BLOCK + off0
         end_blk = pos + BLOCK
         for ident, su, node, k, n, spots in d.records:
-            if spots:
-                su = su[: -w.CE_LEN] + w.susp_ce(ce_start + spots[0][0] // BLOCK, spots[0][0] % BLOCK, spots[0][1])
+            if spots:  # fill the CE placeholder (last entry, before an optional pad byte)
+                at = su.rindex(b"CE" + bytes(w.CE_LEN - 2))
+                ce = w.susp_ce(ce_start + spots[0][0] // BLOCK, spots[0][0] % BLOCK, spots[0][1])
+                su = su[:at] + ce + su[at + w.CE_LEN :]
             blk_, length = _extent(node, k, False)
             rec = w.dir_record(ident, blk_, length, node.dates[0], _file_flags(node, k, n), su)
             if pos + len(rec) > end_blk:
