@@ -44,7 +44,8 @@ from pool.errors import NotFoundError
 from . import iso9660_write as w
 from .common import SourceTree, TreeEntry
 from .iso_names import DirNames, is_utf8_name
-from .udf_write import UdfNode, symlink_bytes
+from .udf_format import symlink_bytes
+from .udf_write import UdfNode
 
 log = logging.getLogger(__name__)
 

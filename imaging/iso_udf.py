@@ -21,7 +21,8 @@ from typing import Any
 
 from .common import SourceTree
 from .iso_layout import Builder, IsoPlan
-from .udf_write import UdfLayout, plan_udf, write_udf
+from .udf_format import UdfLayout
+from .udf_write import plan_udf, write_udf
 
 BLOCK = 2048
 ANCHOR = 256
