@@ -219,14 +219,12 @@ def _boot_entry(block: int, sectors: int) -> bytes:
     return struct.pack("<BBHBBHI", 0x88, 0, 0, 0, 0, min(sectors, 0xFFFF), block).ljust(32, b"\x00")
 
 
-def boot_info_table(head: bytes, pvd_block: int, file_block: int, length: int, checksum: int) -> bytes:
+def boot_info_table(pvd_block: int, file_block: int, length: int, checksum: int) -> bytes:
     """The 56-byte boot info table mkisofs writes at byte 8 of a no-emulation image.
 
     Fields (32-bit little-endian): the PVD's block, the image's block, its length in bytes and
     the 32-bit sum of its little-endian words from byte 64 on; then 40 reserved zero bytes.
-    *head* is unused (kept so callers may pass the image's first block for checks).
     """
-    del head
     return struct.pack("<IIII", pvd_block, file_block, length, checksum & 0xFFFFFFFF) + bytes(40)
 
 

@@ -218,7 +218,7 @@ class IsoPlan:
     pt_blocks: tuple[int, int, int, int] = (0, 0, 0, 0)
     pt_bytes: tuple[bytes, bytes, bytes, bytes] = (b"", b"", b"", b"")
     ce_start: int = 0
-    ce_areas: list[tuple[int, list[bytes]]] = field(default_factory=list)
+    ce_areas: list[tuple[int, list[bytes], tuple[int, int] | None]] = field(default_factory=list)
     catalog_block: int = 0
     nodes_by_rel: dict[str, _Node] = field(default_factory=dict)
 
@@ -474,12 +474,8 @@ def layout(plan: IsoPlan, first_block: int, *, before_data: int = 0) -> None:
                     jdirs.append(c)
             i += 1
     plan.jdirs = jdirs
-    pt_l, pt_m = _path_tables(dirs, lambda d: d.iso_id, lambda d: d.number, lambda d: d.block)
-    pt_size = len(pt_l(0))
-    jpt_size = 0
-    if plan.joliet:
-        jpt_l, jpt_m = _path_tables(jdirs, lambda d: d.joliet_id, lambda d: d.jnumber, lambda d: d.jblock)
-        jpt_size = len(jpt_l(0))
+    pt_size = _path_table_size(dirs, joliet=False)
+    jpt_size = _path_table_size(jdirs, joliet=True)
     pt_blocks = -(-pt_size // BLOCK)
     jpt_blocks = -(-jpt_size // BLOCK)
     blk = first_block
@@ -490,9 +486,11 @@ def layout(plan: IsoPlan, first_block: int, *, before_data: int = 0) -> None:
     # -- record sizes (and System Use splits) --------------------------------------------------
     serial = 0
     ce_pos = 0  # bytes into the Continuation Area region
-    ce_areas: list[tuple[int, list[bytes]]] = []
+    ce_areas: list[tuple[int, list[bytes], tuple[int, int] | None]] = []
 
     def place_areas(areas: list[list[bytes]]) -> list[tuple[int, int]]:
+        """Give a record's chain of areas their places; each area but the last ends with a CE
+        placeholder pointing at the next one."""
         nonlocal ce_pos
         spots = []
         for area in areas:
@@ -500,8 +498,9 @@ def layout(plan: IsoPlan, first_block: int, *, before_data: int = 0) -> None:
             if ce_pos % BLOCK + n > BLOCK:
                 ce_pos += -ce_pos % BLOCK
             spots.append((ce_pos, n))
-            ce_areas.append((ce_pos, area))
             ce_pos += n
+        for k, area in enumerate(areas):
+            ce_areas.append((spots[k][0], area, spots[k + 1] if k + 1 < len(spots) else None))
         return spots
 
     serials: dict[int, int] = {}
@@ -608,11 +607,13 @@ def layout(plan: IsoPlan, first_block: int, *, before_data: int = 0) -> None:
             blk += -(-ext.length // BLOCK)
     plan.volume_blocks = blk
     plan.pt_blocks = (l_blk, m_blk, jl_blk, jm_blk)
-    # path tables need the directory blocks: build them now
-    jl = jm = b""
-    if plan.joliet:
-        jl, jm = jpt_l(1), jpt_m(1)
-    plan.pt_bytes = (pt_l(1), pt_m(1), jl, jm)
+    # path tables need the directory blocks: built now
+    plan.pt_bytes = (
+        _path_table(dirs, joliet=False, big_endian=False),
+        _path_table(dirs, joliet=False, big_endian=True),
+        _path_table(jdirs, joliet=True, big_endian=False),
+        _path_table(jdirs, joliet=True, big_endian=True),
+    )
     for entry in plan.boot:
         if entry.extent.patch is not None:
             entry.extent.patch = _boot_info(entry.extent)
@@ -632,7 +633,7 @@ def _boot_info(ext: DataExtent) -> bytes:
             data = f.read()
     else:
         data = ext.data or b""
-    return w.boot_info_table(data[:BLOCK], 16, ext.block, ext.length, w.boot_checksum(data))
+    return w.boot_info_table(16, ext.block, ext.length, w.boot_checksum(data))
 
 
 def _rr_entries(node: _Node, serial: int, nlink: int) -> list[bytes]:
@@ -640,29 +641,29 @@ def _rr_entries(node: _Node, serial: int, nlink: int) -> list[bytes]:
     return [w.rr_px(node.mode, nlink, node.uid, node.gid, serial), w.rr_tf(m, a, c)]
 
 
-def _path_tables(
-    dirs: list[_Node],
-    ident: Callable[[_Node], bytes | None],
-    number: Callable[[_Node], int],
-    block: Callable[[_Node], int],
-) -> tuple[Callable[[int], bytes], Callable[[int], bytes]]:
-    def table(big: bool) -> Callable[[int], bytes]:
-        def make(_: int) -> bytes:
-            out = []
-            for d in dirs:
-                out.append(
-                    w.path_table_record(
-                        b"\x00" if d.parent is d else (ident(d) or b""),
-                        block(d),
-                        number(d.parent),
-                        big_endian=big,
-                    )
-                )
-            return b"".join(out)
+def _path_table_size(dirs: list[_Node], *, joliet: bool) -> int:
+    """Bytes of the path table of *dirs* (ECMA-119 9.4: 8 + identifier, padded to even)."""
+    total = 0
+    for d in dirs:
+        ident = (d.joliet_id if joliet else d.iso_id) if d.parent is not d else b"\x00"
+        n = len(ident or b"")
+        total += 8 + n + (n & 1)
+    return total
 
-        return make
 
-    return table(False), table(True)
+def _path_table(dirs: list[_Node], *, joliet: bool, big_endian: bool) -> bytes:
+    """The L (little-endian) or M (big-endian) path table of *dirs*, in path table order."""
+    out = []
+    for d in dirs:
+        if d.parent is d:
+            ident, blk = b"\x00", (d.jblock if joliet else d.block)
+        elif joliet:
+            ident, blk = d.joliet_id or b"", d.jblock
+        else:
+            ident, blk = d.iso_id, d.block
+        parent = d.parent.jnumber if joliet else d.parent.number
+        out.append(w.path_table_record(ident, blk, parent, big_endian=big_endian))
+    return b"".join(out)
 
 
 def _file_flags(node: _Node, k: int, n: int) -> int:
@@ -704,11 +705,9 @@ def serialise_dirs(plan: IsoPlan, out: bytearray, base_block: int) -> None:
             pos += len(rec)
             if pos == end_blk:
                 end_blk += BLOCK
-        # chained continuation areas: fill the CE placeholders that end all but the last area
-    for ce_off, area in plan.ce_areas:
+    for ce_off, area, nxt in plan.ce_areas:
         data = b"".join(area)
-        if area and area[-1].startswith(b"CE") and len(area[-1]) == w.CE_LEN and area[-1][2] == 0:
-            nxt = _next_area(plan, ce_off)
+        if nxt is not None:  # the CE placeholder that ends this area points at the next one
             data = data[: -w.CE_LEN] + w.susp_ce(ce_start + nxt[0] // BLOCK, nxt[0] % BLOCK, nxt[1])
         start = ce_start * BLOCK + ce_off + off0
         mv[start : start + len(data)] = data
@@ -729,13 +728,6 @@ def serialise_dirs(plan: IsoPlan, out: bytearray, base_block: int) -> None:
         if table:
             start = blk_ * BLOCK + off0
             mv[start : start + len(table)] = table
-
-
-def _next_area(plan: IsoPlan, ce_off: int) -> tuple[int, int]:
-    offs = [o for o, _ in plan.ce_areas]
-    i = offs.index(ce_off)
-    nxt_off, nxt_area = plan.ce_areas[i + 1]
-    return nxt_off, sum(map(len, nxt_area))
 
 
 def root_record(plan: IsoPlan, *, joliet: bool) -> bytes:
