@@ -511,30 +511,39 @@ def layout(plan: IsoPlan, first_block: int, *, before_data: int = 0) -> None:
         for c in d.children:
             if c.data is not None:
                 links[id(c.data)] = links.get(id(c.data), 0) + 1
+    budget = w.SU_BUDGET
+    tf_of: dict[bytes, bytes] = {}  # one TF entry per distinct date
+    sizes: list[int] = []
     for d in dirs:
-        records = []
+        records: list[tuple[bytes, bytes, _Node, int, int, list[Any]]] = []
         if rr:
             dot_entries = _rr_entries(d, d.serial, 2 + d.subdirs)
             if d is root:
                 dot_entries = [w.SUSP_SP, *dot_entries, w.susp_er()]
-            dot_su, areas = w.pack_su(dot_entries, w.SU_BUDGET - 34)
-            records.append((b"\x00", dot_su, d, 0, 1, areas))
+            dot_su, areas = w.pack_su(dot_entries, budget - 34)
+            records.append((b"\x00", dot_su, d, 0, 1, place_areas(areas) if areas else []))
             p = d.parent
-            dotdot_su, areas2 = w.pack_su(_rr_entries(p, p.serial, 2 + p.subdirs), w.SU_BUDGET - 34)
-            records.append((b"\x01", dotdot_su, p, 0, 1, areas2))
+            dotdot_su, areas2 = w.pack_su(_rr_entries(p, p.serial, 2 + p.subdirs), budget - 34)
+            records.append((b"\x01", dotdot_su, p, 0, 1, place_areas(areas2) if areas2 else []))
         else:
             records.append((b"\x00", b"", d, 0, 1, []))
             records.append((b"\x01", b"", d.parent, 0, 1, []))
+        pos = 0
+        for r in records:
+            pos += 34 + len(r[1])  # "." and ".." always fit the first block
         for c in d.children:
             ident = c.iso_id
+            li = len(ident)
+            head = 33 + li + (0 if li & 1 else 1)
             su = b""
-            areas = []
+            spots: list[tuple[int, int]] = []
+            data = c.data
             if rr:
                 if c.is_dir:
                     nlink = 2 + c.subdirs
                     ser = c.serial
-                elif c.data is not None:
-                    key = id(c.data)
+                elif data is not None:
+                    key = id(data)
                     nlink = links[key]
                     ser = serials.get(key, 0)
                     if not ser:
@@ -544,29 +553,44 @@ def layout(plan: IsoPlan, first_block: int, *, before_data: int = 0) -> None:
                     nlink = 1
                     serial += 1
                     ser = serial
-                entries = _rr_entries(c, ser, nlink)
-                entries.extend(w.rr_nm(c.name))
-                if c.target is not None:
-                    entries.extend(w.rr_sl(c.target))
-                su, areas = w.pack_su(entries, w.SU_BUDGET - 33 - len(ident) - (0 if len(ident) & 1 else 1))
-            if c.data is not None and c.data.length > w.MAX_EXTENT:
-                count = len(_pieces(c.data.length))
+                date = c.dates[0]
+                tf = tf_of.get(date)
+                if tf is None:
+                    tf = tf_of[date] = w.rr_tf(*c.dates)
+                px = w.rr_px(c.mode, nlink, c.uid, c.gid, ser)
+                name = c.name
+                ln = len(name)
+                if c.target is None and 75 + ln <= budget - head:  # PX + TF + NM fit: the usual case
+                    su = px + tf + b"NM" + bytes((5 + ln, 1, 0)) + name
+                    if not ln & 1:  # 75 + ln bytes: keep the record even
+                        su += b"\x00"
+                else:
+                    entries = [px, tf, *w.rr_nm(name)]
+                    if c.target is not None:
+                        entries.extend(w.rr_sl(c.target))
+                    su, areas = w.pack_su(entries, budget - head)
+                    if areas:  # the pieces of a multi-extent file share one Continuation Area
+                        spots = place_areas(areas)
+            n = head + len(su)
+            if data is not None and data.length > w.MAX_EXTENT:
+                count = len(_pieces(data.length))
                 for k in range(count):
-                    records.append((ident, su, c, k, count, areas))
+                    records.append((ident, su, c, k, count, spots))
+                    if pos % BLOCK + n > BLOCK:
+                        pos += -pos % BLOCK
+                    pos += n
             else:
-                records.append((ident, su, c, 0, 1, areas))
+                records.append((ident, su, c, 0, 1, spots))
+                if pos % BLOCK + n > BLOCK:
+                    pos += -pos % BLOCK
+                pos += n
         d.records = records
+        sizes.append(-(-pos // BLOCK) * BLOCK)
     # -- directory extents ---------------------------------------------------------------------
-    for d in dirs:
-        pos = 0
-        for ident, su, *_ in d.records:
-            n = 33 + len(ident) + (0 if len(ident) & 1 else 1) + len(su)
-            if pos % BLOCK + n > BLOCK:
-                pos += -pos % BLOCK
-            pos += n
+    for d, size in zip(dirs, sizes, strict=True):
         d.block = blk
-        d.size = -(-pos // BLOCK) * BLOCK
-        blk += d.size // BLOCK
+        d.size = size
+        blk += size // BLOCK
     for d in jdirs:
         pos = 0
         for ident, _node, _k, _n in _joliet_records(d):
@@ -577,15 +601,7 @@ def layout(plan: IsoPlan, first_block: int, *, before_data: int = 0) -> None:
         d.jblock = blk
         d.jsize = -(-pos // BLOCK) * BLOCK
         blk += d.jsize // BLOCK
-    # -- Continuation Areas --------------------------------------------------------------------
-    for d in dirs:
-        new = []
-        spots: list[tuple[int, int]] = []
-        for ident, su, node, k, n, areas in d.records:
-            if k == 0:  # the pieces of a multi-extent file share one Continuation Area
-                spots = place_areas(areas) if areas else []
-            new.append((ident, su, node, k, n, spots))
-        d.records = new
+    # -- Continuation Areas (placed above, relative to this block) ------------------------------
     plan.ce_start = blk
     blk += -(-ce_pos // BLOCK)
     plan.ce_areas = ce_areas
