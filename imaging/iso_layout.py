@@ -239,8 +239,6 @@ class Builder:
         self.dirs: dict[str, _Node] = {"": root}
         self.names: dict[str, DirNames] = {}
         self.links: dict[tuple[int, int], DataExtent] = {}
-        self.file_nodes: dict[str, _Node] = {}
-        self.iso_paths: dict[str, str] = {"": ""}
         # the UDF tree, made in the same pass (see imaging.iso_udf): rel → directory node,
         # extent id → the first UDF node of that data (hard links point to it)
         self.udf_root: UdfNode | None = _udf_node(root_entry, "") if udf else None
@@ -270,7 +268,8 @@ class Builder:
     def add(self, entry: TreeEntry) -> None:
         plan = self.plan
         name = entry.name
-        if (self.rr or self.udf) and not is_utf8_name(name):
+        utf8 = is_utf8_name(name)
+        if (self.rr or self.udf) and not utf8:
             log.warning("skipping %r: its name is not UTF-8", entry.rel)
             plan.skipped.append(entry.rel)
             return
@@ -308,7 +307,7 @@ class Builder:
         joliet = None
         if self.joliet and kind != "symlink":
             # undecodable bytes (plain ISO 9660 + Joliet keep such names) become U+FFFD
-            shown = name if is_utf8_name(name) else os.fsencode(name).decode("utf-8", "replace")
+            shown = name if utf8 else os.fsencode(name).decode("utf-8", "replace")
             joliet = _ucs2(names.joliet(shown))
         node = _Node(name.encode("utf-8", "surrogateescape"), iso_name.encode("ascii"), joliet, is_dir)
         self._attrs(node, entry)
@@ -317,7 +316,6 @@ class Builder:
         if is_dir:
             self.dirs[entry.rel] = node
             parent.subdirs += 1
-            self.iso_paths[entry.rel] = f"{self.iso_paths[parent_rel]}/{iso_name}"
         elif kind == "symlink":
             node.target = entry.target.encode("utf-8", "surrogateescape")
             node.mode = stat.S_IFLNK | stat.S_IMODE(entry.mode)
@@ -332,8 +330,6 @@ class Builder:
             node.data = ext
             plan.files[entry.rel] = ext
             plan.sources.append(entry.rel)
-            self.file_nodes[entry.rel] = node
-            self.iso_paths[entry.rel] = f"{self.iso_paths[parent_rel]}/{iso_name}"
         if udf_parent is not None:
             unode = _udf_node(entry, self._udf_name(parent_rel, name))
             if node.data is not None:
@@ -347,12 +343,25 @@ class Builder:
                 self.udf_dirs[entry.rel] = unode
             udf_parent.children.append(unode)
 
+    def _file_node(self, rel: str) -> _Node | None:
+        """The node of the regular file at tree-relative *rel* (None: not a file of the image)."""
+        parent_rel, _, name = rel.rpartition("/")
+        parent = self.dirs.get(parent_rel)
+        if parent is None or rel not in self.plan.files:
+            return None
+        raw = name.encode("utf-8", "surrogateescape")
+        return next((c for c in parent.children if c.name == raw and c.data is not None), None)
+
     def _udf_name(self, parent_rel: str, name: str) -> str:
         """*name* in the UDF tree: whole when it fits (254 Latin-1 or 127 UTF-16 units, UDF 2.1.1),
         else shortened like Joliet names (extension kept, ``~N`` when the cut collides)."""
         taken = self.udf_names.get(parent_rel)
         if taken is None:
             taken = self.udf_names[parent_rel] = set()
+        if len(name) <= 63 or (len(name) <= 254 and name.isascii()):  # fits whatever the characters
+            if name not in taken:
+                taken.add(name)
+                return name
         limit = 254 if all(ord(c) < 256 for c in name) else 127
         if len(name.encode("utf-16-be", "surrogatepass")) // 2 <= limit and name not in taken:
             taken.add(name)
@@ -391,8 +400,13 @@ class Builder:
         """A root file name for a PVD file field: an existing tree file, or one made from *text*."""
         if not text:
             return ""
-        if text in self.file_nodes:
-            return self.iso_paths[text].lstrip("/").split(";")[0]
+        node = self._file_node(text)
+        if node is not None:
+            parts = []
+            while node.parent is not node:
+                parts.append(node.iso_id.decode("ascii"))
+                node = node.parent
+            return "/".join(reversed(parts)).split(";")[0]
         data = (text.rstrip("\n") + "\n").encode()
         node = self._root_node(default_name, stat.S_IFREG | 0o444)
         node.data = DataExtent(0, len(data), data=data, rel=default_name)
@@ -418,7 +432,7 @@ class Builder:
             if not rel:
                 continue
             rel = rel.strip("/")
-            node = self.file_nodes.get(rel)
+            node = self._file_node(rel)
             if node is None or node.data is None:
                 what = "EFI image" if efi else "boot image"
                 raise NotFoundError(f"{what} {rel!r} is not a file in the source tree")
@@ -704,6 +718,8 @@ def serialise_dirs(plan: IsoPlan, out: bytearray, base_block: int) -> None:
     mv = out
     off0 = -base_block * BLOCK
     ce_start = plan.ce_start
+    dir_record = w.dir_record
+    flag_dir = w.FLAG_DIR
     for d in plan.dirs:
         pos = d.block * BLOCK + off0
         end_blk = pos + BLOCK
@@ -712,8 +728,14 @@ def serialise_dirs(plan: IsoPlan, out: bytearray, base_block: int) -> None:
                 at = su.rindex(b"CE" + bytes(w.CE_LEN - 2))
                 ce = w.susp_ce(ce_start + spots[0][0] // BLOCK, spots[0][0] % BLOCK, spots[0][1])
                 su = su[:at] + ce + su[at + w.CE_LEN :]
-            blk_, length = _extent(node, k, False)
-            rec = w.dir_record(ident, blk_, length, node.dates[0], _file_flags(node, k, n), su)
+            ext = node.data
+            if node.is_dir:
+                rec = dir_record(ident, node.block, node.size, node.dates[0], flag_dir, su)
+            elif n == 1 and ext is not None:
+                rec = dir_record(ident, ext.block, ext.length, node.dates[0], 0, su)
+            else:
+                blk_, length = _extent(node, k, False)
+                rec = dir_record(ident, blk_, length, node.dates[0], _file_flags(node, k, n), su)
             if pos + len(rec) > end_blk:
                 pos = end_blk
                 end_blk += BLOCK
