@@ -36,7 +36,6 @@ import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pool.errors import NotFoundError
@@ -60,7 +59,7 @@ class DataExtent:
     Attributes:
         block: first 2048-byte block (0 for empty files).
         length: bytes of data (the extent is padded to whole blocks).
-        source: the file to copy from, or None when *data* holds the bytes.
+        source: path of the file to copy from, or None when *data* holds the bytes.
         data: in-memory contents (generated copyright/abstract files).
         patch: bytes to write at byte 8 of the extent after the copy (El Torito boot info table).
         rel: tree-relative path of the first name (for messages).
@@ -68,7 +67,7 @@ class DataExtent:
 
     block: int
     length: int
-    source: Path | None = None
+    source: str | None = None
     data: bytes | None = None
     patch: bytes | None = None
     rel: str = ""
