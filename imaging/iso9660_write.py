@@ -103,6 +103,29 @@ def dir_record(ident: bytes, extent: int, length: int, date: bytes, flags: int, 
     )  # fmt: skip
 
 
+def dir_record_into(
+    buf: bytearray, pos: int, ident: bytes, extent: int, length: int, date: bytes, flags: int, su: bytes = b""
+) -> int:
+    """:func:`dir_record` packed straight into *buf* at *pos*; returns the record's length.
+
+    The caller has checked that the record fits (at most 255 bytes, within its block).
+    """
+    n = len(ident)
+    start = pos + 33
+    end = start + n + (0 if n & 1 else 1)
+    total = end - pos + len(su)
+    _DR.pack_into(
+        buf, pos, total, 0, extent, extent.to_bytes(4, "big"), length, length.to_bytes(4, "big"),
+        date, flags, 0, 0, 1, b"\x00\x01", n,
+    )  # fmt: skip
+    buf[start : start + n] = ident
+    if not n & 1:
+        buf[start + n] = 0
+    if su:
+        buf[end : end + len(su)] = su
+    return total
+
+
 def path_table_record(ident: bytes, extent: int, parent: int, *, big_endian: bool) -> bytes:
     """One path table record (ECMA-119 9.4): type L (little-endian) or M (big-endian)."""
     n = len(ident)

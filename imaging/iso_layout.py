@@ -717,7 +717,7 @@ def serialise_dirs(plan: IsoPlan, out: bytearray, base_block: int) -> None:
     mv = out
     off0 = -base_block * BLOCK
     ce_start = plan.ce_start
-    dir_record = w.dir_record
+    pack = w.dir_record_into
     flag_dir = w.FLAG_DIR
     for d in plan.dirs:
         pos = d.block * BLOCK + off0
@@ -727,19 +727,18 @@ def serialise_dirs(plan: IsoPlan, out: bytearray, base_block: int) -> None:
                 at = su.rindex(b"CE" + bytes(w.CE_LEN - 2))
                 ce = w.susp_ce(ce_start + spots[0][0] // BLOCK, spots[0][0] % BLOCK, spots[0][1])
                 su = su[:at] + ce + su[at + w.CE_LEN :]
-            ext = node.data
-            if node.is_dir:
-                rec = dir_record(ident, node.block, node.size, node.dates[0], flag_dir, su)
-            elif n == 1 and ext is not None:
-                rec = dir_record(ident, ext.block, ext.length, node.dates[0], 0, su)
-            else:
-                blk_, length = _extent(node, k, False)
-                rec = dir_record(ident, blk_, length, node.dates[0], _file_flags(node, k, n), su)
-            if pos + len(rec) > end_blk:
+            li = len(ident)
+            if pos + 33 + li + (0 if li & 1 else 1) + len(su) > end_blk:  # records never cross a block
                 pos = end_blk
                 end_blk += BLOCK
-            mv[pos : pos + len(rec)] = rec
-            pos += len(rec)
+            ext = node.data
+            if node.is_dir:
+                pos += pack(mv, pos, ident, node.block, node.size, node.dates[0], flag_dir, su)
+            elif n == 1 and ext is not None:
+                pos += pack(mv, pos, ident, ext.block, ext.length, node.dates[0], 0, su)
+            else:
+                blk_, length = _extent(node, k, False)
+                pos += pack(mv, pos, ident, blk_, length, node.dates[0], _file_flags(node, k, n), su)
             if pos == end_blk:
                 end_blk += BLOCK
     for ce_off, area, nxt in plan.ce_areas:
@@ -753,12 +752,11 @@ def serialise_dirs(plan: IsoPlan, out: bytearray, base_block: int) -> None:
         end_blk = pos + BLOCK
         for ident, node, k, n in _joliet_records(d):
             blk_, length = _extent(node, k, True)
-            rec = w.dir_record(ident, blk_, length, node.dates[0], _file_flags(node, k, n))
-            if pos + len(rec) > end_blk:
+            li = len(ident)
+            if pos + 33 + li + (0 if li & 1 else 1) > end_blk:
                 pos = end_blk
                 end_blk += BLOCK
-            mv[pos : pos + len(rec)] = rec
-            pos += len(rec)
+            pos += pack(mv, pos, ident, blk_, length, node.dates[0], _file_flags(node, k, n))
             if pos == end_blk:
                 end_blk += BLOCK
     for blk_, table in zip(plan.pt_blocks, plan.pt_bytes, strict=True):
