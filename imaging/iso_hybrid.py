@@ -34,8 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pycdlib.inode import InodeOpenData
-
 from pool.errors import NotFoundError, UsageError
 
 SECTOR = 512
@@ -115,35 +113,27 @@ def _guid(seed: float, what: str) -> uuid.UUID:
     return uuid.UUID(bytes=hashlib.sha256(f"darkstorage {seed!r} {what}".encode()).digest()[:16], version=4)
 
 
-def _boot_entries(iso: Any) -> tuple[Any, Any]:
-    cat = iso.eltorito_boot_catalog
-    if cat is None:
+def _boot_entries(boot: list[Any]) -> tuple[Any, Any]:
+    if not boot:
         raise UsageError("--hybrid needs a boot entry: add --bootable --boot-image and/or --uefi --efi-image")
-    bios = efi = None
-    if cat.validation_entry.platform_id == 0:
-        bios = cat.initial_entry
-    elif cat.validation_entry.platform_id == 0xEF:
-        efi = cat.initial_entry
-    for section in cat.sections:
-        for entry in section.section_entries:
-            if section.platform_id == 0xEF and efi is None:
-                efi = entry
-            elif section.platform_id == 0 and bios is None:
-                bios = entry
+    bios = next((e for e in boot if e.platform == 0), None)
+    efi = next((e for e in boot if e.platform == 0xEF), None)
     return bios, efi
 
 
 def _boot_image_head(entry: Any) -> bytes:
     """The first bytes of a boot entry's file (up to the isohybrid signature)."""
-    with InodeOpenData(entry.inode, 2048) as (fp, length):
-        return bytes(fp.read(min(length, _SIGNATURE_OFFSET + 4)))
+    from .iso_layout import read_head
+
+    return read_head(entry.extent, _SIGNATURE_OFFSET + 4)
 
 
-def plan_hybrid(iso: Any, *, bios: bool, seed: float, mbr_code: bytes | None = None) -> HybridPlan:
-    """Prepare the hybrid tables of the laid-out *iso* (before it is written).
+def plan_hybrid(boot: list[Any], *, bios: bool, seed: float, mbr_code: bytes | None = None) -> HybridPlan:
+    """Prepare the hybrid tables of a laid-out image (before it is written).
 
     Args:
-        iso: the pycdlib image, extents final (after ``force_consistency``).
+        boot: the layout's El Torito entries (:class:`imaging.iso_layout.BootEntry`: platform,
+            extent, sectors), extents final.
         bios: put the isohybrid BIOS boot code into the MBR.
         seed: the build time; GUIDs and the MBR signature derive from it.
         mbr_code: the boot code (see :func:`load_isohybrid_mbr`); None loads the installed one.
@@ -152,13 +142,13 @@ def plan_hybrid(iso: Any, *, bios: bool, seed: float, mbr_code: bytes | None = N
         UsageError: no El Torito entry, ``bios`` without a BIOS entry, a BIOS image without the
             isohybrid signature (isolinux 4+ has it), or no isohybrid MBR code installed.
     """
-    bios_entry, efi_entry = _boot_entries(iso)
+    bios_entry, efi_entry = _boot_entries(boot)
     signature = int.from_bytes(hashlib.sha256(f"darkstorage {seed!r} mbr".encode()).digest()[:4], "little")
     bios_lba = 0
     if bios:
         if bios_entry is None:
             raise UsageError("--hybrid --bios needs a BIOS boot image (--bootable --boot-image)")
-        if bios_entry.sector_count != 4:  # the isohybrid MBR code loads 4 sectors (isohybrid.c)
+        if bios_entry.sectors != 4:  # the isohybrid MBR code loads 4 sectors (isohybrid.c)
             raise UsageError("--hybrid --bios needs a BIOS boot entry loading 4 sectors")
         if _boot_image_head(bios_entry)[_SIGNATURE_OFFSET:] != ISOHYBRID_SIGNATURE:
             raise UsageError(
@@ -166,11 +156,11 @@ def plan_hybrid(iso: Any, *, bios: bool, seed: float, mbr_code: bytes | None = N
                 "(use isolinux.bin from syslinux 4 or later)"
             )
         mbr_code = load_isohybrid_mbr() if mbr_code is None else mbr_code
-        bios_lba = bios_entry.inode.extent_location() * 4
+        bios_lba = bios_entry.extent.block * 4
     efi_lba = efi_sectors = 0
     if efi_entry is not None:
-        efi_lba = efi_entry.inode.extent_location() * 4
-        efi_sectors = max(1, -(-efi_entry.inode.get_data_length() // SECTOR))
+        efi_lba = efi_entry.extent.block * 4
+        efi_sectors = max(1, -(-efi_entry.extent.length // SECTOR))
     return HybridPlan(
         bios=bios,
         efi_lba=efi_lba if efi_entry is not None else None,

@@ -1,7 +1,7 @@
 """The per-file SHA-256 manifest an ISO written by darkstorage carries after its volume.
 
 Layout (our own, outside every ISO 9660/Joliet/UDF directory tree, so other readers ignore it):
-after the last block pycdlib laid out comes one 2048-byte header block ``DARKSTORAGE-ISO-MANIFEST 1\\n<body bytes> <body sha256>\\n`` zero-padded, then the body in
+after the last block of the volume comes one 2048-byte header block ``DARKSTORAGE-ISO-MANIFEST 1\\n<body bytes> <body sha256>\\n`` zero-padded, then the body in
 ``sha256sum`` format (``<64 hex>  <path>\\n``, GNU coreutils escaping of ``\\`` and newlines in
 names), zero-padded to a block. The Application Use field of the Primary Volume Descriptor
 (ECMA-119 8.4.32, free for applications) holds ``DARKSTORAGE-MANIFEST <header block number>``; the
@@ -88,14 +88,14 @@ def digest_image(
     digests: dict[str, str] = {}
     empty = hashlib.sha256().hexdigest()
     for rel in layout.sources:
-        ino = layout.inodes.get(rel)
-        if ino is None or ino.get_data_length() == 0:  # no extent at all
+        ext = layout.files.get(rel)
+        if ext is None or ext.length == 0:  # no extent at all
             digests[rel] = empty
             continue
-        if id(ino) not in by_inode:
-            by_inode[id(ino)] = []
-            spans.append((ino.extent_location() * BLOCK, ino.get_data_length(), id(ino)))
-        by_inode[id(ino)].append(rel)
+        if id(ext) not in by_inode:
+            by_inode[id(ext)] = []
+            spans.append((ext.block * BLOCK, ext.length, id(ext)))
+        by_inode[id(ext)].append(rel)
     spans.sort()
     ordered: list[tuple[int, int, int]] = []  # extents in image order, none overlapping
     solo: list[tuple[int, int, int]] = []  # overlapping extents (not written by us): hashed on their own

@@ -30,6 +30,35 @@ from pool.errors import ImageCorruptError, NotFoundError
 
 log = logging.getLogger(__name__)
 
+
+def _fix_inline_ads() -> None:
+    """Make pycdlib read UDF data embedded in File Entries (ICB allocation type 3) where it is.
+
+    pycdlib's ``parse_file_entry`` gives an embedded ("inline") allocation descriptor the File
+    Entry's *absolute* block, while every reader of ``log_block_num`` (its own directory walk and
+    ours) adds the partition start: embedded directories read as empty whenever the partition
+    does not start at block 0. Wrapped here to store the partition-relative block, as for short_ads.
+    """
+    import pycdlib.udf as udfmod
+
+    original = udfmod.parse_file_entry
+    if getattr(original, "darkstorage_fixed", False):
+        return
+
+    def parse_file_entry(icbdata: Any, abs_extent: int, rel_block: int, parent: Any) -> Any:
+        entry = original(icbdata, abs_extent, rel_block, parent)
+        if entry is not None:
+            for ad in entry.alloc_descs:
+                if isinstance(ad, udfmod.UDFInlineAD):
+                    ad.log_block_num = rel_block
+        return entry
+
+    parse_file_entry.darkstorage_fixed = True  # type: ignore[attr-defined]
+    udfmod.parse_file_entry = parse_file_entry  # type: ignore[assignment]
+
+
+_fix_inline_ads()
+
 ROOT_INO = 1
 _READ_BYTES = 1 << 20
 

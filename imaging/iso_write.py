@@ -1,8 +1,7 @@
-"""Write a laid-out ISO: metadata from pycdlib, file data with zero-copy kernel calls.
+"""Write a laid-out ISO: metadata from the layout, file data with zero-copy kernel calls.
 
-pycdlib writes the volume descriptors, path tables, directory records, UDF descriptors and the
-El Torito catalog (through :class:`_RecordWriter`, one ``pwrite`` per contiguous run); each
-file's data goes straight from its source to its extent with ``copy_file_range(2)`` (falling back
+The layout writes the volume descriptors, path tables, directory records, UDF descriptors and
+the El Torito catalog (:attr:`imaging.iso_build.IsoLayout.write_metadata`); each file's data goes straight from its source to its extent with ``copy_file_range(2)`` (falling back
 to ``sendfile(2)``, then to ``pread``/``pwrite`` with one reused buffer), so the data never passes
 through Python objects and memory stays flat.
 
@@ -23,15 +22,13 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
-
-import pycdlib
+from typing import Any
 
 from .common import write_sidecar
-from .iso_build import IsoLayout, paused_gc, pinned_clock
+from .iso_build import DataExtent, IsoLayout
 from .iso_hybrid import HybridPlan, plan_hybrid, write_hybrid
 from .iso_manifest import digest_image, manifest_size, set_volume_blocks, write_locator, write_manifest
 
@@ -120,15 +117,14 @@ class _DataCopier:
     waits a GIL switch interval after nearly every call.)
     """
 
-    def __init__(self, part: Path, inodes: list[Any], names: dict[int, str], volume_bytes: int) -> None:
+    def __init__(self, part: Path, extents: list[DataExtent], volume_bytes: int) -> None:
         self.part = part
-        self.inodes = inodes
-        self.names = names
+        self.extents = extents
         self.volume_bytes = volume_bytes
         self.changed: list[str] = []
         self.copied = 0
         # bytes before this offset are final (nothing is written below the first extent)
-        self.watermark = inodes[0].extent_location() * BLOCK if inodes else volume_bytes
+        self.watermark = extents[0].block * BLOCK if extents else volume_bytes
         self.error: BaseException | None = None
         self._wanted = 0  # the offset the hasher waits for
         self._cond = threading.Condition()
@@ -144,9 +140,9 @@ class _DataCopier:
         """Copy everything; *tick* is called after each file. Errors also reach :meth:`wait_for`."""
         fd = os.open(self.part, os.O_WRONLY | os.O_CLOEXEC)  # its own offset for the sendfile fallback
         try:
-            for i, ino in enumerate(self.inodes):
-                self._copy(fd, ino)
-                nxt = self.inodes[i + 1].extent_location() * BLOCK if i + 1 < len(self.inodes) else self.volume_bytes
+            for i, ext in enumerate(self.extents):
+                self._copy(fd, ext)
+                nxt = self.extents[i + 1].block * BLOCK if i + 1 < len(self.extents) else self.volume_bytes
                 self._advance(max(nxt, self.watermark), 0)
                 tick()
         except BaseException as e:
@@ -158,11 +154,11 @@ class _DataCopier:
             os.close(fd)
         self._advance(max(self.watermark, self.volume_bytes), 0)
 
-    def _copy(self, out_fd: int, ino: Any) -> None:
-        offset = ino.extent_location() * BLOCK
-        length = ino.get_data_length()
-        if ino.manage_fp:
-            fd = os.open(ino.data_fp, os.O_RDONLY | os.O_CLOEXEC)
+    def _copy(self, out_fd: int, ext: DataExtent) -> None:
+        offset = ext.block * BLOCK
+        length = ext.length
+        if ext.source is not None:
+            fd = os.open(ext.source, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 done = 0
 
@@ -176,15 +172,13 @@ class _DataCopier:
             finally:
                 os.close(fd)
             if copied != length or size != length:
-                name = self.names.get(id(ino), ino.data_fp)
+                name = ext.rel or str(ext.source)
                 log.warning("%s changed size while it was copied", name)
                 self.changed.append(name)
         else:  # generated in memory (copyright/abstract text)
-            fp = ino.data_fp
-            fp.seek(ino.fp_offset)
-            os.pwrite(out_fd, fp.read(length), offset)
-        if ino.boot_info_table is not None:  # El Torito boot info table at byte 8 (mkisofs -boot-info-table)
-            os.pwrite(out_fd, ino.boot_info_table.record(), offset + 8)
+            os.pwrite(out_fd, ext.data or b"", offset)
+        if ext.patch:  # El Torito boot info table at byte 8 (mkisofs -boot-info-table)
+            os.pwrite(out_fd, ext.patch, offset + 8)
 
     def wait_for(self, offset: int) -> None:
         """Block until every byte before *offset* is written; raise if the copy failed."""
@@ -215,54 +209,6 @@ class _HashPass(threading.Thread):
             self.result = digest_image(*self.args, progress=self._tick, ready=self.copier.wait_for)
         except BaseException as e:  # re-raised by the main thread
             self.error = e
-
-
-class _RecordWriter:
-    """The file object pycdlib writes its records to: contiguous writes become one ``pwrite``.
-
-    pycdlib seeks and writes once per record (tens of thousands of system calls for a big tree);
-    here a seek only moves a position, and bytes are sent when the next write is not contiguous,
-    the buffer is full, or :meth:`flush` is called, in the order pycdlib wrote them.
-    """
-
-    mode = "w+b"
-
-    def __init__(self, fd: int, limit: int = 1 << 20) -> None:
-        self.fd = fd
-        self.limit = limit
-        self.pos = 0
-        self.buf = bytearray()
-        self.buf_start = 0
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        if whence == os.SEEK_END:
-            self.flush()
-            self.pos = os.fstat(self.fd).st_size + offset
-        elif whence == os.SEEK_CUR:
-            self.pos += offset
-        else:
-            self.pos = offset
-        return self.pos
-
-    def write(self, data: bytes) -> int:
-        if self.pos != self.buf_start + len(self.buf) or len(self.buf) >= self.limit:
-            self.flush()
-            self.buf_start = self.pos
-        self.buf += data
-        self.pos += len(data)
-        return len(data)
-
-    def flush(self) -> None:
-        view = memoryview(self.buf)
-        done = 0
-        while done < len(view):
-            done += os.pwrite(self.fd, view[done:], self.buf_start + done)
-        view.release()
-        self.buf.clear()
-        self.buf_start = self.pos
 
 
 def copy_udf_anchor(fd: int, anchor_offset: int, block: int) -> None:
@@ -304,28 +250,17 @@ def write_image(
         UsageError: hybrid requested on an image without El Torito entries.
         OSError: the output cannot be written.
     """
-    iso = layout.iso
     plan: HybridPlan | None = None
     if hybrid:
-        plan = plan_hybrid(iso, bios=hybrid_bios, seed=layout.build_time_s, mbr_code=hybrid_mbr)
+        plan = plan_hybrid(layout.boot, bios=hybrid_bios, seed=layout.build_time_s, mbr_code=hybrid_mbr)
     part = output.with_name(output.name + ".part")
-    volume_bytes = iso.pvd.space_size * BLOCK
+    volume_bytes = layout.volume_blocks * BLOCK
     total_work = 2 * volume_bytes
-    names = {id(ino): rel for rel, ino in layout.inodes.items()}
-    iso.inodes.sort(key=lambda i: i.extent_location() if i.get_data_length() else 0)
-    data = sorted((i for i in iso.inodes if i.get_data_length()), key=lambda i: i.extent_location())
-    udf = iso.has_udf()
-    copier = _DataCopier(part, data, names, volume_bytes)
+    udf = layout.udf
+    copier = _DataCopier(part, layout.extents, volume_bytes)
     with open(part, "w+b", buffering=0) as out:
         fd = out.fileno()
-        iso.inode_writer = _no_data  # the copier writes the data afterwards
-        try:
-            records = _RecordWriter(fd)
-            with paused_gc(), pinned_clock(layout.build_time_s, layout.seed):  # pycdlib stamps the date now
-                iso.write_fp(cast(Any, records), progress_cb=lambda d, t, _o: None)
-            records.flush()
-        finally:
-            iso.inode_writer = None
+        layout.write_metadata(fd)
         hasher = _HashPass(fd, layout, volume_bytes, copier)
 
         def finish_outside_data() -> int:
@@ -378,21 +313,5 @@ def write_image(
         image_hash.update(rest)
         os.fsync(fd)
     os.replace(part, output)
-    _forget_lookups()
     digest = write_sidecar(output, image_hash.hexdigest())
     return WriteResult(path=output, size_bytes=end, sha256=digest, files=len(layout.sources), changed=copier.changed)
-
-
-def _forget_lookups() -> None:
-    """Empty pycdlib's record lookup caches: shared by every image, they keep written ones alive."""
-    for cached in (
-        pycdlib.PyCdlib._find_iso_record,  # type: ignore[attr-defined]
-        pycdlib.PyCdlib._find_rr_record,  # type: ignore[attr-defined]
-        pycdlib.PyCdlib._find_joliet_record,  # type: ignore[attr-defined]
-        pycdlib.PyCdlib._find_udf_record,  # type: ignore[attr-defined]
-    ):
-        cached.cache_clear()
-
-
-def _no_data(outfp: Any, ino: Any) -> Iterator[int]:
-    yield 0
