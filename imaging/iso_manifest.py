@@ -1,11 +1,16 @@
-"""The per-file SHA-256 manifest an ISO written by darkstorage carries after its volume.
+"""The per-file digest manifest an ISO written by darkstorage carries after its volume.
 
 Layout (our own, outside every ISO 9660/Joliet/UDF directory tree, so other readers ignore it):
-after the last block of the volume comes one 2048-byte header block ``DARKSTORAGE-ISO-MANIFEST 1\\n<body bytes> <body sha256>\\n`` zero-padded, then the body in
-``sha256sum`` format (``<64 hex>  <path>\\n``, GNU coreutils escaping of ``\\`` and newlines in
-names), zero-padded to a block. The Application Use field of the Primary Volume Descriptor
-(ECMA-119 8.4.32, free for applications) holds ``DARKSTORAGE-MANIFEST <header block number>``; the
-volume space size then covers the manifest too, so tools see no data after the volume. ``iso verify`` uses it to name the file whose bytes went bad.
+after the last block of the volume comes one 2048-byte header block
+``DARKSTORAGE-ISO-MANIFEST 2\\n<body bytes> <body sha256>\\n`` zero-padded, then the body, one line
+per file ``<digest hex>  <path>\\n`` (GNU coreutils escaping of ``\\`` and newlines in names),
+zero-padded to a block. Version 2 digests are XXH3-128 (32 hex digits: they only have to name
+the file whose bytes went bad; the image as a whole has its SHA-256 sidecar), version 1
+(written before) SHA-256 (64 hex digits, ``sha256sum`` format); :func:`read_manifest` reads both.
+The Application Use field of the Primary Volume Descriptor (ECMA-119 8.4.32, free for
+applications) holds ``DARKSTORAGE-MANIFEST <header block number>``; the volume space size then
+covers the manifest too, so tools see no data after the volume. ``iso verify`` uses it to name
+the file whose bytes went bad.
 """
 
 from __future__ import annotations
@@ -17,8 +22,12 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import xxhash
+
 BLOCK = 2048
-MAGIC = b"DARKSTORAGE-ISO-MANIFEST 1\n"
+MAGIC = b"DARKSTORAGE-ISO-MANIFEST 2\n"
+_MAGIC_V1 = b"DARKSTORAGE-ISO-MANIFEST 1\n"  # SHA-256 digests
+_DIGEST_HEX = {MAGIC: 32, _MAGIC_V1: 64}
 _READ_BYTES = 1 << 20
 _PASS_BYTES = 4 << 20
 
@@ -54,7 +63,7 @@ def _round(n: int) -> int:
 
 def manifest_size(layout: Any) -> int:
     """Bytes the manifest of *layout* takes after the volume (header block + padded body)."""
-    body = sum(len(_line("0" * 64, rel)) for rel in layout.sources)
+    body = sum(len(_line("0" * 32, rel)) for rel in layout.sources)
     return BLOCK + _round(body)
 
 
@@ -73,20 +82,19 @@ def digest_image(
 
     Returns:
         (a hashlib SHA-256 object fed with the volume, so the caller can add the tail;
-        tree-relative path → SHA-256 hex of that file's data as written in the image).
+        tree-relative path → XXH3-128 hex of that file's data as written in the image).
     """
     image = hashlib.sha256()
     buf = bytearray(_READ_BYTES)
     view = memoryview(buf)
-    # the image digest runs on a second thread (hashlib releases the GIL for big buffers), so the
-    # two SHA-256 streams over the same bytes take two cores; two buffers let a read and both
-    # hashes overlap
+    # the image digest runs on a second thread (hashlib releases the GIL for big buffers), beside
+    # the per-file XXH3 digests; two buffers let a read and both hashes overlap
     pass_bufs = [memoryview(bytearray(_PASS_BYTES)) for _ in range(2)]
     pending: list[Future[None] | None] = [None, None]
     by_inode: dict[int, list[str]] = {}
     spans: list[tuple[int, int, int]] = []
     digests: dict[str, str] = {}
-    empty = hashlib.sha256().hexdigest()
+    empty = xxhash.xxh3_128_hexdigest(b"")
     for rel in layout.sources:
         ext = layout.files.get(rel)
         if ext is None or ext.length == 0:  # no extent at all
@@ -131,7 +139,7 @@ def digest_image(
                 if cur is None:
                     cur = ordered[nxt]
                     nxt += 1
-                    cur_hash = hashes[cur[2]] = hashlib.sha256()
+                    cur_hash = hashes[cur[2]] = xxhash.xxh3_128()
                 stop = cur[0] + cur[1]
                 cur_hash.update(chunk[max(cur[0], pos) - pos : min(stop, end) - pos])
                 if stop > end:
@@ -145,7 +153,7 @@ def digest_image(
             if fut is not None:
                 fut.result()
     for start, length, key in solo:
-        h = hashes[key] = hashlib.sha256()
+        h = hashes[key] = xxhash.xxh3_128()
         done = 0
         while done < length:
             n = os.preadv(fd, [view[: min(_READ_BYTES, length - done)]], start + done)
@@ -207,16 +215,19 @@ def set_volume_blocks(fd: int, blocks: int) -> None:
 
 
 def read_manifest(fd: int) -> dict[str, str] | None:
-    """The manifest of the image at *fd* as path → SHA-256 hex; None when the image has none.
+    """The manifest of the image at *fd* as path → digest hex (XXH3-128, or SHA-256 in version 1
+    manifests: see :func:`file_hasher`); None when the image has none.
 
     Raises:
         ValueError: a manifest header is there but its body does not match its digest.
     """
     start = manifest_offset(fd)
     header = os.pread(fd, BLOCK, start) if start else b""
-    if not header.startswith(MAGIC):
+    magic = header[: len(MAGIC)]
+    width = _DIGEST_HEX.get(magic)
+    if width is None:
         return None
-    fields = header[len(MAGIC) :].split(b"\n", 1)[0].split()
+    fields = header[len(magic) :].split(b"\n", 1)[0].split()
     length, expected = int(fields[0]), fields[1].decode()
     body = os.pread(fd, length, start + BLOCK)
     if hashlib.sha256(body).hexdigest() != expected:
@@ -226,6 +237,12 @@ def read_manifest(fd: int) -> dict[str, str] | None:
         escaped = line.startswith(b"\\")
         if escaped:
             line = line[1:]
-        digest, name = line[:64].decode(), line[66:]
+        digest, name = line[:width].decode(), line[width + 2 :]
         out[_unescape(name) if escaped else name.decode("utf-8", "surrogateescape")] = digest
     return out
+
+
+def file_hasher(digest: str) -> Any:
+    """A fresh hash object of the algorithm a manifest *digest* was made with (by its length):
+    XXH3-128 for 32 hex digits, SHA-256 for 64."""
+    return xxhash.xxh3_128() if len(digest) == 32 else hashlib.sha256()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import logging
 import os
 import struct
@@ -17,7 +16,7 @@ from typing import Any
 from pool.errors import ImageCorruptError, UnsafePathError, UsageError
 
 from .common import check_sidecar, safe_join
-from .iso_manifest import read_manifest
+from .iso_manifest import file_hasher, read_manifest
 from .iso_read import IsoReader
 
 log = logging.getLogger(__name__)
@@ -110,11 +109,13 @@ def verify_image(
         nodes = [(ino, node) for ino, node in reader.walk() if node.kind == "file"]
         by_rel = {node.rel: ino for ino, node in nodes}
 
+        sample = next(iter(manifest.values()), "")
+
         def digest(ino: Any) -> str:
-            h = hashlib.sha256()
+            h = file_hasher(sample)
             for chunk in reader.chunks(ino):
                 h.update(chunk)
-            return h.hexdigest()
+            return str(h.hexdigest())
 
         unnamed: list[tuple[str, str]] = []  # manifest entries whose name the tree does not show
         for rel, expected in manifest.items():
@@ -124,7 +125,7 @@ def verify_image(
                 continue
             report.files_checked += 1
             if digest(ino) != expected:
-                report.problems.append(f"file {rel}: SHA-256 differs from the image's manifest (data damaged)")
+                report.problems.append(f"file {rel}: its digest differs from the image's manifest (data damaged)")
         if unnamed:
             # plain ISO 9660 (mangled names) or Joliet-only images (shortened names): the files
             # left over are matched by their data, so a damaged one is still named
@@ -135,7 +136,7 @@ def verify_image(
                     report.files_checked += 1
                 else:
                     report.problems.append(
-                        f"file {rel}: no file in the {reader.tree} tree has its SHA-256 (data damaged or missing)"
+                        f"file {rel}: no file in the {reader.tree} tree has its digest (data damaged or missing)"
                     )
     return report
 

@@ -112,6 +112,39 @@ def test_corrupted_file_is_named(tmp_path: Path) -> None:
     assert any(p.startswith("image: SHA-256 differs") for p in report.problems)
 
 
+def test_version_1_sha256_manifests_still_verify(tmp_path: Path) -> None:
+    """Images written before the manifest went to XXH3-128 carry SHA-256 lines (version 1)."""
+    from imaging import iso_manifest as m
+
+    src = make_tree(tmp_path / "src")
+    iso = build(src, tmp_path / "a.iso")
+    (tmp_path / "a.iso.sha256").unlink()  # the rewrite below changes the image's bytes
+    fd = os.open(iso, os.O_RDWR)
+    try:
+        current = m.read_manifest(fd)
+        assert current is not None and all(len(d) == 32 for d in current.values())
+        with IsoReader(iso) as r:
+            sha = {
+                n.rel: hashlib.sha256(b"".join(r.chunks(ino))).hexdigest() for ino, n in r.walk() if n.kind == "file"
+            }
+        body = b"".join(m._line(sha[rel], rel) for rel in current)
+        head = m._MAGIC_V1 + f"{len(body)} {hashlib.sha256(body).hexdigest()}\n".encode()
+        os.pwrite(fd, head.ljust(m.BLOCK, b"\0") + body, m.manifest_offset(fd))
+        old = m.read_manifest(fd)
+    finally:
+        os.close(fd)
+    assert old == sha
+    assert verify_image(iso).ok
+    with IsoReader(iso) as r:
+        ((offset, _),) = next(n for _, n in r.walk() if n.rel == "docs/report.pdf").extents
+    with open(iso, "r+b") as f:
+        f.seek(offset + 100)
+        f.write(b"\xff")
+    assert verify_image(iso).problems == [
+        "file docs/report.pdf: its digest differs from the image's manifest (data damaged)"
+    ]
+
+
 def test_damaged_structure_is_reported(tmp_path: Path) -> None:
     iso = build(make_tree(tmp_path / "src"), tmp_path / "a.iso")
     with open(iso, "r+b") as f:
@@ -215,9 +248,9 @@ def test_verify_names_damaged_file_without_real_names(tmp_path: Path, fmt: str) 
     report = verify_image(iso)
     (problem,) = [p for p in report.problems if p.startswith("file ")]
     if fmt == "iso9660":  # matched by data
-        assert problem == "file docs/report.pdf: no file in the iso tree has its SHA-256 (data damaged or missing)"
+        assert problem == "file docs/report.pdf: no file in the iso tree has its digest (data damaged or missing)"
     else:  # Joliet keeps this name
-        assert problem.startswith("file docs/report.pdf: SHA-256 differs")
+        assert problem.startswith("file docs/report.pdf: its digest differs")
 
 
 def test_max_file_size(tmp_path: Path) -> None:
