@@ -53,7 +53,7 @@ def _remote_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         for attempt in (0, 1):
             try:
                 return fn(self, *args, **kwargs)
-            except (NotFoundError, IntegrityError):
+            except (NotFoundError, IntegrityError, UploadCancelled):
                 raise
             except Exception as e:
                 cause = e.__context__ if isinstance(e, BackendError) and e.__context__ is not None else e
@@ -75,6 +75,11 @@ def _remote_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+class UploadCancelled(Exception):  # noqa: N818 (a request, not a failure)
+    """An upload stopped because its *stop* callback said the data is no longer wanted (the
+    file was unlinked while it was being uploaded)."""
+
+
 @dataclass(slots=True)
 class StoredObject:
     """What a backend holds after a write: ``size`` in bytes, ``xxh3_128`` hex, ``etag`` if any."""
@@ -83,6 +88,11 @@ class StoredObject:
     xxh3_128: str
     etag: str | None = None
     verified: bool = False  #: already read back and compared (local fast path)
+
+
+def _check_stop(stop: Callable[[], bool] | None, key: str) -> None:
+    if stop is not None and stop():
+        raise UploadCancelled(f"upload of {key} cancelled")
 
 
 class Backend:
@@ -284,17 +294,24 @@ class Backend:
 
     @_remote_errors
     def upload_fd(
-        self, fd: int, key: str, attrs: dict[str, int] | None = None, *, durable: bool = True
+        self,
+        fd: int,
+        key: str,
+        attrs: dict[str, int] | None = None,
+        *,
+        durable: bool = True,
+        stop: Callable[[], bool] | None = None,
     ) -> StoredObject:
         """Write the whole of *fd* under a temporary key; returns what was written.
 
         With *durable* the object is fsync'ed before returning; without, call :meth:`sync`
-        once for a batch.
+        once for a batch. *stop*, when given, is asked before each 1 MiB chunk; when it says
+        True the upload ends with :class:`UploadCancelled` (the caller deletes the key).
 
         *key* should be a :meth:`tmp_key`; :meth:`move` puts it in place after :meth:`verify`.
         """
         if self.local_root is not None:
-            return self._upload_local(fd, key, attrs, durable)
+            return self._upload_local(fd, key, attrs, durable, stop)
         h, off = new_hasher(), 0
         path = self.path(key)
         try:
@@ -302,6 +319,7 @@ class Backend:
             extra = self.ops.write_kwargs(attrs) if self.ops is not None else {}
             with self.fs.open(path, "wb", **extra) as f:
                 while chunk := os.pread(fd, CHUNK_BYTES, off):
+                    _check_stop(stop, key)
                     h.update(chunk)
                     f.write(chunk)
                     off += len(chunk)
@@ -311,7 +329,9 @@ class Backend:
             self.set_attrs(key, attrs)
         return StoredObject(off, h.hexdigest())
 
-    def _upload_local(self, src: int, key: str, attrs: dict[str, int] | None, durable: bool) -> StoredObject:
+    def _upload_local(
+        self, src: int, key: str, attrs: dict[str, int] | None, durable: bool, stop: Callable[[], bool] | None
+    ) -> StoredObject:
         """:meth:`upload_fd` for a local root with plain system calls: write and hash, read
         the new file back through its own descriptor and compare, then set its attributes
         on the descriptor (so a mode without read permission cannot block the check)."""
@@ -326,6 +346,7 @@ class Backend:
             try:
                 h, off = new_hasher(), 0
                 while chunk := os.pread(src, CHUNK_BYTES, off):
+                    _check_stop(stop, key)
                     h.update(chunk)
                     os.pwrite(dst, chunk, off)
                     off += len(chunk)

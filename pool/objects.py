@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,10 +156,13 @@ class ObjectStore:
         attrs = {"mode": a.mode, "uid": a.uid, "gid": a.gid, "mtime_ns": a.mtime_ns}
         return UploadJob(ino, obj.tier, key, tmp, attrs, empty_ok=obj.key is None and a.size == 0)
 
-    def upload_transfer(self, job: UploadJob, *, durable: bool = True) -> StoredObject:
+    def upload_transfer(
+        self, job: UploadJob, *, durable: bool = True, stop: Callable[[], bool] | None = None
+    ) -> StoredObject:
         """Second step (any thread, no catalog use): copy the cache file to the temporary key
         and read it back to verify. Without *durable*, call :meth:`Backend.sync` on the tier
-        before :meth:`upload_commit`.
+        before :meth:`upload_commit`. *stop*: see :meth:`Backend.upload_fd` (raises
+        :class:`pool.backends.UploadCancelled`).
 
         Raises:
             BackendError, IntegrityError: the copy failed; the temporary key is removed.
@@ -172,7 +176,7 @@ class ObjectStore:
                 raise
             fd = os.open(os.devnull, os.O_RDONLY)  # created and never written: empty object
         try:
-            stored = backend.upload_fd(fd, job.tmp_key, job.attrs, durable=durable)
+            stored = backend.upload_fd(fd, job.tmp_key, job.attrs, durable=durable, stop=stop)
             backend.verify(job.tmp_key, stored)
             return stored
         except BaseException:

@@ -77,6 +77,9 @@ class NodeOps(pyfuse3.Operations):
         self.atimes: dict[int, int] = {}  # relatime updates not saved yet (see save_atimes)
         self.root_names: set[bytes] = set()  # bucket names the kernel may hold entries for
         self.requests = 0  #: metadata requests served so far (write-back backs off while busy)
+        #: files whose last name went (nlink 0) and which are not purged yet: their data is never
+        #: needed again once closed, so write-back skips them and stops their uploads in flight
+        self.unlinked: set[int] = set()
 
     def init(self) -> None:
         """Called once the kernel's INIT request is being answered."""
@@ -174,6 +177,8 @@ class NodeOps(pyfuse3.Operations):
 
     def _save(self, a: Attrs) -> None:
         self.cat.save(a)
+        if a.nlink == 0 and not a.is_dir:
+            self.unlinked.add(a.id)
 
     def _touch_dir(self, d: Attrs, t: int, nlink_delta: int = 0) -> None:
         d.mtime_ns = d.ctime_ns = t
@@ -209,6 +214,7 @@ class NodeOps(pyfuse3.Operations):
         for ino in inos:
             self.atimes.pop(ino, None)
             self.served.pop(ino, None)
+            self.unlinked.discard(ino)
             self.data.forget_cache(ino, has_file=ino in cached)
         return len(inos)
 

@@ -14,6 +14,7 @@ the file stays dirty and is retried with exponential backoff.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from pool.backends import StoredObject
+from pool.backends import StoredObject, UploadCancelled
 from pool.catalog import now_ns
 from pool.pool import Pool, UploadJob
 
@@ -57,6 +58,7 @@ class WriteBack:
         self.retry_at: dict[int, tuple[float, float]] = {}  # ino -> (monotonic time, backoff)
         self.uploaded = 0
         self.failed = 0
+        self.cancelled = 0  #: uploads stopped because the file was unlinked
         self._wake = trio.Event()
         self._seen_requests = ops.requests
         self._seen_at = time.monotonic()
@@ -173,7 +175,10 @@ class WriteBack:
         data = self.ops.data
         for job, res in zip(jobs, results, strict=True):
             try:
-                if isinstance(res, BaseException):
+                if isinstance(res, UploadCancelled):  # unlinked meanwhile: purged soon, not retried
+                    self.pool.upload_commit(job, None, False)
+                    self.cancelled += 1
+                elif isinstance(res, BaseException):
                     log.warning("upload of %s failed, will retry: %s", job.key, res)
                     self.pool.upload_commit(job, None, False)
                     self._backoff(job.ino)
@@ -202,9 +207,13 @@ class WriteBack:
         object at its final key (so the trio thread only flips states)."""
         pool = self._thread_pool()
         out: list[StoredObject | BaseException] = []
+        unlinked = self.ops.unlinked  # read here, written by the trio thread (set ops are atomic)
         for job in jobs:
+            ino = job.ino
             try:
-                out.append(pool.upload_transfer(job, durable=False))
+                if ino in unlinked:
+                    raise UploadCancelled(f"{job.key} was unlinked")
+                out.append(pool.upload_transfer(job, durable=False, stop=functools.partial(unlinked.__contains__, ino)))
             except Exception as e:
                 out.append(e)
         for tier in {job.tier for job in jobs}:

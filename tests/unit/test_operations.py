@@ -240,3 +240,56 @@ async def test_write_back_backs_off_while_metadata_requests_stream(ops: Operatio
     assert not wb._busy()
     await ops.release(fi.fh)
     assert MAX_DEFER_S <= 10.0  # deferral is bounded
+
+
+async def test_upload_of_a_file_unlinked_meanwhile_stops(ops: Operations, pool: Pool) -> None:
+    """A file unlinked while its upload is queued or in flight is not uploaded: the transfer
+    stops (between 1 MiB chunks), leaves no temporary object, and the inode is purged."""
+    from pool.backends import UploadCancelled
+    from vfs.writeback import WriteBack
+
+    b = await bucket(ops)
+    data = os.urandom(3 << 20)
+    ino = await make_file(ops, b, b"big", data)
+    wb = WriteBack(ops, delay_s=0.0)
+    hot = pool.backend("hot")
+    assert hot.local_root is not None
+
+    def objects() -> list[str]:
+        return [str(p.relative_to(hot.local_root)) for p in hot.local_root.rglob("*") if p.is_file()]
+
+    # in flight: stopped after its first chunk, the temporary object removed
+    with pool.catalog.tx():
+        job = pool.upload_begin(ino)
+    assert job is not None
+    asked = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return len(asked) > 1
+
+    with pytest.raises(UploadCancelled):
+        pool.upload_transfer(job, durable=False, stop=stop)
+    assert len(asked) == 2 and objects() == []
+    pool.upload_commit(job, None, False)
+    # queued, then unlinked before the worker reached it: the batch result says cancelled
+    with pool.catalog.tx():
+        job = pool.upload_begin(ino)
+    assert job is not None
+    await ops.lookup(b, b"big", CTX)
+    await ops.unlink(b, b"big", CTX)
+    assert ino in ops.unlinked
+    (res,) = wb._transfer([job])
+    assert isinstance(res, UploadCancelled) and objects() == []
+    with pool.lock.held(), pool.catalog.tx():
+        wb._commit([job], [res], {ino: ops.data.generation(ino)})
+    assert wb.cancelled == 1 and wb.failed == 0 and ino not in wb.retry_at
+    await ops.forget([(ino, ops.lookups[ino])])
+    ops.purge()
+    assert pool.catalog.get(ino) is None and ino not in ops.unlinked and objects() == []
+    # a file with another name left keeps uploading
+    keep = await make_file(ops, b, b"keep", b"kept")
+    await ops.link(keep, b, b"keep2", CTX)
+    await ops.lookup(b, b"keep", CTX)
+    await ops.unlink(b, b"keep", CTX)
+    assert keep not in ops.unlinked
