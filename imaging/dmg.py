@@ -8,7 +8,8 @@ inside is HFS+ streamed from :class:`imaging.hfsplus.HfsPlusWriter` (no raw imag
 ``--filesystem iso-udf`` an ISO9660 + Rock Ridge + Joliet + UDF volume (what ``hdiutil
 makehybrid`` makes) built by the ISO writer (:func:`imaging.iso_build.build_layout` and
 :func:`imaging.iso_write.write_image`: reproducible, owners and modes kept), staged in a
-temporary file because pycdlib needs a seekable output.
+temporary file because that writer fills the image out of order (metadata, then data, then
+patches).
 """
 
 from __future__ import annotations

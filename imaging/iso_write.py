@@ -5,13 +5,12 @@ the El Torito catalog (:attr:`imaging.iso_build.IsoLayout.write_metadata`); each
 to ``sendfile(2)``, then to ``pread``/``pwrite`` with one reused buffer), so the data never passes
 through Python objects and memory stays flat.
 
-Three things overlap (the kernel copy and ``hashlib`` release the GIL): a worker thread copies
-the file data in extent order while the main thread serialises pycdlib's records; then the main
-thread makes one sequential pass over the image, following the copy a few MiB behind, which gives
-the image digest (the sidecar) and each file's digest (the manifest) from the page cache, with
-no second pass over the sources.
+The metadata is written first; then the main thread copies the file data in extent order
+(the kernel copy releases the GIL) while a digest thread follows it a few MiB behind and makes
+one sequential pass over the image from the page cache, which gives the image's SHA-256 (the
+sidecar) and each file's XXH3-128 (the manifest), with no second pass over the sources.
 
-After the volume come, outside every filesystem view: the per-file SHA-256 manifest
+After the volume come, outside every filesystem view: the per-file digest manifest
 (:mod:`imaging.iso_manifest`) and, for ``hybrid``, the backup GPT (:mod:`imaging.iso_hybrid`).
 """
 
@@ -112,8 +111,8 @@ class _DataCopier:
 
     :meth:`run` copies in the calling thread (the kernel does the copy, the GIL is released for
     each call); a hashing thread follows with :meth:`wait_for`, which blocks until every byte
-    before an offset is final. (The copy runs on the main thread, not beside pycdlib's record
-    serialisation: a thread making one system call per small file next to a busy Python thread
+    before an offset is final. (The copy runs on the main thread, after the metadata is written,
+    not beside it: a thread making one system call per small file next to a busy Python thread
     waits a GIL switch interval after nearly every call.)
     """
 
