@@ -142,7 +142,9 @@ def bucket2iso(
         raise UsageError("--hybrid --bios needs a BIOS boot image (--bootable --boot-image)")
     mbr_code = load_isohybrid_mbr(isohybrid_mbr) if bios else None
     if encrypt and not password.given:
-        raise UsageError("--encrypt needs the age passphrase: --password (asks), --password-env VAR or --password-file FILE")
+        raise UsageError(
+            "--encrypt needs the age passphrase: --password (asks), --password-env VAR or --password-file FILE"
+        )
     if password.given and not encrypt:
         raise UsageError("--password, --password-env and --password-file go with --encrypt")
     if append and not multi_session:
@@ -253,16 +255,25 @@ image_arg = click.argument("image", type=click.Path(path_type=Path, dir_okay=Fal
 
 @iso.command("verify")
 @image_arg
-@click.option("--checksum", default="SHA256", show_default=True, help="Digest to check (SHA256).")
+@click.option(
+    "--checksum",
+    type=click.Choice(["SHA256", "SHA512", "SHA1", "MD5", "BLAKE2B"], case_sensitive=False),
+    default=None,
+    help="The sidecar to check: IMAGE.sha256 (default, written with every image; checked when "
+    "present), or one made by sha512sum/sha1sum/md5sum/b2sum as IMAGE.sha512/.sha1/.md5/.b2 "
+    "(required when named).",
+)
 @json_option
-def iso_verify(image: Path, checksum: str, as_json: bool) -> None:
-    """Check IMAGE: structure of every tree, sidecar digest, hybrid GPT, each file's SHA-256.
+def iso_verify(image: Path, checksum: str | None, as_json: bool) -> None:
+    """Check IMAGE: structure of every tree, sidecar digest, hybrid GPT, each file's digest.
 
-    Exits 18 and names the bad part when something is damaged.
+    Exits 18 and names the bad part when something is damaged; exits 3 when the sidecar
+    --checksum names is missing.
 
     \b
     Example:
-      darkstorage iso verify backup.iso --checksum SHA256
+      darkstorage iso verify backup.iso
+      darkstorage iso verify backup.iso --checksum SHA512   # against backup.iso.sha512
     """
     from imaging.iso_ops import verify_image
 
@@ -270,7 +281,7 @@ def iso_verify(image: Path, checksum: str, as_json: bool) -> None:
         from pool.errors import NotFoundError
 
         raise NotFoundError(f"no such image: {image}")
-    report = verify_image(image, checksum=checksum)
+    report = verify_image(image, checksum=checksum or "SHA256", require_sidecar=checksum is not None)
     if as_json:
         emit_json(
             {

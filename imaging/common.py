@@ -1,4 +1,4 @@
-"""Pieces every image format shares: source-tree walking, SHA-256 sidecars, safe extraction paths.
+"""Pieces every image format shares: source-tree walking, digest sidecars, safe extraction paths.
 
 The sidecar is the ``sha256sum`` format (``<64 hex>  <file name>\\n``), so
 ``sha256sum -c backup.iso.sha256`` checks an image with no darkstorage installed.
@@ -19,20 +19,44 @@ from pool.units import format_size
 
 log = logging.getLogger(__name__)
 
-SIDECAR_SUFFIX = ".sha256"
 _CHUNK_BYTES = 1 << 20
 
 
-def sha256_file(path: Path, *, progress: Callable[[int], None] | None = None) -> str:
-    """The SHA-256 (FIPS 180-4) of the file at *path*, as 64 lowercase hex digits.
+#: ``--checksum`` names → (hashlib name, sidecar suffix, hex digits); the sidecars are in the GNU
+#: coreutils format (``sha256sum``, ``sha512sum``, ``sha1sum``, ``md5sum``, ``b2sum`` output)
+SIDECAR_ALGORITHMS = {
+    "SHA256": ("sha256", ".sha256", 64),
+    "SHA512": ("sha512", ".sha512", 128),
+    "SHA1": ("sha1", ".sha1", 40),
+    "MD5": ("md5", ".md5", 32),
+    "BLAKE2B": ("blake2b", ".b2", 128),
+}
+
+
+def checksum_name(algorithm: str) -> str:
+    """*algorithm* as a key of :data:`SIDECAR_ALGORITHMS` (``sha-512`` → ``SHA512``).
+
+    Raises:
+        UsageError: not one of them.
+    """
+    name = algorithm.upper().replace("-", "").replace("_", "")
+    if name not in SIDECAR_ALGORITHMS:
+        raise UsageError(f"unsupported checksum {algorithm!r} (supported: {', '.join(SIDECAR_ALGORITHMS)})")
+    return name
+
+
+def file_digest(path: Path, algorithm: str = "SHA256", *, progress: Callable[[int], None] | None = None) -> str:
+    """The digest of the file at *path* as lowercase hex: SHA-256 (FIPS 180-4) by default, or
+    another of :data:`SIDECAR_ALGORITHMS`.
 
     Reads 1 MiB at a time, so memory stays flat. *progress* is called with the number of bytes
     read after each chunk.
 
     Raises:
         NotFoundError: *path* does not exist.
+        UsageError: an unsupported *algorithm*.
     """
-    h = hashlib.sha256()
+    h = hashlib.new(SIDECAR_ALGORITHMS[checksum_name(algorithm)][0])
     try:
         f = open(path, "rb", buffering=0)
     except FileNotFoundError:
@@ -47,9 +71,15 @@ def sha256_file(path: Path, *, progress: Callable[[int], None] | None = None) ->
     return h.hexdigest()
 
 
-def sidecar_path(image: Path) -> Path:
-    """Where the SHA-256 sidecar of *image* lives: ``<image>.sha256``."""
-    return image.with_name(image.name + SIDECAR_SUFFIX)
+def sha256_file(path: Path, *, progress: Callable[[int], None] | None = None) -> str:
+    """:func:`file_digest` with SHA-256 (64 lowercase hex digits)."""
+    return file_digest(path, progress=progress)
+
+
+def sidecar_path(image: Path, algorithm: str = "SHA256") -> Path:
+    """Where the sidecar of *image* lives: ``<image>.sha256`` (``.sha512``, ``.sha1``, ``.md5``,
+    ``.b2`` for the other algorithms)."""
+    return image.with_name(image.name + SIDECAR_ALGORITHMS[checksum_name(algorithm)][1])
 
 
 def write_sidecar(image: Path, digest: str | None = None) -> str:
@@ -66,28 +96,35 @@ def write_sidecar(image: Path, digest: str | None = None) -> str:
     return digest
 
 
-def read_sidecar(image: Path) -> str | None:
-    """The digest recorded in *image*'s sidecar, or None when there is no sidecar.
+def read_sidecar(image: Path, algorithm: str = "SHA256") -> str | None:
+    """The digest recorded in *image*'s sidecar of *algorithm*, or None when there is none.
 
     Raises:
-        UsageError: the sidecar exists but is not in ``sha256sum`` format.
+        UsageError: the sidecar exists but is not in the coreutils format of that algorithm.
     """
+    name = checksum_name(algorithm)
+    path = sidecar_path(image, name)
     try:
-        text = sidecar_path(image).read_text().strip()
+        text = path.read_text().strip()
     except FileNotFoundError:
         return None
     digest = text.split()[0] if text else ""
-    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower()):
-        raise UsageError(f"{sidecar_path(image)} is not a sha256sum file")
+    width = SIDECAR_ALGORITHMS[name][2]
+    if len(digest) != width or any(c not in "0123456789abcdef" for c in digest.lower()):
+        tool = {"BLAKE2B": "b2sum"}.get(name, f"{name.lower()}sum")
+        raise UsageError(f"{path} is not a {tool} file")
     return digest.lower()
 
 
-def check_sidecar(image: Path, *, progress: Callable[[int], None] | None = None) -> bool | None:
-    """Compare *image* with its sidecar: None when there is no sidecar, else whether they match."""
-    expected = read_sidecar(image)
+def check_sidecar(
+    image: Path, *, algorithm: str = "SHA256", progress: Callable[[int], None] | None = None
+) -> bool | None:
+    """Compare *image* with its sidecar of *algorithm*: None when there is no such sidecar,
+    else whether they match."""
+    expected = read_sidecar(image, algorithm)
     if expected is None:
         return None
-    return sha256_file(image, progress=progress) == expected
+    return file_digest(image, algorithm, progress=progress) == expected
 
 
 def safe_join(output: Path, member: str) -> Path:

@@ -13,15 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pool.errors import ImageCorruptError, UnsafePathError, UsageError
+from pool.errors import ImageCorruptError, NotFoundError, UnsafePathError
 
-from .common import check_sidecar, safe_join
+from .common import check_sidecar, checksum_name, safe_join, sidecar_path
 from .iso_manifest import file_hasher, read_manifest
 from .iso_read import IsoReader
 
 log = logging.getLogger(__name__)
-
-CHECKSUMS = ("SHA256",)
 
 
 @dataclass
@@ -66,20 +64,33 @@ def _check_gpt(fd: int, report: VerifyReport) -> None:
 
 
 def verify_image(
-    image: Path, *, checksum: str = "SHA256", progress: Callable[[int], None] | None = None
+    image: Path,
+    *,
+    checksum: str = "SHA256",
+    require_sidecar: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> VerifyReport:
-    """Check *image*: sidecar digest, every directory tree, hybrid GPT, each file's SHA-256.
+    """Check *image*: its sidecar digest, every directory tree, hybrid GPT, each file's digest
+    against the manifest.
+
+    Args:
+        checksum: which sidecar to check: ``SHA256`` (``IMAGE.sha256``, written with every
+            image), or ``SHA512``/``SHA1``/``MD5``/``BLAKE2B`` (``IMAGE.sha512``, ``.sha1``,
+            ``.md5``, ``.b2``: made by ``sha512sum`` and friends, in their format).
+        require_sidecar: a missing sidecar is an error rather than "no sidecar".
 
     Raises:
-        UsageError: an unsupported *checksum*.
-        NotFoundError: *image* does not exist.
+        UsageError: an unsupported *checksum*, or a sidecar not in its tool's format.
+        NotFoundError: *image* does not exist, or *require_sidecar* and there is no sidecar.
     """
-    if checksum.upper().replace("-", "") not in CHECKSUMS:
-        raise UsageError(f"unsupported checksum {checksum!r} (supported: {', '.join(CHECKSUMS)})")
+    name = checksum_name(checksum)
     report = VerifyReport(image=image)
-    report.sidecar = check_sidecar(image, progress=progress)
+    if require_sidecar and not sidecar_path(image, name).exists():
+        raise NotFoundError(f"no {sidecar_path(image, name).name} beside {image.name} (--checksum {name})")
+    report.sidecar = check_sidecar(image, algorithm=name, progress=progress)
     if report.sidecar is False:
-        report.problems.append(f"image: SHA-256 differs from {image.name}.sha256")
+        label = {"SHA256": "SHA-256", "SHA512": "SHA-512", "SHA1": "SHA-1", "BLAKE2B": "BLAKE2b"}.get(name, name)
+        report.problems.append(f"image: {label} differs from {sidecar_path(image, name).name}")
     try:
         reader = IsoReader(image)
     except ImageCorruptError as e:

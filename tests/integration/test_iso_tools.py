@@ -157,6 +157,31 @@ def test_max_file_size_refuses_before_writing(tmp_path: Path, home: Path) -> Non
     assert iso.read_bytes() == before
 
 
+def test_cli_verify_checks_sidecars_made_by_coreutils(tmp_path: Path, home: Path) -> None:
+    """``iso verify --checksum ALG`` checks IMAGE.<alg> as sha512sum/sha1sum/md5sum/b2sum wrote
+    it; a named sidecar that is missing exits 3, one in the wrong format 2, a mismatch 18."""
+    src = make_tree(tmp_path / "src")
+    iso = tmp_path / "out.iso"
+    cli("bucket2iso", str(src), "--output", str(iso), home=home)
+    tools = {"SHA512": ("sha512sum", ".sha512"), "SHA1": ("sha1sum", ".sha1"), "MD5": ("md5sum", ".md5"),
+             "BLAKE2B": ("b2sum", ".b2")}  # fmt: skip
+    for alg, (tool, suffix) in tools.items():
+        side = iso.with_name(iso.name + suffix)
+        r = cli("iso", "verify", str(iso), "--checksum", alg.lower(), home=home, check=False)
+        assert r.returncode == 3 and side.name in r.stderr, r.stderr
+        out = subprocess.run([tool, iso.name], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+        side.write_text(out)
+        assert "ok (sidecar ok" in cli("iso", "verify", str(iso), "--checksum", alg, home=home).stdout
+        digest = out.split()[0]
+        side.write_text(("0" if digest[0] != "0" else "1") + out[1:])
+        r = cli("iso", "verify", str(iso), "--checksum", alg, home=home, check=False)
+        assert r.returncode == 18 and side.name in r.stderr, r.stderr
+    iso.with_name(iso.name + ".md5").write_text("not a digest\n")
+    r = cli("iso", "verify", str(iso), "--checksum", "MD5", home=home, check=False)
+    assert r.returncode == 2 and "md5sum" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert cli("iso", "verify", str(iso), "--checksum", "CRC32", home=home, check=False).returncode == 2
+
+
 def test_cli_verify_extract_ls_and_corruption(tmp_path: Path, home: Path) -> None:
     src = make_tree(tmp_path / "src")
     iso = tmp_path / "out.iso"
