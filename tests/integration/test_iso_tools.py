@@ -8,6 +8,7 @@ import re
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -349,8 +350,13 @@ def _boots(args: list[str], marker: str, tmp_path: Path) -> str:
         # in the middle of a line isolinux writes to the port itself
         return _ANSI.sub("", log.read_text(errors="replace")) if log.exists() else ""
 
+    deadline = time.monotonic() + 180
     try:
-        wait_until(lambda: marker in text(), timeout=180, what=f"{marker!r} on the serial console")
+        while marker not in text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                why = f"QEMU exited {proc.returncode}" if proc.returncode is not None else "timed out after 180 s"
+                raise AssertionError(f"{why} waiting for {marker!r}; serial console ends: {text()[-800:]!r}")
+            time.sleep(0.2)
     finally:
         proc.kill()
         proc.wait()
