@@ -173,16 +173,11 @@ class Side:
         while its listing gives the upload time. None elsewhere, or when nothing was stored."""
         if self.is_local:
             return None
-        from pool.fsattrs import fs_kind, parse_mtime_meta
+        from pool.fsattrs import fs_kind, source_attrs
 
         if fs_kind(self.fs) != "s3":
             return None
-        try:
-            meta = {k.lower(): v for k, v in self.fs.metadata(self.path(rel)).items()}
-        except (OSError, AttributeError) as e:
-            log.debug("no metadata for %s: %s", rel, e)
-            return None
-        return parse_mtime_meta(meta["mtime"]) if meta.get("mtime") else None
+        return source_attrs(self.fs, self.path(rel), {}).mtime_ns  # no LastModified given: None unless stored
 
     def open_read(self, rel: str) -> BinaryIO:
         if self.is_local:

@@ -287,7 +287,7 @@ async def test_upload_of_a_file_unlinked_meanwhile_stops(ops: Operations, pool: 
     await ops.forget([(ino, ops.lookups[ino])])
     ops.purge()
     assert pool.catalog.get(ino) is None and ino not in ops.unlinked and objects() == []
-    # a file with another name left keeps uploading
+    # a file with another name left is not marked: its uploads go on
     keep = await make_file(ops, b, b"keep", b"kept")
     await ops.link(keep, b, b"keep2", CTX)
     await ops.lookup(b, b"keep", CTX)
