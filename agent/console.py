@@ -1,16 +1,48 @@
-"""The one rich console every command prints through, and helpers for ``--json`` output."""
+"""The one rich console every command prints through, and helpers for ``--json`` output.
+
+The consoles are made on first use: importing rich takes about 35 ms, a third of a start-up,
+which a command that prints one plain line into a pipe (a scripted ``darkstorage sync``) need
+not pay (see :func:`print_line`).
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from rich.console import Console
+if TYPE_CHECKING:
+    from rich.console import Console
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+
+class _OnFirstUse:
+    """Stands for a :class:`rich.console.Console` made with *kwargs* when first used."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._kwargs = kwargs
+        self._made: Console | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._made is None:
+            from rich.console import Console
+
+            self._made = Console(**self._kwargs)
+        return getattr(self._made, name)
+
+
+console = cast("Console", _OnFirstUse(highlight=False))
+err_console = cast("Console", _OnFirstUse(stderr=True, highlight=False))
+
+
+def print_line(text: str, style: str | None = None) -> None:
+    """Print *text* as one line on stdout, markup and emoji codes taken literally: through rich
+    on a terminal (*style* applies), as plain text into pipes and files (rich would print the
+    same bytes there; this spares importing it)."""
+    if cast(_OnFirstUse, console)._made is not None or sys.stdout.isatty():
+        console.print(text, style=style, markup=False, emoji=False, soft_wrap=True)
+    else:
+        sys.stdout.write(text + "\n")
 
 
 def emit_json(data: Any) -> None:

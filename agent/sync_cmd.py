@@ -3,6 +3,7 @@ local folders, pool buckets and integrations."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
@@ -11,7 +12,7 @@ from pool.config import pool_home
 from pool.errors import ExistsError, UsageError
 from pool.units import format_size
 
-from .console import console, emit_json
+from .console import console, emit_json, print_line
 from .params import DURATION, SIZE
 
 
@@ -164,7 +165,7 @@ def sync_run(
 def _run_now(registry: Any, pair: Any, *, dry_run: bool, force: bool, as_json: bool) -> None:
     from sync.service import run_registered, summary_line
 
-    if as_json or dry_run or not console.is_terminal:  # a bar shows on terminals only
+    if as_json or dry_run or not sys.stdout.isatty() or not console.is_terminal:  # a bar shows on terminals only
         outcome = run_registered(registry, pair, dry_run=dry_run, force=force)
     else:
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
@@ -209,15 +210,13 @@ def _run_now(registry: Any, pair: Any, *, dry_run: bool, force: bool, as_json: b
         return
     for c in plan.conflicts:
         kept = f"; other version kept as {c.copy_rel}" if c.copy_rel else ""
-        console.print(
-            f"conflict {c.rel}: {names[c.winner - 1]} won ({c.policy}){kept}", markup=False, emoji=False, soft_wrap=True
-        )
+        print_line(f"conflict {c.rel}: {names[c.winner - 1]} won ({c.policy}){kept}")
     for s in plan.skips:
-        console.print(f"skipped {s.rel}: {s.reason}", style="yellow", markup=False, emoji=False, soft_wrap=True)
+        print_line(f"skipped {s.rel}: {s.reason}", style="yellow")
     r = outcome.result
     size = f" ({format_size(r.copied_bytes)})" if r and r.copied_bytes else ""
     first = " [first run: merged, nothing deleted]" if outcome.first_run else ""
-    console.print(f"sync {pair.name}: {summary_line(outcome)}{size}{first}", markup=False, emoji=False, soft_wrap=True)
+    print_line(f"sync {pair.name}: {summary_line(outcome)}{size}{first}")
 
 
 @sync.command("list")

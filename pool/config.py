@@ -36,9 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import platformdirs
-import tomli_w
-
 from .errors import ConfigError, NotInitialisedError
 from .tiers import TIERS
 
@@ -55,6 +52,8 @@ def pool_home() -> Path:
     env = os.environ.get("DARKSTORAGE_HOME")
     if env:
         return Path(env).expanduser().absolute()
+    import platformdirs  # here: a command run with $DARKSTORAGE_HOME set need not import it
+
     return Path(platformdirs.user_data_dir("darkstorage", appauthor=False))
 
 
@@ -152,5 +151,7 @@ class PoolConfig:
             raw.setdefault(key, value)
         self.home.mkdir(parents=True, exist_ok=True)
         tmp = self.home / (CONFIG_NAME + ".tmp")
+        import tomli_w  # only commands that change the configuration write it
+
         tmp.write_text(tomli_w.dumps(raw))
         os.replace(tmp, self.home / CONFIG_NAME)

@@ -8,10 +8,16 @@ ctypes; where libc lacks it, :func:`os.sync` (every filesystem) is the fallback.
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import os
+from typing import Any
 
-_libc = ctypes.CDLL(None, use_errno=True)  # this process's own symbols, libc's among them
+
+@functools.cache
+def _libc() -> Any:
+    import ctypes  # here: most commands never flush
+
+    return ctypes.CDLL(None, use_errno=True)  # this process's own symbols, libc's among them
 
 
 def boot_id() -> str:
@@ -33,7 +39,8 @@ def sync_filesystem(path: str | os.PathLike[str]) -> None:
     """
     fd = os.open(path, os.O_RDONLY)
     try:
-        if _libc is not None and getattr(_libc, "syncfs", None) is not None and _libc.syncfs(fd) == 0:
+        syncfs = getattr(_libc(), "syncfs", None)
+        if syncfs is not None and syncfs(fd) == 0:
             return
         os.sync()
     finally:
