@@ -19,23 +19,26 @@ import contextlib
 import gc
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pool.durable import boot_id
 from pool.errors import NotFoundError, SyncAbortedError
-from pool.transferlog import TransferLog
 
-from .executor import Executor, RunResult
 from .journal import Journal, Synced
 from .model import FILE, Entry, key_of
 from .options import SyncOptions, delete_limit
-from .plan import Plan
+from .plan import Plan, RunResult
 from .planner import SideStats, SideView, plan_sync
 from .registry import pair_lock
-from .scanner import Filters
+from .scanner import Filters, ForkedScan, LocalScan
 from .sides import LocationLike, Side
+
+if TYPE_CHECKING:
+    from pool.transferlog import TransferLog
 
 log = logging.getLogger(__name__)
 
@@ -79,23 +82,100 @@ def _prehash(side: Side, view: SideView, workers: int) -> None:
             view.hashes[e.rel] = h
 
 
-def _scan(
-    sides: dict[int, Side], filters: Filters, journal: Journal
-) -> tuple[list[dict[str, Entry]], dict[str, Synced]]:
+@dataclass
+class Scanned:
+    """Both sides' scans (by rel) and the journal rows the planner needs.
+
+    Attributes:
+        scans: side 1's and side 2's entries; without the folders found settled.
+        rows: journal rows by key; without the rows of the folders found settled.
+        settled_files: files in the folders found settled (each side holds them as recorded).
+        has_files: whether each side holds any file at all (settled folders included).
+    """
+
+    scans: list[dict[str, Entry]]
+    rows: dict[str, Synced]
+    settled_files: int = 0
+    has_files: tuple[bool, bool] = (False, False)
+
+
+def _scan(sides: dict[int, Side], filters: Filters, journal: Journal, by_folder: bool) -> Scanned:
     """Both sides' scans and the journal's rows. Listing a remote store waits on the network,
     so remote sides are listed in threads meanwhile; local scans run one after the other
     (CPython threads take turns on the interpreter, and thousands of short ``lstat`` calls
-    handing it back and forth make two scanning threads slower than one)."""
+    handing it back and forth make two scanning threads slower than one).
+
+    *by_folder* (two local folders, see :func:`_by_folder`): folders whose scans on both sides
+    print as their journal rows do (:func:`sync.model.folder_print`) are settled as a whole:
+    neither their rows nor their entries reach the planner."""
+    if by_folder:
+        return _scan_by_folder(sides, filters, journal)
     remote = [n for n in (1, 2) if not sides[n].is_local]
     if not remote:
-        return [sides[1].scan(filters), sides[2].scan(filters)], journal.load()
-    from concurrent.futures import ThreadPoolExecutor
+        scans, rows = [sides[1].scan(filters), sides[2].scan(filters)], journal.load()
+    else:
+        from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=len(remote)) as ex:
-        listing = {n: ex.submit(sides[n].scan, filters) for n in remote}
-        local = {n: sides[n].scan(filters) for n in (1, 2) if n not in listing}
-        rows = journal.load()
-        return [local[n] if n in local else listing[n].result() for n in (1, 2)], rows
+        with ThreadPoolExecutor(max_workers=len(remote)) as ex:
+            listing = {n: ex.submit(sides[n].scan, filters) for n in remote}
+            local = {n: sides[n].scan(filters) for n in (1, 2) if n not in listing}
+            rows = journal.load()
+            scans = [local[n] if n in local else listing[n].result() for n in (1, 2)]
+    has = tuple(any(e.kind == FILE for e in scan.values()) for scan in scans)
+    return Scanned(scans, rows, 0, (has[0], has[1]))
+
+
+def _by_folder(sides: dict[int, Side], options: SyncOptions, journal: Journal, fold_case: bool) -> bool:
+    """Whether this run may settle whole folders by their prints: two local folders (whose
+    scans list every folder and give no ETags), names not case-folded, contents not compared
+    (``--checksum``), a pair that finished a run before and whose last run left no copies in
+    flight (those are recovered key by key)."""
+    return (
+        sides[1].is_local
+        and sides[2].is_local
+        and not fold_case
+        and not options.checksum
+        and journal.completed
+        and not journal.pending()
+    )
+
+
+def _scan_by_folder(sides: dict[int, Side], filters: Filters, journal: Journal) -> Scanned:
+    forked = None
+    if threading.active_count() == 1:  # side 2 is scanned by a child process meanwhile
+        sides[2].temps = []
+        forked = ForkedScan(sides[2].root, filters)
+    try:
+        s1 = sides[1].scan_folders(filters)
+        s2 = None
+        if forked is not None:
+            try:
+                s2 = forked.prints(sides[2].temps)
+            except FileNotFoundError:
+                s2 = LocalScan(nfc=True)
+        if s2 is None:
+            forked = None
+            s2 = sides[2].scan_folders(filters)
+        stored = journal.prints()
+        settled: set[str] = set()
+        # a name not in NFC may be spelled differently on the two sides, and the planner
+        # then needs the spellings of every folder: no folder is settled whole then
+        if s1.names_nfc() and s2.names_nfc():
+            settled = {d for d, (f1, f2) in stored.items()
+                       if f1 is not None and s1.prints.get(d) == f1 and s2.prints.get(d) == f2}  # fmt: skip
+        if forked is not None and s2.prints:
+            got = forked.folders(d for d in s2.prints if d not in settled)
+            s2.folders = got if got is not None else sides[2].scan_folders(filters).folders
+    finally:
+        if forked is not None:
+            forked.close()
+    has = (any(s1.files.values()), any(s2.files.values()))
+    if not settled:
+        return Scanned([s1.flat(), s2.flat()], journal.load(), 0, has)
+    rows = journal.load_folders(d for d in stored if d not in settled)
+    files = sum(s1.files[d] for d in settled)
+    log.debug("%d of %d folders settled by their prints (%d files)", len(settled), len(stored), files)
+    return Scanned([s1.flat(settled), s2.flat(settled)], rows, files, has)
 
 
 def check_safety(plan: Plan, stats: dict[int, SideStats], sides: dict[int, Side], options: SyncOptions) -> None:
@@ -186,11 +266,12 @@ def _run(
     stored = journal.get_meta("fold_case")
     fold_case = stored == "1" if stored is not None else (sides[1].fold_case or sides[2].fold_case)
     filters = Filters.from_options(options.excludes, options.filter_from)
-    scans, rows = _scan(sides, filters, journal)
+    scanned = _scan(sides, filters, journal, _by_folder(sides, options, journal, fold_case))
+    scans, rows = scanned.scans, scanned.rows
     views = {n: _view(sides[n], scans[n - 1], options) for n in (1, 2)}
     if held and not options.force:
         for n in (1, 2):
-            if not any(e.kind == FILE for e in scans[n - 1].values()) and _journal_files(journal):
+            if not scanned.has_files[n - 1] and _journal_files(journal):
                 raise SyncAbortedError(
                     f"sync aborted: {sides[n].display} is empty but held files at the last sync"
                     " (unmounted drive? nothing changed; --force to proceed)"
@@ -199,7 +280,10 @@ def _run(
         for n in (1, 2):
             _prehash(sides[n], views[n], options.transfers)
     _recover_pending(journal, rows, views, fold_case, dry_run, sides)
-    plan, stats = plan_sync(views[1], views[2], rows, options, first_run=first_run, fold_case=fold_case, host=host)
+    plan, stats = plan_sync(
+        views[1], views[2], rows, options,
+        first_run=first_run, fold_case=fold_case, host=host, settled_files=scanned.settled_files,
+    )  # fmt: skip
     check_safety(plan, stats, sides, options)
     if dry_run:
         return RunOutcome(plan, None, first_run, stats)
@@ -212,10 +296,16 @@ def _run(
         journal.set_meta("fold_case", "1" if fold_case else "0")
         journal.set_meta("path1", sides[1].display)
         journal.set_meta("path2", sides[2].display)
-    ex2 = Executor(sides, journal, options, transfer_log=transfer_log, progress=progress)
-    result = ex2.run(plan)
+    if plan.changes or plan.records or plan.forgets:
+        from .executor import Executor  # here: a run with nothing to do needs none of it
+
+        result = Executor(sides, journal, options, transfer_log=transfer_log, progress=progress).run(plan)
+    else:
+        result = RunResult()
     if not result.failures:
         journal.mark_completed()
+    if sides[1].is_local and sides[2].is_local and not fold_case:
+        journal.refresh_prints()  # for the next run's folders settled whole (see _scan)
     return RunOutcome(plan, result, first_run, stats)
 
 

@@ -26,9 +26,9 @@ process) checks those copies' content before trusting their rows (see
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pool.durable import sync_filesystem
@@ -39,7 +39,7 @@ from .journal import Journal
 from .localcopy import copy_local
 from .model import DIR, FILE, LINK, Entry, parent_of
 from .options import SyncOptions
-from .plan import Chmod, Copy, Delete, Mkdir, Move, Plan
+from .plan import Chmod, Copy, Delete, Mkdir, Move, Plan, RunResult
 from .sides import Side
 from .workers import Outcome, run_parallel
 
@@ -51,43 +51,6 @@ log = logging.getLogger(__name__)
 RECORD_BATCH = 1000
 DURABLE_BATCH = 2000  #: local copies made durable together (one syncfs) ...
 DURABLE_EVERY_S = 1.0  #: ... or after this long, whichever comes first
-
-
-@dataclass
-class RunResult:
-    """What a run did.
-
-    Attributes:
-        copied, copied_bytes, moved, deleted, mkdirs, rmdirs, chmods: counts (bytes in bytes).
-        conflicts: conflicts resolved.
-        changed_during_run: rels skipped or left for the next run because they changed meanwhile.
-        failures: ``(rel, one-line error)`` of actions that failed.
-    """
-
-    copied: int = 0
-    copied_bytes: int = 0
-    moved: int = 0
-    deleted: int = 0
-    mkdirs: int = 0
-    rmdirs: int = 0
-    chmods: int = 0
-    conflicts: int = 0
-    changed_during_run: list[str] = field(default_factory=list)
-    failures: list[tuple[str, str]] = field(default_factory=list)
-
-    def as_json(self) -> dict[str, object]:
-        return {
-            "copied": self.copied,
-            "copied_bytes": self.copied_bytes,
-            "moved": self.moved,
-            "deleted": self.deleted,
-            "mkdirs": self.mkdirs,
-            "rmdirs": self.rmdirs,
-            "chmods": self.chmods,
-            "conflicts": self.conflicts,
-            "changed_during_run": self.changed_during_run,
-            "failures": [{"path": p, "error": e} for p, e in self.failures],
-        }
 
 
 def same_state(side: Side, now: Entry | None, then: Entry | None) -> bool:
@@ -163,6 +126,13 @@ class Executor:
     def run(self, plan: Plan) -> RunResult:
         """Carry out *plan*. Failures are collected in the result, never raised, except
         :class:`pool.errors.AuthError` (nothing more can work)."""
+        # the folders whose journal rows this run may change lose their prints in one commit,
+        # not one each as their first row is written
+        keys = [m.old_key for m in plan.moves] + [m.new_key for m in plan.moves]
+        for items in (plan.records, plan.forgets, plan.mkdirs, plan.copies, plan.chmods, plan.deletes, plan.rmdirs):
+            keys.extend(i.key for i in items)
+        with self.journal.transaction():
+            self.journal.unprint(keys)
         self._journal_only(plan)
         for m in plan.moves:
             self._move(m)
@@ -330,9 +300,18 @@ class Executor:
         return done
 
     def _flush(self) -> None:
-        """``syncfs`` each side that received local copies since the last flush."""
+        """``syncfs`` each side that received local copies since the last flush (once for two
+        sides on one filesystem)."""
+        done: set[int] = set()
         for side_n in sorted(self._unflushed):
-            sync_filesystem(self.sides[side_n].root)
+            root = self.sides[side_n].root
+            try:
+                dev = os.stat(root).st_dev
+            except OSError:
+                dev = -side_n
+            if dev not in done:
+                sync_filesystem(root)
+                done.add(dev)
         self._unflushed.clear()
         self._unflushed_n = 0
         self._flushed_at = time.monotonic()

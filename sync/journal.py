@@ -24,7 +24,8 @@ Schema (``PRAGMA user_version`` holds the number of migrations applied)::
         mode1      INTEGER,           -- permission bits on side 1, NULL where it has none
         etag1      TEXT,              -- ETag / version id on side 1, NULL where it has none
         rel2, size2, mtime2_ns, mode2, etag2   -- the same for side 2
-        synced_ns  INTEGER NOT NULL   -- when this row was committed, ns since the epoch
+        synced_ns  INTEGER NOT NULL,  -- when this row was committed, ns since the epoch
+        dir        TEXT NOT NULL      -- the folder of key ("" at the top; migration 4), indexed
     ) WITHOUT ROWID                   -- (since migration 3: one b-tree, one page per commit)
     pending(                          -- copies started, not known finished (migration 2)
         key          TEXT PRIMARY KEY,
@@ -34,6 +35,19 @@ Schema (``PRAGMA user_version`` holds the number of migrations applied)::
         src_mtime_ns INTEGER NOT NULL,
         src_mode     INTEGER
     ) WITHOUT ROWID
+
+    folder_prints(                    -- (migration 4) one row per folder holding rows
+        dir  TEXT PRIMARY KEY,        -- as entries.dir
+        fp1  BLOB,                    -- sync.model.folder_print of the folder's rows as side 1
+        fp2  BLOB                     -- holds them, and as side 2; both NULL while unknown
+    ) WITHOUT ROWID
+
+Folder prints let a rescan skip folders where nothing moved: a folder whose scans on both sides
+print as its rows do holds exactly what the journal recorded, so its rows need not be loaded nor
+its entries compared one by one (see ``sync.engine``). Every write to ``entries`` first sets its
+folder's prints to NULL (committed before the row, so a print never describes rows that changed
+after it); :meth:`Journal.refresh_prints` computes the missing ones from the rows at the end of a
+run.
 
 The ``pending`` rows of a run's copies are written (one transaction) before the copies start;
 each finished copy commits its ``entries`` row on its own, and the pending rows go when the copy
@@ -48,6 +62,7 @@ commits a row per file, and each checkpoint flushes the disk.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -57,7 +72,7 @@ from typing import NamedTuple
 
 from pool.errors import CatalogError
 
-from .model import Entry
+from .model import DIR, Entry, folder_print, parent_of
 
 #: numbered migrations; migration i brings user_version from i to i + 1
 MIGRATIONS: list[str] = [
@@ -100,6 +115,13 @@ MIGRATIONS: list[str] = [
     INSERT INTO pending3 SELECT key, dst, src_rel, src_size, src_mtime_ns, src_mode FROM pending;
     DROP TABLE pending;
     ALTER TABLE pending3 RENAME TO pending;
+    """,
+    """
+    ALTER TABLE entries ADD COLUMN dir TEXT NOT NULL DEFAULT '';
+    UPDATE entries SET dir = ds_parent(key);
+    CREATE INDEX entries_by_dir ON entries (dir);
+    CREATE TABLE folder_prints (dir TEXT PRIMARY KEY, fp1 BLOB, fp2 BLOB) WITHOUT ROWID;
+    INSERT INTO folder_prints (dir) SELECT DISTINCT dir FROM entries;
     """,
 ]
 
@@ -161,10 +183,12 @@ class Journal:
 
     def __init__(self, path: Path | str) -> None:
         self.path = path
+        self._unprinted: set[str] | None = None  # folders whose prints are NULL (loaded when needed)
         if isinstance(path, Path):
             path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+            self.db.create_function("ds_parent", 1, parent_of, deterministic=True)  # migration 4
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
@@ -216,6 +240,7 @@ class Journal:
             yield
         except BaseException:
             self.db.execute("ROLLBACK")
+            self._unprinted = None  # prints set to NULL inside were rolled back too
             raise
         self.db.execute("COMMIT")
 
@@ -225,27 +250,94 @@ class Journal:
         rows = self.db.execute(f"SELECT {', '.join(Synced._fields)} FROM entries")
         return {r[0]: new(Synced, r) for r in rows}
 
+    def load_folders(self, dirs: Iterable[str]) -> dict[str, Synced]:
+        """The rows of the folders *dirs* (their direct entries), keyed by key."""
+        new = tuple.__new__
+        q = f"SELECT {', '.join(Synced._fields)} FROM entries WHERE dir IN (SELECT value FROM json_each(?))"
+        return {r[0]: new(Synced, r) for r in self.db.execute(q, (json.dumps(list(dirs)),))}
+
+    def prints(self) -> dict[str, tuple[bytes | None, bytes | None]]:
+        """Every folder holding rows -> its prints ``(fp1, fp2)`` (None while unknown)."""
+        return {d: (f1, f2) for d, f1, f2 in self.db.execute("SELECT dir, fp1, fp2 FROM folder_prints")}
+
+    def unprint(self, keys: Iterable[str]) -> None:
+        """Before rows of *keys* change: set their folders' prints to NULL (see the module
+        docstring). Every write of rows does it too; a caller about to write many rows saves
+        commits by doing it for all of them inside one :meth:`transaction` first."""
+        if self._unprinted is None:
+            self._unprinted = {r[0] for r in self.db.execute("SELECT dir FROM folder_prints WHERE fp1 IS NULL")}
+        dirs = {parent_of(k) for k in keys} - self._unprinted
+        if dirs:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO folder_prints (dir, fp1, fp2) VALUES (?, NULL, NULL)", ((d,) for d in dirs)
+            )
+            self._unprinted |= dirs
+
+    def refresh_prints(self) -> int:
+        """Compute the prints that are NULL from the folders' rows (one transaction); forget
+        folders that hold no rows any more. A folder with a row that no scan of two local
+        folders could match (permission bits that differ between the sides, an ETag) keeps
+        NULL prints. Returns how many prints were stored."""
+        dirs = [r[0] for r in self.db.execute("SELECT dir FROM folder_prints WHERE fp1 IS NULL")]
+        if not dirs:
+            return 0
+        q = (
+            "SELECT rel1, kind, size1, mtime1_ns, mode1, etag1, target, rel2, size2, mtime2_ns, mode2, etag2"
+            " FROM entries WHERE dir = ?"
+        )
+        found, empty = [], []
+        for d in dirs:
+            t1: list[tuple[object, ...]] = []
+            t2: list[tuple[object, ...]] = []
+            ok = True
+            for rel1, kind, s1, m1, mo1, et1, target, rel2, s2, m2, mo2, et2 in self.db.execute(q, (d,)):
+                if et1 is not None or et2 is not None or (mo1 is not None and mo2 is not None and mo1 != mo2):
+                    ok = False
+                    break
+                if kind == DIR:
+                    t1.append((rel1, DIR, 0, 0, mo1, None, None, None))
+                    t2.append((rel2, DIR, 0, 0, mo2, None, None, None))
+                else:
+                    t1.append((rel1, kind, s1, m1, mo1, None, None, target))
+                    t2.append((rel2, kind, s2, m2, mo2, None, None, target))
+            if not ok:
+                continue
+            if t1:
+                found.append((folder_print(t1), folder_print(t2), d))
+            else:
+                empty.append((d,))
+        with self.transaction():
+            self.db.executemany("UPDATE folder_prints SET fp1 = ?, fp2 = ? WHERE dir = ?", found)
+            self.db.executemany("DELETE FROM folder_prints WHERE dir = ?", empty)
+        if self._unprinted is not None:
+            self._unprinted.difference_update(d for _, _, d in found)
+            self._unprinted.difference_update(d for (d,) in empty)
+        return len(found)
+
     def count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM entries").fetchone()[0])
 
     _PUT = (
         "INSERT OR REPLACE INTO entries (key, kind, hash, target, rel1, size1, mtime1_ns, mode1, etag1,"
-        " rel2, size2, mtime2_ns, mode2, etag2, synced_ns) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+        " rel2, size2, mtime2_ns, mode2, etag2, synced_ns, dir) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
     )
 
     @staticmethod
     def _row(key: str, e1: Entry, e2: Entry, digest: str | None, now_ns: int) -> tuple[object, ...]:
         return (key, e1.kind, digest, e1.target, e1.rel, e1.size, e1.mtime_ns, e1.mode, e1.etag,
-                e2.rel, e2.size, e2.mtime_ns, e2.mode, e2.etag, now_ns)  # fmt: skip
+                e2.rel, e2.size, e2.mtime_ns, e2.mode, e2.etag, now_ns, parent_of(key))  # fmt: skip
 
     def put(self, key: str, e1: Entry, e2: Entry, digest: str | None) -> None:
         """Record *key* as in sync with side states *e1*, *e2* (commits at once outside a
         :meth:`transaction`)."""
+        self.unprint((key,))
         self.db.execute(self._PUT, self._row(key, e1, e2, digest, time.time_ns()))
 
     def put_many(self, rows: Iterable[tuple[str, Entry, Entry, str | None]]) -> None:
         """:meth:`put` for each ``(key, e1, e2, digest)``."""
         now = time.time_ns()
+        rows = list(rows)
+        self.unprint(k for k, _, _, _ in rows)
         self.db.executemany(self._PUT, (self._row(k, e1, e2, h, now) for k, e1, e2, h in rows))
 
     def begin_copies(self, copies: Iterable[tuple[str, int, Entry]]) -> None:
@@ -277,9 +369,12 @@ class Journal:
         self.db.execute("DELETE FROM pending")
 
     def remove(self, key: str) -> None:
+        self.unprint((key,))
         self.db.execute("DELETE FROM entries WHERE key = ?", (key,))
 
     def remove_many(self, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        self.unprint(keys)
         self.db.executemany("DELETE FROM entries WHERE key = ?", ((k,) for k in keys))
 
     def rows(self) -> Iterator[tuple[str, str, str | None]]:

@@ -8,9 +8,13 @@ either side is case-insensitive (:func:`key_of`).
 
 from __future__ import annotations
 
+import marshal
 import os
 import unicodedata
+from collections.abc import Iterable
 from typing import NamedTuple
+
+import xxhash
 
 FILE, DIR, LINK = "file", "dir", "link"
 TEMP_PREFIX = ".dsync-tmp-"  #: temporary names of transfers in progress (never synced)
@@ -25,6 +29,18 @@ def key_of(rel: str, *, fold_case: bool) -> str:
     """The matching key of *rel*: NFC (UAX #15 canonical composition), case-folded if asked."""
     k = rel if rel.isascii() else unicodedata.normalize("NFC", rel)
     return k.casefold() if fold_case else k
+
+
+def folder_print(items: Iterable[tuple[object, ...]]) -> bytes:
+    """The print of one folder's entries: XXH3-128 (16 bytes) of their sorted
+    ``(rel, kind, size, mtime_ns, mode, None, etag, target)`` tuples (the fields of an
+    :class:`Entry` with no hash; folders with size and mtime 0: a folder's own mtime moves with
+    every temporary name made in it), serialised by :func:`marshal.dumps` version 2, whose bytes
+    depend only on the values (str, int, None; no back-references, which came with version 3).
+
+    Equal prints of a folder's scan and of its journal rows mean every entry there is exactly
+    as the journal recorded it (see :mod:`sync.journal`, table ``folder_prints``)."""
+    return xxhash.xxh3_128_digest(marshal.dumps(sorted(items), 2))
 
 
 def parent_of(rel: str) -> str:

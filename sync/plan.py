@@ -213,3 +213,40 @@ class Plan:
             "rmdirs": [{"side": r.side, "path": r.entry.rel} for r in self.rmdirs],
             "skipped": [{"side": s.side, "path": s.rel, "reason": s.reason} for s in self.skips],
         }
+
+
+@dataclass
+class RunResult:
+    """What a run did.
+
+    Attributes:
+        copied, copied_bytes, moved, deleted, mkdirs, rmdirs, chmods: counts (bytes in bytes).
+        conflicts: conflicts resolved.
+        changed_during_run: rels skipped or left for the next run because they changed meanwhile.
+        failures: ``(rel, one-line error)`` of actions that failed.
+    """
+
+    copied: int = 0
+    copied_bytes: int = 0
+    moved: int = 0
+    deleted: int = 0
+    mkdirs: int = 0
+    rmdirs: int = 0
+    chmods: int = 0
+    conflicts: int = 0
+    changed_during_run: list[str] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "copied": self.copied,
+            "copied_bytes": self.copied_bytes,
+            "moved": self.moved,
+            "deleted": self.deleted,
+            "mkdirs": self.mkdirs,
+            "rmdirs": self.rmdirs,
+            "chmods": self.chmods,
+            "conflicts": self.conflicts,
+            "changed_during_run": self.changed_during_run,
+            "failures": [{"path": p, "error": e} for p, e in self.failures],
+        }

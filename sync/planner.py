@@ -93,11 +93,12 @@ class Planner:
 
     Args:
         v1, v2: the two sides.
-        journal: the pair's journal rows by key.
+        journal: the pair's journal rows by key (maybe without folders settled as a whole).
         options: the pair's options (direction, policy, conflict copies, checksum).
         first_run: no run of the pair has finished: merge, never delete.
         fold_case: keys are case-folded (a side is case-insensitive).
         host: the name used in conflict copies.
+        settled_files: files in folders left out of *journal* and the scans as settled.
     """
 
     def __init__(
@@ -110,6 +111,7 @@ class Planner:
         first_run: bool,
         fold_case: bool = False,
         host: str = "host",
+        settled_files: int = 0,
     ) -> None:
         self.v = {1: v1, 2: v2}
         self.journal = journal
@@ -125,7 +127,7 @@ class Planner:
         self._handled: set[str] = set()
         self._index(1, v2)
         self._index(2, v1)
-        self._settled_files = 0
+        self._settled_files = settled_files
         self._settled = self._find_settled()
         self._unsettled = [j for key, j in journal.items() if key not in self._settled]
 
@@ -523,7 +525,12 @@ def plan_sync(
     first_run: bool,
     fold_case: bool = False,
     host: str = "host",
+    settled_files: int = 0,
 ) -> tuple[Plan, dict[int, SideStats]]:
-    """Plan one run (see the module docstring). Returns the plan and each side's counts."""
-    p = Planner(v1, v2, journal, options, first_run=first_run, fold_case=fold_case, host=host)
+    """Plan one run (see the module docstring). Returns the plan and each side's counts.
+
+    *journal* and the views' scans may leave out whole folders the caller found settled (every
+    entry on both sides as its row records it); *settled_files* counts the files there."""
+    p = Planner(v1, v2, journal, options, first_run=first_run, fold_case=fold_case, host=host,
+                settled_files=settled_files)  # fmt: skip
     return p.build(), p.stats

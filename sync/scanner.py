@@ -9,18 +9,24 @@ lines: https://git-scm.com/docs/gitignore). Names starting with :data:`sync.mode
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
 import logging
+import marshal
 import os
+import signal
 import stat
+import unicodedata
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pool.errors import UsageError
 from pool.tempnames import PARTIAL_MARK, TMP_MARK
 
-from .model import DIR, FILE, LINK, TEMP_PREFIX, Entry
+from .model import DIR, FILE, LINK, TEMP_PREFIX, Entry, folder_print
 
 if TYPE_CHECKING:
     import fsspec
@@ -74,8 +80,53 @@ class Filters:
         return self._spec.match_file(rel + "/" if is_dir else rel)
 
 
+@dataclass
+class LocalScan:
+    """A local root's scan, folder by folder.
+
+    Attributes:
+        folders: folder rel (``""`` for the root) -> its entries keyed by rel.
+        prints: folder rel -> :func:`sync.model.folder_print` of its entries.
+        files: folder rel -> how many regular files it holds.
+    """
+
+    folders: dict[str, dict[str, Entry]] = field(default_factory=dict)
+    prints: dict[str, bytes] = field(default_factory=dict)
+    files: dict[str, int] = field(default_factory=dict)
+    nfc: bool | None = None  # every name is in NFC (None: not known yet, see names_nfc)
+
+    def names_nfc(self) -> bool:
+        """Whether every name is in Unicode NFC (ASCII names are), so is its own key."""
+        if self.nfc is None:
+            self.nfc = all(
+                all(map(str.isascii, f)) or all(unicodedata.is_normalized("NFC", rel) for rel in f)
+                for f in self.folders.values()
+            )
+        return self.nfc
+
+    def flat(self, skip: set[str] | frozenset[str] = frozenset()) -> dict[str, Entry]:
+        """Every entry keyed by rel, leaving out the folders named in *skip*."""
+        out: dict[str, Entry] = {}
+        for d, entries in self.folders.items():
+            if d not in skip:
+                out.update(entries)
+        return out
+
+
 def scan_local(root: str, filters: Filters | None = None, temps: list[str] | None = None) -> dict[str, Entry]:
-    """Every entry below local directory *root*, keyed by ``rel``.
+    """Every entry below local directory *root*, keyed by ``rel`` (see :func:`scan_local_folders`).
+
+    Raises:
+        FileNotFoundError: *root* does not exist.
+    """
+    return scan_local_folders(root, filters, temps, with_prints=False).flat()
+
+
+def scan_local_folders(
+    root: str, filters: Filters | None = None, temps: list[str] | None = None, *, with_prints: bool = True
+) -> LocalScan:
+    """Every entry below local directory *root*, folder by folder, with each folder's print
+    (unless *with_prints* is false).
 
     One ``lstat`` per entry (:meth:`os.DirEntry.stat` of a folder opened by descriptor, so
     ``fstatat``: links not followed, no path walk per file); symlinks are listed
@@ -86,56 +137,194 @@ def scan_local(root: str, filters: Filters | None = None, temps: list[str] | Non
     Raises:
         FileNotFoundError: *root* does not exist.
     """
-    out: dict[str, Entry] = {}
+    scan = LocalScan()
     stack = [""]
-    rules = filters if filters is not None and filters.lines else None
     while stack:
         d = stack.pop()
-        prefix = f"{d}/" if d else ""
-        try:
-            # entries are stat-ed relative to their folder (fstatat): no path walk per file
-            fd = os.open(f"{root}/{d}" if d else root, _DIR_FLAGS)
-        except (FileNotFoundError, NotADirectoryError):
+        found = scan_local_folder(root, d, filters, temps, stack)
+        if found is None:
             if not d:
-                raise
+                raise FileNotFoundError(errno.ENOENT, "no such folder", root)
             continue  # removed while scanning: the next run sees it
-        try:
-            with os.scandir(fd) as it:
-                for de in it:
-                    name = de.name
-                    rel = prefix + name
-                    if name[0] == "." and is_temp_name(name):
-                        if temps is not None:
-                            temps.append(rel)
+        out, items, files = found
+        scan.folders[d] = out
+        scan.files[d] = files
+        if with_prints:
+            scan.prints[d] = folder_print(items)
+    return scan
+
+
+def scan_local_folder(
+    root: str, d: str, filters: Filters | None, temps: list[str] | None, subdirs: list[str] | None = None
+) -> tuple[dict[str, Entry], list[tuple[object, ...]], int] | None:
+    """The entries of folder *d* of local root *root* (see :func:`scan_local_folders`):
+    ``(entries by rel, the print's tuples, regular files)``, or None if the folder is gone.
+    Its subfolders that are not excluded are appended to *subdirs* when given."""
+    rules = filters if filters is not None and filters.lines else None
+    prefix = f"{d}/" if d else ""
+    try:
+        # entries are stat-ed relative to their folder (fstatat): no path walk per file
+        fd = os.open(f"{root}/{d}" if d else root, _DIR_FLAGS)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    out: dict[str, Entry] = {}
+    items: list[tuple[object, ...]] = []
+    files = 0
+    try:
+        with os.scandir(fd) as it:
+            for de in it:
+                name = de.name
+                rel = prefix + name
+                if name[0] == "." and is_temp_name(name):
+                    if temps is not None:
+                        temps.append(rel)
+                    continue
+                try:
+                    st = de.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                m = st.st_mode
+                if stat.S_ISREG(m):
+                    if rules is None or not rules.excluded(rel):
+                        # Entry(rel, FILE, size, mtime, mode) without the keyword handling
+                        t = (rel, FILE, st.st_size, st.st_mtime_ns, m & 0o7777, None, None, None)
+                        out[rel] = _new(Entry, t)
+                        items.append(t)
+                        files += 1
+                elif stat.S_ISDIR(m):
+                    if rules is None or not rules.excluded(rel, is_dir=True):
+                        out[rel] = Entry(rel, DIR, 0, st.st_mtime_ns, m & 0o7777)
+                        items.append((rel, DIR, 0, 0, m & 0o7777, None, None, None))
+                        if subdirs is not None:
+                            subdirs.append(rel)
+                elif stat.S_ISLNK(m):
+                    if rules is not None and rules.excluded(rel):
                         continue
                     try:
-                        st = de.stat(follow_symlinks=False)
-                    except FileNotFoundError:
+                        target = os.readlink(name, dir_fd=fd)
+                    except OSError:
                         continue
-                    m = st.st_mode
-                    if stat.S_ISREG(m):
-                        if rules is None or not rules.excluded(rel):
-                            # Entry(rel, FILE, size, mtime, mode) without the keyword handling
-                            out[rel] = _new(
-                                Entry, (rel, FILE, st.st_size, st.st_mtime_ns, m & 0o7777, None, None, None)
-                            )
-                    elif stat.S_ISDIR(m):
-                        if rules is None or not rules.excluded(rel, is_dir=True):
-                            out[rel] = Entry(rel, DIR, 0, st.st_mtime_ns, m & 0o7777)
-                            stack.append(rel)
-                    elif stat.S_ISLNK(m):
-                        if rules is not None and rules.excluded(rel):
-                            continue
-                        try:
-                            target = os.readlink(name, dir_fd=fd)
-                        except OSError:
-                            continue
-                        out[rel] = Entry(rel, LINK, len(target), st.st_mtime_ns, None, target=target)
-                    else:
-                        log.info("skipping %s/%s: not a file, directory or symlink", root, rel)
-        finally:
-            os.close(fd)
-    return out
+                    e = out[rel] = Entry(rel, LINK, len(target), st.st_mtime_ns, None, target=target)
+                    items.append(tuple(e))
+                else:
+                    log.info("skipping %s/%s: not a file, directory or symlink", root, rel)
+    finally:
+        os.close(fd)
+    return out, items, files
+
+
+class ForkedScan:
+    """:func:`scan_local_folders` of *root* run by a child process (``fork``), so that the
+    caller scans the other side meanwhile on another CPU (two threads would take turns on
+    CPython's interpreter lock instead). Little travels through the pipes (marshal, each
+    message prefixed by its length): the child sends prints, file counts and temporary names
+    (:meth:`prints`), then the entries of only the folders the caller asks for
+    (:meth:`folders`: those not settled), and exits. Only for a process running a single
+    thread (a child of a threaded process could inherit a lock some other thread held).
+
+    Args:
+        root, filters: as for :func:`scan_local_folders`.
+    """
+
+    def __init__(self, root: str, filters: Filters | None) -> None:
+        self.root = root
+        up_r, up_w = os.pipe()  # child -> caller
+        down_r, down_w = os.pipe()  # caller -> child
+        self.pid = os.fork()
+        if self.pid == 0:  # pragma: no cover - the child (coverage does not follow it)
+            try:
+                os.close(up_r)
+                os.close(down_w)
+                with os.fdopen(up_w, "wb") as up, os.fdopen(down_r, "rb") as down:
+                    self._child(root, filters, up, down)
+            finally:
+                os._exit(0)
+        os.close(up_w)
+        os.close(down_r)
+        self._up: BinaryIO | None = os.fdopen(up_r, "rb")
+        self._down: BinaryIO | None = os.fdopen(down_w, "wb")
+
+    @staticmethod
+    def _child(root: str, filters: Filters | None, up: BinaryIO, down: BinaryIO) -> None:
+        temps: list[str] = []
+        try:
+            scan = scan_local_folders(root, filters, temps)
+        except FileNotFoundError:
+            _send(up, ("missing",))
+            return
+        except BaseException as e:  # noqa: BLE001 - reported to the caller, which scans itself
+            _send(up, ("error", repr(e)))
+            return
+        _send(up, ("ok", scan.prints, scan.files, temps, scan.names_nfc()))
+        wanted = _receive(down)
+        if isinstance(wanted, list):
+            _send(up, {d: [tuple(e) for e in scan.folders[d].values()] for d in wanted if d in scan.folders})
+
+    def prints(self, temps: list[str]) -> LocalScan | None:
+        """The scan's prints, file counts and whether names are NFC (no entries yet), or None if the child failed
+        (the caller then scans itself). Temporary names go to *temps*.
+
+        Raises:
+            FileNotFoundError: *root* does not exist.
+        """
+        assert self._up is not None
+        payload = _receive(self._up)
+        if not isinstance(payload, tuple) or payload[0] != "ok":
+            self.close()
+            if isinstance(payload, tuple) and payload[0] == "missing":
+                raise FileNotFoundError(errno.ENOENT, "no such folder", self.root)
+            log.warning("scanning %s in a child process failed (%s): scanning here", self.root, payload)
+            return None
+        _, prints, files, found, nfc = payload
+        temps.extend(found)
+        return LocalScan(prints=prints, files=files, nfc=nfc)
+
+    def folders(self, wanted: Iterable[str]) -> dict[str, dict[str, Entry]] | None:
+        """The entries of the folders *wanted* (by folder), or None if the child failed."""
+        assert self._up is not None and self._down is not None
+        try:
+            _send(self._down, sorted(wanted))
+            self._down.close()
+            sent = _receive(self._up)
+        except OSError as e:
+            log.warning("scanning %s in a child process failed (%s): scanning here", self.root, e)
+            sent = None
+        self.close()
+        if not isinstance(sent, dict):
+            return None
+        return {d: {t[0]: _new(Entry, t) for t in rows} for d, rows in sent.items()}
+
+    def close(self) -> None:
+        """Stop the child (if it still runs) and reap it."""
+        for f in (self._down, self._up):
+            if f is not None:
+                with contextlib.suppress(OSError):
+                    f.close()
+        self._up = self._down = None
+        if self.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+            self.pid = 0
+
+
+def _send(f: BinaryIO, obj: Any) -> None:
+    data = marshal.dumps(obj)
+    f.write(len(data).to_bytes(8, "little") + data)
+    f.flush()
+
+
+def _receive(f: BinaryIO) -> object:
+    """The next message, or None at the end of the stream or on a damaged message."""
+    head = f.read(8)
+    if len(head) < 8:
+        return None
+    data = f.read(int.from_bytes(head, "little"))
+    try:
+        return marshal.loads(data)
+    except (EOFError, ValueError, TypeError):
+        return None
 
 
 def mtime_ns_of(info: dict[str, Any]) -> int:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 from pool.hashing import hash_stream
 
 from .model import DIR, FILE, LINK, Entry, parent_of, temp_name
-from .scanner import Filters, entry_from_info, scan_fs, scan_local
+from .scanner import Filters, LocalScan, entry_from_info, scan_fs, scan_local, scan_local_folders
 
 if TYPE_CHECKING:
     import fsspec
@@ -143,6 +143,16 @@ class Side:
             )
         except FileNotFoundError:
             return {}
+
+    def scan_folders(self, filters: Filters | None = None) -> LocalScan:
+        """A local root's scan folder by folder, with folder prints (see
+        :func:`sync.scanner.scan_local_folders`). A missing root is an empty scan."""
+        assert self.is_local
+        self.temps = []
+        try:
+            return scan_local_folders(self.root, filters, self.temps)
+        except FileNotFoundError:
+            return LocalScan()
 
     def stat(self, rel: str) -> Entry | None:
         """The entry at *rel* now (links not followed), or None if there is none."""
