@@ -23,16 +23,25 @@ class _OnFirstUse:
         self._kwargs = kwargs
         self._made: Console | None = None
 
-    def __getattr__(self, name: str) -> Any:
+    def made(self) -> Console:
         if self._made is None:
             from rich.console import Console
 
             self._made = Console(**self._kwargs)
-        return getattr(self._made, name)
+        return self._made
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.made(), name)
 
 
 console = cast("Console", _OnFirstUse(highlight=False))
 err_console = cast("Console", _OnFirstUse(stderr=True, highlight=False))
+
+
+def rich_console(stand_in: Console) -> Console:
+    """The console :data:`console` or :data:`err_console` stands for, made now: for rich
+    objects (a progress bar) that use it as a context manager, which a stand-in cannot be."""
+    return cast(_OnFirstUse, stand_in).made()
 
 
 def print_line(text: str, style: str | None = None) -> None:
@@ -65,7 +74,7 @@ def transfer_progress(description: str, total: int) -> tuple[Any, Any]:
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=console,
+        console=rich_console(console),
         transient=True,
     )
     return bar, bar.add_task(description, total=total)

@@ -12,7 +12,7 @@ from pool.config import pool_home
 from pool.errors import ExistsError, UsageError
 from pool.units import format_size
 
-from .console import console, emit_json, print_line
+from .console import console, emit_json, print_line, rich_console
 from .params import DURATION, SIZE
 
 
@@ -176,7 +176,7 @@ def _run_now(registry: Any, pair: Any, *, dry_run: bool, force: bool, as_json: b
             TextColumn("{task.fields[files]} files"),
             DownloadColumn(),
             TimeRemainingColumn(),
-            console=console,
+            console=rich_console(console),
             transient=True,
         ) as bar:
             task = bar.add_task(f"sync {pair.name}", total=None, files=0)

@@ -12,7 +12,7 @@ from pool.config import pool_home
 from pool.errors import TransferError, UsageError
 from pool.units import format_size
 
-from .console import console, emit_json
+from .console import console, emit_json, rich_console
 from .params import SIZE
 
 
@@ -80,7 +80,7 @@ def _copy(
                 DownloadColumn(),
                 TransferSpeedColumn(),
                 TimeRemainingColumn(),
-                console=console,
+                console=rich_console(console),
                 transient=True,
             ) as bar:
                 task = bar.add_task(f"{len(plan)} file(s)", total=total)

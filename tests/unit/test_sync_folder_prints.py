@@ -211,6 +211,8 @@ def test_a_forked_scan_that_fails_lets_the_caller_scan(tmp_path: Path) -> None:
     try:
         got = ok.prints(temps)
         assert got is not None and got.files == {"": 0, "d": 1} and got.nfc
+        # the child holds nothing of ours open (a run lock must die with its holder)
+        assert len(os.listdir(f"/proc/{ok.pid}/fd")) == 5  # stdin, stdout, stderr, two pipes
         assert got.prints == scan_local_folders(str(tmp_path)).prints
         folders = ok.folders(["d"])
         assert folders is not None and list(folders) == ["d"]
