@@ -282,25 +282,23 @@ class Journal:
         if not dirs:
             return 0
         q = (
-            "SELECT rel1, kind, size1, mtime1_ns, mode1, etag1, target, rel2, size2, mtime2_ns, mode2, etag2"
-            " FROM entries WHERE dir = ?"
+            "SELECT dir, rel1, kind, size1, mtime1_ns, mode1, etag1, target, rel2, size2, mtime2_ns, mode2, etag2"
+            " FROM entries WHERE dir IN (SELECT value FROM json_each(?))"
         )
+        sides: dict[str, tuple[list[tuple[object, ...]], list[tuple[object, ...]]]] = {d: ([], []) for d in dirs}
+        spoilt: set[str] = set()
+        for d, rel1, kind, s1, m1, mo1, et1, target, rel2, s2, m2, mo2, et2 in self.db.execute(q, (json.dumps(dirs),)):
+            if et1 is not None or et2 is not None or (mo1 is not None and mo2 is not None and mo1 != mo2):
+                spoilt.add(d)
+            elif kind == DIR:
+                sides[d][0].append((rel1, DIR, 0, 0, mo1, None, None, None))
+                sides[d][1].append((rel2, DIR, 0, 0, mo2, None, None, None))
+            else:
+                sides[d][0].append((rel1, kind, s1, m1, mo1, None, None, target))
+                sides[d][1].append((rel2, kind, s2, m2, mo2, None, None, target))
         found, empty = [], []
-        for d in dirs:
-            t1: list[tuple[object, ...]] = []
-            t2: list[tuple[object, ...]] = []
-            ok = True
-            for rel1, kind, s1, m1, mo1, et1, target, rel2, s2, m2, mo2, et2 in self.db.execute(q, (d,)):
-                if et1 is not None or et2 is not None or (mo1 is not None and mo2 is not None and mo1 != mo2):
-                    ok = False
-                    break
-                if kind == DIR:
-                    t1.append((rel1, DIR, 0, 0, mo1, None, None, None))
-                    t2.append((rel2, DIR, 0, 0, mo2, None, None, None))
-                else:
-                    t1.append((rel1, kind, s1, m1, mo1, None, None, target))
-                    t2.append((rel2, kind, s2, m2, mo2, None, None, target))
-            if not ok:
+        for d, (t1, t2) in sides.items():
+            if d in spoilt:
                 continue
             if t1:
                 found.append((folder_print(t1), folder_print(t2), d))
