@@ -4,6 +4,7 @@ local folders, pool buckets and integrations."""
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 import click
@@ -170,6 +171,8 @@ def _run_now(registry: Any, pair: Any, *, dry_run: bool, force: bool, as_json: b
     else:
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
+        # refreshed by the run's callbacks, not by a thread of its own: a run that holds only
+        # its main thread scans the second local folder in a forked child meanwhile
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -178,16 +181,26 @@ def _run_now(registry: Any, pair: Any, *, dry_run: bool, force: bool, as_json: b
             TimeRemainingColumn(),
             console=rich_console(console),
             transient=True,
+            auto_refresh=False,
         ) as bar:
             task = bar.add_task(f"sync {pair.name}", total=None, files=0)
-            done = [0]
+            bar.refresh()
+            done, shown = [0], [0.0]
+
+            def show(now: bool = False) -> None:
+                t = time.monotonic()
+                if now or t - shown[0] >= 0.1:
+                    shown[0] = t
+                    bar.refresh()
 
             def on_plan(plan: Any) -> None:
                 bar.update(task, total=max(plan.copy_bytes, 1))
+                show(now=True)
 
             def progress(files: int, nbytes: int) -> None:
                 done[0] += files
                 bar.update(task, advance=nbytes, files=done[0])
+                show()
 
             outcome = run_registered(registry, pair, force=force, progress=progress, on_plan=on_plan)
     plan = outcome.plan
