@@ -31,7 +31,6 @@ embedded default pool, ``tiers/<tier>/`` (one local directory per tier).
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,6 +106,8 @@ class PoolConfig:
             NotInitialisedError: there is no pool at *home* yet.
             ConfigError: the file is not valid TOML or has bad values.
         """
+        import tomllib  # here: commands that never read the configuration (a local sync) skip it
+
         home = home or pool_home()
         path = home / CONFIG_NAME
         try:
