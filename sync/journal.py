@@ -26,7 +26,8 @@ Schema (``PRAGMA user_version`` holds the number of migrations applied)::
         rel2, size2, mtime2_ns, mode2, etag2   -- the same for side 2
         synced_ns  INTEGER NOT NULL,  -- when this row was committed, ns since the epoch
         dir        TEXT NOT NULL      -- the folder of key ("" at the top; migration 4), indexed
-    ) WITHOUT ROWID                   -- (since migration 3: one b-tree, one page per commit)
+    ) WITHOUT ROWID                   -- (since migration 3: no rowid b-tree; a commit writes a
+                                      -- page of it and one of the dir index)
     pending(                          -- copies started, not known finished (migration 2)
         key          TEXT PRIMARY KEY,
         dst          INTEGER NOT NULL,  -- the side being written (1 or 2)
