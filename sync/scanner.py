@@ -141,7 +141,7 @@ def scan_local_folders(
     stack = [""]
     while stack:
         d = stack.pop()
-        found = scan_local_folder(root, d, filters, temps, stack)
+        found = _scan_folder(root, d, filters, temps, stack)
         if found is None:
             if not d:
                 raise FileNotFoundError(errno.ENOENT, "no such folder", root)
@@ -154,12 +154,12 @@ def scan_local_folders(
     return scan
 
 
-def scan_local_folder(
-    root: str, d: str, filters: Filters | None, temps: list[str] | None, subdirs: list[str] | None = None
+def _scan_folder(
+    root: str, d: str, filters: Filters | None, temps: list[str] | None, subdirs: list[str]
 ) -> tuple[dict[str, Entry], list[tuple[object, ...]], int] | None:
     """The entries of folder *d* of local root *root* (see :func:`scan_local_folders`):
     ``(entries by rel, the print's tuples, regular files)``, or None if the folder is gone.
-    Its subfolders that are not excluded are appended to *subdirs* when given."""
+    Its subfolders that are not excluded are appended to *subdirs*."""
     rules = filters if filters is not None and filters.lines else None
     prefix = f"{d}/" if d else ""
     try:
@@ -195,8 +195,7 @@ def scan_local_folder(
                     if rules is None or not rules.excluded(rel, is_dir=True):
                         out[rel] = Entry(rel, DIR, 0, st.st_mtime_ns, m & 0o7777)
                         items.append((rel, DIR, 0, 0, m & 0o7777, None, None, None))
-                        if subdirs is not None:
-                            subdirs.append(rel)
+                        subdirs.append(rel)
                 elif stat.S_ISLNK(m):
                     if rules is not None and rules.excluded(rel):
                         continue
