@@ -87,10 +87,10 @@ class Scanned:
     """Both sides' scans (by rel) and the journal rows the planner needs.
 
     Attributes:
-        scans: side 1's and side 2's entries; without the folders found settled.
-        rows: journal rows by key; without the rows of the folders found settled.
-        settled_files: files in the folders found settled (each side holds them as recorded).
-        has_files: whether each side holds any file at all (settled folders included).
+        scans: side 1's and side 2's entries; without the print groups found settled.
+        rows: journal rows by key; without the rows of the groups found settled.
+        settled_files: files in the groups found settled (each side holds them as recorded).
+        has_files: whether each side holds any file at all (settled groups included).
     """
 
     scans: list[dict[str, Entry]]
@@ -105,9 +105,10 @@ def _scan(sides: dict[int, Side], filters: Filters, journal: Journal, by_folder:
     (CPython threads take turns on the interpreter, and thousands of short ``lstat`` calls
     handing it back and forth make two scanning threads slower than one).
 
-    *by_folder* (two local folders, see :func:`_by_folder`): folders whose scans on both sides
-    print as their journal rows do (:func:`sync.model.folder_print`) are settled as a whole:
-    neither their rows nor their entries reach the planner."""
+    *by_folder* (two local folders, see :func:`_by_folder`): print groups (parts of folders,
+    :func:`sync.model.group_of`) whose scans on both sides print as their journal rows do
+    (:func:`sync.model.group_print`) are settled as a whole: neither their rows nor their
+    entries reach the planner."""
     if by_folder:
         return _scan_by_folder(sides, filters, journal)
     remote = [n for n in (1, 2) if not sides[n].is_local]
@@ -126,7 +127,7 @@ def _scan(sides: dict[int, Side], filters: Filters, journal: Journal, by_folder:
 
 
 def _by_folder(sides: dict[int, Side], options: SyncOptions, journal: Journal, fold_case: bool) -> bool:
-    """Whether this run may settle whole folders by their prints: two local folders (whose
+    """Whether this run may settle whole print groups by their prints: two local folders (whose
     scans list every folder and give no ETags), names not case-folded, contents not compared
     (``--checksum``), a pair that finished a run before and whose last run left no copies in
     flight (those are recovered key by key)."""
@@ -159,22 +160,22 @@ def _scan_by_folder(sides: dict[int, Side], filters: Filters, journal: Journal) 
         stored = journal.prints()
         settled: set[str] = set()
         # a name not in NFC may be spelled differently on the two sides, and the planner
-        # then needs the spellings of every folder: no folder is settled whole then
+        # then needs the spellings of every folder: no group is settled whole then
         if s1.names_nfc() and s2.names_nfc():
-            settled = {d for d, (f1, f2) in stored.items()
-                       if f1 is not None and s1.prints.get(d) == f1 and s2.prints.get(d) == f2}  # fmt: skip
+            settled = {g for g, (f1, f2) in stored.items()
+                       if f1 is not None and s1.prints.get(g) == f1 and s2.prints.get(g) == f2}  # fmt: skip
         if forked is not None and s2.prints:
-            got = forked.folders(d for d in s2.prints if d not in settled)
-            s2.folders = got if got is not None else sides[2].scan_folders(filters).folders
+            got = forked.groups(g for g in s2.prints if g not in settled)
+            s2.groups = got if got is not None else sides[2].scan_folders(filters).groups
     finally:
         if forked is not None:
             forked.close()
     has = (any(s1.files.values()), any(s2.files.values()))
     if not settled:
         return Scanned([s1.flat(), s2.flat()], journal.load(), 0, has)
-    rows = journal.load_folders(d for d in stored if d not in settled)
-    files = sum(s1.files[d] for d in settled)
-    log.debug("%d of %d folders settled by their prints (%d files)", len(settled), len(stored), files)
+    rows = journal.load_groups(g for g in stored if g not in settled)
+    files = sum(s1.files[g] for g in settled)
+    log.debug("%d of %d groups settled by their prints (%d files)", len(settled), len(stored), files)
     return Scanned([s1.flat(settled), s2.flat(settled)], rows, files, has)
 
 
@@ -299,14 +300,23 @@ def _run(
     if plan.changes or plan.records or plan.forgets:
         from .executor import Executor  # here: a run with nothing to do needs none of it
 
-        result = Executor(sides, journal, options, transfer_log=transfer_log, progress=progress).run(plan)
+        executor = Executor(sides, journal, options, transfer_log=transfer_log, progress=progress)
+        try:
+            result = executor.run(plan)
+            _finish_run(journal, sides, fold_case, result)  # while the copies' last flush runs
+        finally:
+            executor.finish()
     else:
         result = RunResult()
+        _finish_run(journal, sides, fold_case, result)
+    return RunOutcome(plan, result, first_run, stats)
+
+
+def _finish_run(journal: Journal, sides: dict[int, Side], fold_case: bool, result: RunResult) -> None:
     if not result.failures:
         journal.mark_completed()
     if sides[1].is_local and sides[2].is_local and not fold_case:
-        journal.refresh_prints()  # for the next run's folders settled whole (see _scan)
-    return RunOutcome(plan, result, first_run, stats)
+        journal.refresh_prints()  # for the next run's groups settled whole (see _scan)
 
 
 @contextlib.contextmanager

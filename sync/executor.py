@@ -17,7 +17,9 @@ looks like "deleted on both sides".
 
 Copies between local folders are not flushed to disk one by one: every :data:`DURABLE_BATCH`
 copies or :data:`DURABLE_EVERY_S` seconds one ``syncfs(2)`` of the destination makes them durable.
-Their journal rows commit at once, but the run's pending-copy notes stay until the last flush: a
+The last flush runs on a thread while the deletes (and the caller's own end-of-run work) go on;
+:meth:`Executor.finish` waits for it. The copies' journal rows commit at once, but the run's
+pending-copy notes stay until the last flush is over: a
 run that finds notes from an earlier boot (a power cut or crash of the machine, not only of the
 process) checks those copies' content before trusting their rows (see
 :func:`sync.engine._recover_pending`).
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -101,6 +104,9 @@ class Executor:
         self._unflushed_n = 0
         self._flushed_at = time.monotonic()
         self._take: Callable[[int], None] | None = None
+        self._flusher: threading.Thread | None = None  # the last flush, running (see finish)
+        self._flush_error: OSError | None = None
+        self._copies_over = False  # the copy phase ended without raising
         self._chunk = 1 << 20
         if options.bwlimit_bytes_per_s:
             from pool.resilience import bandwidth_bucket
@@ -141,9 +147,11 @@ class Executor:
         self.journal.begin_copies((c.key, c.dst, c.src_entry) for c in plan.copies if c.src_entry.kind == FILE)
         try:
             self._parallel(plan.copies, self._copy_work, self._copy_and_flush)
-        finally:
+        except BaseException:
             self._flush()
-        self.journal.clear_all_pending()  # every copy of the run is on disk now
+            raise
+        self._copies_over = True
+        self._flush_in_background()
         for c in plan.chmods:
             self._chmod(c)
         self._parallel(plan.deletes, self._delete_work, self._delete_done)
@@ -156,6 +164,37 @@ class Executor:
                 self._fail(r.entry.rel, e)
         self.result.conflicts = len(plan.conflicts)
         return self.result
+
+    def finish(self) -> None:
+        """Wait for the last flush of the copies (started by :meth:`run`, which returns while it
+        runs so that the caller's remaining work overlaps it), then forget the run's
+        pending-copy notes: every copy is on disk now. Call it once after :meth:`run`, also
+        when that raised (a copy phase cut short keeps its notes for the next run).
+
+        Raises:
+            OSError: the flush failed (the notes stay, so the next run checks those copies).
+        """
+        if self._flusher is not None:
+            self._flusher.join()
+            self._flusher = None
+        if self._flush_error is not None:
+            raise self._flush_error
+        if self._copies_over:
+            self.journal.clear_all_pending()
+
+    def _flush_in_background(self) -> None:
+        """:meth:`_flush` on a thread (it waits on the disk; the GIL is free meanwhile)."""
+        if not self._unflushed:
+            return
+
+        def flush() -> None:
+            try:
+                self._flush()
+            except OSError as e:
+                self._flush_error = e
+
+        self._flusher = threading.Thread(target=flush, name="sync-flush", daemon=True)
+        self._flusher.start()
 
     def _journal_only(self, plan: Plan) -> None:
         for i in range(0, len(plan.records), RECORD_BATCH):

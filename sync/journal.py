@@ -13,7 +13,8 @@ Schema (``PRAGMA user_version`` holds the number of migrations applied)::
         completed_ns     end of the first run that finished (absent: the first run has not
                          finished, so the next run is again a merge that never deletes)
     entries(
-        key        TEXT PRIMARY KEY,  -- NFC path (case-folded if fold_case): see sync.model.key_of
+        key        TEXT NOT NULL,     -- NFC path (case-folded if fold_case): see sync.model.key_of;
+                                      -- unique (index entries_by_key)
         kind       TEXT NOT NULL,     -- "file" | "dir" | "link"
         hash       TEXT,              -- XXH3-128 hex of the content both sides held (link: of the
                                       -- target); NULL when matched by size + mtime only
@@ -25,9 +26,12 @@ Schema (``PRAGMA user_version`` holds the number of migrations applied)::
         etag1      TEXT,              -- ETag / version id on side 1, NULL where it has none
         rel2, size2, mtime2_ns, mode2, etag2   -- the same for side 2
         synced_ns  INTEGER NOT NULL,  -- when this row was committed, ns since the epoch
-        dir        TEXT NOT NULL      -- the folder of key ("" at the top; migration 4), indexed
-    ) WITHOUT ROWID                   -- (since migration 3: no rowid b-tree; a commit writes a
-                                      -- page of it and one of the dir index)
+        grp        TEXT NOT NULL,     -- the key's print group: sync.model.group_of (migration 5;
+                                      -- migration 4 had the folder here, as dir)
+        PRIMARY KEY (grp, key)        -- (migration 5) a group's rows lie together: loading the
+    ) WITHOUT ROWID                   -- rows of some groups reads a range of pages each, not a
+                                      -- page per row; no rowid b-tree (migration 3): a commit
+                                      -- writes a page of the table and one of entries_by_key
     pending(                          -- copies started, not known finished (migration 2)
         key          TEXT PRIMARY KEY,
         dst          INTEGER NOT NULL,  -- the side being written (1 or 2)
@@ -37,22 +41,24 @@ Schema (``PRAGMA user_version`` holds the number of migrations applied)::
         src_mode     INTEGER
     ) WITHOUT ROWID
 
-    folder_prints(                    -- (migration 4) one row per folder holding rows
-        dir  TEXT PRIMARY KEY,        -- as entries.dir
-        fp1  BLOB,                    -- sync.model.folder_print of the folder's rows as side 1
+    group_prints(                     -- (migration 5; folder_prints, per folder, in 4) one row
+        grp  TEXT PRIMARY KEY,        -- per print group holding rows, as entries.grp
+        fp1  BLOB,                    -- sync.model.group_print of the group's rows as side 1
         fp2  BLOB                     -- holds them, and as side 2; both NULL while unknown
     ) WITHOUT ROWID
 
-Folder prints let a rescan skip folders where nothing moved: a folder whose scans on both sides
-print as its rows do holds exactly what the journal recorded, so its rows need not be loaded nor
-its entries compared one by one (see ``sync.engine``). Every write to ``entries`` first sets its
-folder's prints to NULL (committed before the row, so a print never describes rows that changed
-after it); :meth:`Journal.refresh_prints` computes the missing ones from the rows at the end of a
-run.
+Group prints let a rescan skip the parts of the tree where nothing moved. A print group is a
+folder's entries whose names fall in one of :data:`sync.model.GROUP_BUCKETS` buckets (so one
+changed file unsettles a quarter of its folder, not all of it). A group whose scans on both
+sides print as its rows do holds exactly what the journal recorded, so its rows need not be
+loaded nor its entries compared one by one (see ``sync.engine``). Every write to ``entries``
+first sets its group's prints to NULL (committed before the row, so a print never describes
+rows that changed after it); :meth:`Journal.refresh_prints` computes the missing ones from the
+rows at the end of a run.
 
 The ``pending`` rows of a run's copies are written (one transaction) before the copies start;
-each finished copy commits its ``entries`` row on its own, and the pending rows go when the copy
-phase ends. A run killed in between leaves them: for each, the next run finds the destination
+each finished copy commits its ``entries`` row on its own, and the pending rows go once the copy
+phase ended and its last flush is over (see :mod:`sync.executor`). A run killed in between leaves them: for each, the next run finds the destination
 holding a file of the source's size and mtime (the copy finished) and treats the key as synced
 then, so a later edit on either side is a one-sided change, not a conflict; a copy whose
 ``entries`` row was committed already keeps that row (see ``sync.engine``).
@@ -68,12 +74,14 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 from typing import NamedTuple
 
 from pool.errors import CatalogError
 
-from .model import DIR, Entry, folder_print, parent_of
+from .model import DIR, Entry, group_of, group_print, parent_of
 
 #: numbered migrations; migration i brings user_version from i to i + 1
 MIGRATIONS: list[str] = [
@@ -123,6 +131,27 @@ MIGRATIONS: list[str] = [
     CREATE INDEX entries_by_dir ON entries (dir);
     CREATE TABLE folder_prints (dir TEXT PRIMARY KEY, fp1 BLOB, fp2 BLOB) WITHOUT ROWID;
     INSERT INTO folder_prints (dir) SELECT DISTINCT dir FROM entries;
+    """,
+    """
+    CREATE TABLE entries5 (
+        key TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        hash TEXT,
+        target TEXT,
+        rel1 TEXT NOT NULL, size1 INTEGER NOT NULL, mtime1_ns INTEGER NOT NULL, mode1 INTEGER, etag1 TEXT,
+        rel2 TEXT NOT NULL, size2 INTEGER NOT NULL, mtime2_ns INTEGER NOT NULL, mode2 INTEGER, etag2 TEXT,
+        synced_ns INTEGER NOT NULL,
+        grp TEXT NOT NULL,
+        PRIMARY KEY (grp, key)
+    ) WITHOUT ROWID;
+    INSERT INTO entries5 SELECT key, kind, hash, target, rel1, size1, mtime1_ns, mode1, etag1,
+        rel2, size2, mtime2_ns, mode2, etag2, synced_ns, ds_group(key) FROM entries;
+    DROP TABLE entries;
+    ALTER TABLE entries5 RENAME TO entries;
+    CREATE UNIQUE INDEX entries_by_key ON entries (key);
+    DROP TABLE folder_prints;
+    CREATE TABLE group_prints (grp TEXT PRIMARY KEY, fp1 BLOB, fp2 BLOB) WITHOUT ROWID;
+    INSERT INTO group_prints (grp) SELECT DISTINCT grp FROM entries;
     """,
 ]
 
@@ -190,6 +219,7 @@ class Journal:
         try:
             self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
             self.db.create_function("ds_parent", 1, parent_of, deterministic=True)  # migration 4
+            self.db.create_function("ds_group", 1, group_of, deterministic=True)  # migration 5
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
@@ -251,66 +281,68 @@ class Journal:
         rows = self.db.execute(f"SELECT {', '.join(Synced._fields)} FROM entries")
         return {r[0]: new(Synced, r) for r in rows}
 
-    def load_folders(self, dirs: Iterable[str]) -> dict[str, Synced]:
-        """The rows of the folders *dirs* (their direct entries), keyed by key."""
+    def load_groups(self, groups: Iterable[str]) -> dict[str, Synced]:
+        """The rows of the print groups *groups* (see :func:`sync.model.group_of`), keyed by key."""
         new = tuple.__new__
-        q = f"SELECT {', '.join(Synced._fields)} FROM entries WHERE dir IN (SELECT value FROM json_each(?))"
-        return {r[0]: new(Synced, r) for r in self.db.execute(q, (json.dumps(list(dirs)),))}
+        q = f"SELECT {', '.join(Synced._fields)} FROM entries WHERE grp IN (SELECT value FROM json_each(?))"
+        return {r[0]: new(Synced, r) for r in self.db.execute(q, (json.dumps(list(groups)),))}
 
     def prints(self) -> dict[str, tuple[bytes | None, bytes | None]]:
-        """Every folder holding rows -> its prints ``(fp1, fp2)`` (None while unknown)."""
-        return {d: (f1, f2) for d, f1, f2 in self.db.execute("SELECT dir, fp1, fp2 FROM folder_prints")}
+        """Every print group holding rows -> its prints ``(fp1, fp2)`` (None while unknown)."""
+        return {g: (f1, f2) for g, f1, f2 in self.db.execute("SELECT grp, fp1, fp2 FROM group_prints")}
 
     def unprint(self, keys: Iterable[str]) -> None:
-        """Before rows of *keys* change: set their folders' prints to NULL (see the module
+        """Before rows of *keys* change: set their groups' prints to NULL (see the module
         docstring). Every write of rows does it too; a caller about to write many rows saves
         commits by doing it for all of them inside one :meth:`transaction` first."""
         if self._unprinted is None:
-            self._unprinted = {r[0] for r in self.db.execute("SELECT dir FROM folder_prints WHERE fp1 IS NULL")}
-        dirs = {parent_of(k) for k in keys} - self._unprinted
-        if dirs:
+            self._unprinted = {r[0] for r in self.db.execute("SELECT grp FROM group_prints WHERE fp1 IS NULL")}
+        groups = {group_of(k) for k in keys} - self._unprinted
+        if groups:
             self.db.executemany(
-                "INSERT OR REPLACE INTO folder_prints (dir, fp1, fp2) VALUES (?, NULL, NULL)", ((d,) for d in dirs)
+                "INSERT OR REPLACE INTO group_prints (grp, fp1, fp2) VALUES (?, NULL, NULL)", ((g,) for g in groups)
             )
-            self._unprinted |= dirs
+            self._unprinted |= groups
 
     def refresh_prints(self) -> int:
-        """Compute the prints that are NULL from the folders' rows (one transaction); forget
-        folders that hold no rows any more. A folder with a row that no scan of two local
+        """Compute the prints that are NULL from the groups' rows (one transaction); forget
+        groups that hold no rows any more. A group with a row that no scan of two local
         folders could match (permission bits that differ between the sides, an ETag) keeps
         NULL prints. Returns how many prints were stored."""
-        dirs = [r[0] for r in self.db.execute("SELECT dir FROM folder_prints WHERE fp1 IS NULL")]
-        if not dirs:
+        groups = [r[0] for r in self.db.execute("SELECT grp FROM group_prints WHERE fp1 IS NULL")]
+        if not groups:
             return 0
-        q = (
-            "SELECT dir, rel1, kind, size1, mtime1_ns, mode1, etag1, target, rel2, size2, mtime2_ns, mode2, etag2"
-            " FROM entries WHERE dir IN (SELECT value FROM json_each(?))"
+        wanted = json.dumps(groups)
+        spoilt = {
+            r[0]
+            for r in self.db.execute(
+                "SELECT DISTINCT grp FROM entries WHERE grp IN (SELECT value FROM json_each(?))"
+                " AND (etag1 IS NOT NULL OR etag2 IS NOT NULL OR mode1 != mode2)",
+                (wanted,),
+            )
+        }
+        # each row: the group, then side 1's and side 2's print tuples as the scanner makes them
+        one = (
+            f"rel{{n}}, kind, iif(kind = '{DIR}', 0, size{{n}}), iif(kind = '{DIR}', 0, mtime{{n}}_ns), mode{{n}},"
+            f" NULL, NULL, iif(kind = '{DIR}', NULL, target)"
         )
-        sides: dict[str, tuple[list[tuple[object, ...]], list[tuple[object, ...]]]] = {d: ([], []) for d in dirs}
-        spoilt: set[str] = set()
-        for d, rel1, kind, s1, m1, mo1, et1, target, rel2, s2, m2, mo2, et2 in self.db.execute(q, (json.dumps(dirs),)):
-            if et1 is not None or et2 is not None or (mo1 is not None and mo2 is not None and mo1 != mo2):
-                spoilt.add(d)
-            elif kind == DIR:
-                sides[d][0].append((rel1, DIR, 0, 0, mo1, None, None, None))
-                sides[d][1].append((rel2, DIR, 0, 0, mo2, None, None, None))
-            else:
-                sides[d][0].append((rel1, kind, s1, m1, mo1, None, None, target))
-                sides[d][1].append((rel2, kind, s2, m2, mo2, None, None, target))
-        found, empty = [], []
-        for d, (t1, t2) in sides.items():
-            if d in spoilt:
-                continue
-            if t1:
-                found.append((folder_print(t1), folder_print(t2), d))
-            else:
-                empty.append((d,))
+        q = (
+            f"SELECT grp, {one.format(n=1)}, {one.format(n=2)}"
+            " FROM entries WHERE grp IN (SELECT value FROM json_each(?)) ORDER BY grp"
+        )
+        found, seen = [], set()
+        for g, group in groupby(self.db.execute(q, (wanted,)), itemgetter(0)):
+            seen.add(g)
+            if g not in spoilt:
+                rows = list(group)
+                found.append((group_print([r[1:9] for r in rows]), group_print([r[9:17] for r in rows]), g))
+        empty = [(g,) for g in groups if g not in seen]
         with self.transaction():
-            self.db.executemany("UPDATE folder_prints SET fp1 = ?, fp2 = ? WHERE dir = ?", found)
-            self.db.executemany("DELETE FROM folder_prints WHERE dir = ?", empty)
+            self.db.executemany("UPDATE group_prints SET fp1 = ?, fp2 = ? WHERE grp = ?", found)
+            self.db.executemany("DELETE FROM group_prints WHERE grp = ?", empty)
         if self._unprinted is not None:
-            self._unprinted.difference_update(d for _, _, d in found)
-            self._unprinted.difference_update(d for (d,) in empty)
+            self._unprinted.difference_update(g for _, _, g in found)
+            self._unprinted.difference_update(g for (g,) in empty)
         return len(found)
 
     def count(self) -> int:
@@ -318,13 +350,13 @@ class Journal:
 
     _PUT = (
         "INSERT OR REPLACE INTO entries (key, kind, hash, target, rel1, size1, mtime1_ns, mode1, etag1,"
-        " rel2, size2, mtime2_ns, mode2, etag2, synced_ns, dir) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+        " rel2, size2, mtime2_ns, mode2, etag2, synced_ns, grp) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
     )
 
     @staticmethod
     def _row(key: str, e1: Entry, e2: Entry, digest: str | None, now_ns: int) -> tuple[object, ...]:
         return (key, e1.kind, digest, e1.target, e1.rel, e1.size, e1.mtime_ns, e1.mode, e1.etag,
-                e2.rel, e2.size, e2.mtime_ns, e2.mode, e2.etag, now_ns, parent_of(key))  # fmt: skip
+                e2.rel, e2.size, e2.mtime_ns, e2.mode, e2.etag, now_ns, group_of(key))  # fmt: skip
 
     def put(self, key: str, e1: Entry, e2: Entry, digest: str | None) -> None:
         """Record *key* as in sync with side states *e1*, *e2* (commits at once outside a

@@ -13,11 +13,14 @@ import os
 import unicodedata
 from collections.abc import Iterable
 from typing import NamedTuple
+from zlib import crc32
 
 import xxhash
 
 FILE, DIR, LINK = "file", "dir", "link"
 TEMP_PREFIX = ".dsync-tmp-"  #: temporary names of transfers in progress (never synced)
+GROUP_BUCKETS = 4  #: print groups per folder (see group_of)
+GROUP_MARK = "\x1f"  #: between a group's folder and its one-digit bucket (so the id is unambiguous)
 
 
 def temp_name(tag: str = "") -> str:
@@ -31,16 +34,39 @@ def key_of(rel: str, *, fold_case: bool) -> str:
     return k.casefold() if fold_case else k
 
 
-def folder_print(items: Iterable[tuple[object, ...]]) -> bytes:
-    """The print of one folder's entries: XXH3-128 (16 bytes) of their sorted
-    ``(rel, kind, size, mtime_ns, mode, None, etag, target)`` tuples (the fields of an
+def group_print(items: Iterable[tuple[object, ...]]) -> bytes:
+    """The print of one group's entries (see :func:`group_of`): XXH3-128 (16 bytes) of their
+    sorted ``(rel, kind, size, mtime_ns, mode, None, etag, target)`` tuples (the fields of an
     :class:`Entry` with no hash; folders with size and mtime 0: a folder's own mtime moves with
     every temporary name made in it), serialised by :func:`marshal.dumps` version 2, whose bytes
     depend only on the values (str, int, None; no back-references, which came with version 3).
 
-    Equal prints of a folder's scan and of its journal rows mean every entry there is exactly
-    as the journal recorded it (see :mod:`sync.journal`, table ``folder_prints``)."""
+    Equal prints of a group's scan and of its journal rows mean every entry there is exactly
+    as the journal recorded it (see :mod:`sync.journal`, table ``group_prints``)."""
     return xxhash.xxh3_128_digest(marshal.dumps(sorted(items), 2))
+
+
+def group_heads(folder: str) -> list[str]:
+    """The ids of the :data:`GROUP_BUCKETS` groups of *folder*, indexed by :func:`name_bucket`."""
+    return [f"{folder}{GROUP_MARK}{b}" for b in range(GROUP_BUCKETS)]
+
+
+def name_bucket(name: str) -> int:
+    """Which group of its folder *name* falls in: CRC-32 (ISO-HDLC, :func:`zlib.crc32`) of its
+    UTF-8 bytes (surrogates passed through) modulo :data:`GROUP_BUCKETS`."""
+    try:
+        return crc32(name.encode()) % GROUP_BUCKETS
+    except UnicodeEncodeError:  # a name that is not UTF-8 (surrogate escapes): the same bytes
+        return crc32(name.encode("utf-8", "surrogatepass")) % GROUP_BUCKETS
+
+
+def group_of(key: str) -> str:
+    """The print group of *key*: its folder and the bucket of its name (:func:`name_bucket`),
+    spelled ``"<folder><GROUP_MARK><bucket>"``. Prints cover a group rather than a whole folder
+    so that one changed file leaves the rest of its folder settled (see :mod:`sync.engine`)."""
+    i = key.rfind("/")
+    folder, name = (key[:i], key[i + 1 :]) if i >= 0 else ("", key)
+    return f"{folder}{GROUP_MARK}{name_bucket(name)}"
 
 
 def parent_of(rel: str) -> str:

@@ -93,12 +93,12 @@ class Planner:
 
     Args:
         v1, v2: the two sides.
-        journal: the pair's journal rows by key (maybe without folders settled as a whole).
+        journal: the pair's journal rows by key (maybe without print groups settled as a whole).
         options: the pair's options (direction, policy, conflict copies, checksum).
         first_run: no run of the pair has finished: merge, never delete.
         fold_case: keys are case-folded (a side is case-insensitive).
         host: the name used in conflict copies.
-        settled_files: files in folders left out of *journal* and the scans as settled.
+        settled_files: files in print groups left out of *journal* and the scans as settled.
     """
 
     def __init__(
@@ -529,7 +529,7 @@ def plan_sync(
 ) -> tuple[Plan, dict[int, SideStats]]:
     """Plan one run (see the module docstring). Returns the plan and each side's counts.
 
-    *journal* and the views' scans may leave out whole folders the caller found settled (every
+    *journal* and the views' scans may leave out whole print groups the caller found settled (every
     entry on both sides as its row records it); *settled_files* counts the files there."""
     p = Planner(v1, v2, journal, options, first_run=first_run, fold_case=fold_case, host=host,
                 settled_files=settled_files)  # fmt: skip

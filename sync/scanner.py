@@ -22,11 +22,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
+from zlib import crc32
 
 from pool.errors import UsageError
 from pool.tempnames import PARTIAL_MARK, TMP_MARK
 
-from .model import DIR, FILE, LINK, TEMP_PREFIX, Entry, folder_print
+from .model import DIR, FILE, GROUP_BUCKETS, LINK, TEMP_PREFIX, Entry, group_heads, group_print
 
 if TYPE_CHECKING:
     import fsspec
@@ -82,15 +83,16 @@ class Filters:
 
 @dataclass
 class LocalScan:
-    """A local root's scan, folder by folder.
+    """A local root's scan, group by group: each folder's entries split by the bucket of their
+    names (:func:`sync.model.group_of`), or one group per folder when the scan has no prints.
 
     Attributes:
-        folders: folder rel (``""`` for the root) -> its entries keyed by rel.
-        prints: folder rel -> :func:`sync.model.folder_print` of its entries.
-        files: folder rel -> how many regular files it holds.
+        groups: group id -> its entries keyed by rel.
+        prints: group id -> :func:`sync.model.group_print` of its entries.
+        files: group id -> how many regular files it holds.
     """
 
-    folders: dict[str, dict[str, Entry]] = field(default_factory=dict)
+    groups: dict[str, dict[str, Entry]] = field(default_factory=dict)
     prints: dict[str, bytes] = field(default_factory=dict)
     files: dict[str, int] = field(default_factory=dict)
     nfc: bool | None = None  # every name is in NFC (None: not known yet, see names_nfc)
@@ -100,15 +102,15 @@ class LocalScan:
         if self.nfc is None:
             self.nfc = all(
                 all(map(str.isascii, f)) or all(unicodedata.is_normalized("NFC", rel) for rel in f)
-                for f in self.folders.values()
+                for f in self.groups.values()
             )
         return self.nfc
 
     def flat(self, skip: set[str] | frozenset[str] = frozenset()) -> dict[str, Entry]:
-        """Every entry keyed by rel, leaving out the folders named in *skip*."""
+        """Every entry keyed by rel, leaving out the groups named in *skip*."""
         out: dict[str, Entry] = {}
-        for d, entries in self.folders.items():
-            if d not in skip:
+        for g, entries in self.groups.items():
+            if g not in skip:
                 out.update(entries)
         return out
 
@@ -125,8 +127,8 @@ def scan_local(root: str, filters: Filters | None = None, temps: list[str] | Non
 def scan_local_folders(
     root: str, filters: Filters | None = None, temps: list[str] | None = None, *, with_prints: bool = True
 ) -> LocalScan:
-    """Every entry below local directory *root*, folder by folder, with each folder's print
-    (unless *with_prints* is false).
+    """Every entry below local directory *root*, group by group, with each group's print
+    (unless *with_prints* is false: then one group per folder, named by the folder).
 
     One ``lstat`` per entry (:meth:`os.DirEntry.stat` of a folder opened by descriptor, so
     ``fstatat``: links not followed, no path walk per file); symlinks are listed
@@ -141,25 +143,29 @@ def scan_local_folders(
     stack = [""]
     while stack:
         d = stack.pop()
-        found = _scan_folder(root, d, filters, temps, stack)
+        found = _scan_folder(root, d, filters, temps, stack, with_prints)
         if found is None:
             if not d:
                 raise FileNotFoundError(errno.ENOENT, "no such folder", root)
             continue  # removed while scanning: the next run sees it
-        out, items, files = found
-        scan.folders[d] = out
-        scan.files[d] = files
-        if with_prints:
-            scan.prints[d] = folder_print(items)
+        for g, (out, items, files) in found.items():
+            scan.groups[g] = out
+            scan.files[g] = files
+            if with_prints:
+                scan.prints[g] = group_print(items)
     return scan
 
 
+_Group = tuple[dict[str, Entry], list[tuple[object, ...]], int]
+
+
 def _scan_folder(
-    root: str, d: str, filters: Filters | None, temps: list[str] | None, subdirs: list[str]
-) -> tuple[dict[str, Entry], list[tuple[object, ...]], int] | None:
-    """The entries of folder *d* of local root *root* (see :func:`scan_local_folders`):
-    ``(entries by rel, the print's tuples, regular files)``, or None if the folder is gone.
-    Its subfolders that are not excluded are appended to *subdirs*."""
+    root: str, d: str, filters: Filters | None, temps: list[str] | None, subdirs: list[str], grouped: bool
+) -> dict[str, _Group] | None:
+    """The entries of folder *d* of local root *root* (see :func:`scan_local_folders`), by group
+    (*grouped*; else all in group *d*): ``group id -> (entries by rel, the print's tuples,
+    regular files)``, or None if the folder is gone. Its subfolders that are not excluded are
+    appended to *subdirs*."""
     rules = filters if filters is not None and filters.lines else None
     prefix = f"{d}/" if d else ""
     try:
@@ -167,9 +173,11 @@ def _scan_folder(
         fd = os.open(f"{root}/{d}" if d else root, _DIR_FLAGS)
     except (FileNotFoundError, NotADirectoryError):
         return None
-    out: dict[str, Entry] = {}
-    items: list[tuple[object, ...]] = []
-    files = 0
+    n = GROUP_BUCKETS if grouped else 1
+    outs: list[dict[str, Entry]] = [{} for _ in range(n)]
+    items: list[list[tuple[object, ...]]] = [[] for _ in range(n)]
+    files = [0] * n
+    b = 0
     try:
         with os.scandir(fd) as it:
             for de in it:
@@ -183,18 +191,23 @@ def _scan_folder(
                     st = de.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
+                if grouped:  # sync.model.name_bucket, inlined
+                    try:
+                        b = crc32(name.encode()) % GROUP_BUCKETS
+                    except UnicodeEncodeError:  # a name that is not UTF-8 (surrogate escapes)
+                        b = crc32(name.encode("utf-8", "surrogatepass")) % GROUP_BUCKETS
                 m = st.st_mode
                 if stat.S_ISREG(m):
                     if rules is None or not rules.excluded(rel):
                         # Entry(rel, FILE, size, mtime, mode) without the keyword handling
                         t = (rel, FILE, st.st_size, st.st_mtime_ns, m & 0o7777, None, None, None)
-                        out[rel] = _new(Entry, t)
-                        items.append(t)
-                        files += 1
+                        outs[b][rel] = _new(Entry, t)
+                        items[b].append(t)
+                        files[b] += 1
                 elif stat.S_ISDIR(m):
                     if rules is None or not rules.excluded(rel, is_dir=True):
-                        out[rel] = Entry(rel, DIR, 0, st.st_mtime_ns, m & 0o7777)
-                        items.append((rel, DIR, 0, 0, m & 0o7777, None, None, None))
+                        outs[b][rel] = Entry(rel, DIR, 0, st.st_mtime_ns, m & 0o7777)
+                        items[b].append((rel, DIR, 0, 0, m & 0o7777, None, None, None))
                         subdirs.append(rel)
                 elif stat.S_ISLNK(m):
                     if rules is not None and rules.excluded(rel):
@@ -203,13 +216,16 @@ def _scan_folder(
                         target = os.readlink(name, dir_fd=fd)
                     except OSError:
                         continue
-                    e = out[rel] = Entry(rel, LINK, len(target), st.st_mtime_ns, None, target=target)
-                    items.append(tuple(e))
+                    e = outs[b][rel] = Entry(rel, LINK, len(target), st.st_mtime_ns, None, target=target)
+                    items[b].append(tuple(e))
                 else:
                     log.info("skipping %s/%s: not a file, directory or symlink", root, rel)
     finally:
         os.close(fd)
-    return out, items, files
+    if not grouped:
+        return {d: (outs[0], items[0], files[0])}
+    heads = group_heads(d)
+    return {heads[i]: (outs[i], items[i], files[i]) for i in range(n) if outs[i]}
 
 
 class ForkedScan:
@@ -217,8 +233,8 @@ class ForkedScan:
     caller scans the other side meanwhile on another CPU (two threads would take turns on
     CPython's interpreter lock instead). Little travels through the pipes (marshal, each
     message prefixed by its length): the child sends prints, file counts and temporary names
-    (:meth:`prints`), then the entries of only the folders the caller asks for
-    (:meth:`folders`: those not settled), and exits. Only for a process running a single
+    (:meth:`prints`), then the entries of only the groups the caller asks for
+    (:meth:`groups`: those not settled), and exits. Only for a process running a single
     thread (a child of a threaded process could inherit a lock some other thread held).
 
     Args:
@@ -262,7 +278,7 @@ class ForkedScan:
         _send(up, ("ok", scan.prints, scan.files, temps, scan.names_nfc()))
         wanted = _receive(down)
         if isinstance(wanted, list):
-            _send(up, {d: [tuple(e) for e in scan.folders[d].values()] for d in wanted if d in scan.folders})
+            _send(up, {g: [tuple(e) for e in scan.groups[g].values()] for g in wanted if g in scan.groups})
 
     def prints(self, temps: list[str]) -> LocalScan | None:
         """The scan's prints, file counts and whether names are NFC (no entries yet), or None if the child failed
@@ -283,8 +299,8 @@ class ForkedScan:
         temps.extend(found)
         return LocalScan(prints=prints, files=files, nfc=nfc)
 
-    def folders(self, wanted: Iterable[str]) -> dict[str, dict[str, Entry]] | None:
-        """The entries of the folders *wanted* (by folder), or None if the child failed."""
+    def groups(self, wanted: Iterable[str]) -> dict[str, dict[str, Entry]] | None:
+        """The entries of the groups *wanted* (by group), or None if the child failed."""
         assert self._up is not None and self._down is not None
         try:
             _send(self._down, sorted(wanted))
@@ -296,7 +312,7 @@ class ForkedScan:
         self.close()
         if not isinstance(sent, dict):
             return None
-        return {d: {t[0]: _new(Entry, t) for t in rows} for d, rows in sent.items()}
+        return {g: {t[0]: _new(Entry, t) for t in rows} for g, rows in sent.items()}
 
     def close(self) -> None:
         """Stop the child (if it still runs) and reap it."""

@@ -1,4 +1,5 @@
-"""Folder prints: a rescan settles whole folders whose scans print as their journal rows do.
+"""Group prints: a rescan settles whole print groups (parts of folders) whose scans print as
+their journal rows do.
 
 Two copies of the same pair go through the same random changes; one runs with folders settled
 by their prints, the other compares every key. Their plans and resulting trees must agree at
@@ -19,7 +20,7 @@ import pytest
 import sync.engine as engine
 from pool.locations import local_location
 from sync.journal import MIGRATIONS, Journal
-from sync.model import FILE, Entry
+from sync.model import FILE, Entry, group_of, parent_of
 from sync.options import SyncOptions
 from sync.scanner import Filters, ForkedScan, scan_local_folders
 
@@ -135,17 +136,23 @@ def test_a_rescan_loads_no_rows_of_settled_folders(tmp_path: Path, caplog: pytes
         (one / f"d{i % 3}").mkdir(parents=True, exist_ok=True)
         (one / f"d{i % 3}" / f"f{i}").write_bytes(b"x" * i)
     (tmp_path / "two").mkdir()
+    keys = [f"d{i}" for i in range(3)] + [f"d{i % 3}/f{i}" for i in range(30)]
+    groups = {group_of(k) for k in keys}
+    assert len(groups) > 4  # folders are split
     _run(tmp_path)
     caplog.set_level(logging.DEBUG, logger="sync.engine")
     out = _run(tmp_path)
     assert out.plan.changes == 0 and out.stats[1].journal_files == out.stats[1].present == 30
-    assert "4 of 4 folders settled by their prints (30 files)" in caplog.text
+    assert f"{len(groups)} of {len(groups)} groups settled by their prints (30 files)" in caplog.text
     caplog.clear()
     (one / "d1" / "f1").write_bytes(b"changed")
     out = _run(tmp_path)
     assert [c.key for c in out.plan.copies] == ["d1/f1"]
     assert out.stats[1].journal_files == 30 and out.stats[1].changed == 1
-    assert "3 of 4 folders settled by their prints (20 files)" in caplog.text
+    beside = [k for k in keys if group_of(k) == group_of("d1/f1")]  # loaded and compared again
+    assert "d1/f1" in beside and len(beside) < 10
+    settled = f"{len(groups) - 1} of {len(groups)} groups settled by their prints ({30 - len(beside)} files)"
+    assert settled in caplog.text
     assert (tmp_path / "two" / "d1" / "f1").read_bytes() == b"changed"
 
 
@@ -153,47 +160,63 @@ def test_a_row_written_drops_its_folders_print_until_refreshed(tmp_path: Path) -
     j = Journal(tmp_path / "j.db")
     try:
         e = Entry("d/x", FILE, 1, 5, 0o644)
+        g = group_of("d/x")
         j.put("d/x", e, e, None)
-        assert j.prints() == {"d": (None, None)}
+        assert j.prints() == {g: (None, None)}
         assert j.refresh_prints() == 1
-        fp1, fp2 = j.prints()["d"]
+        fp1, fp2 = j.prints()[g]
         assert fp1 == fp2 and fp1 is not None
         # a scan of a folder holding exactly that entry prints the same
         (tmp_path / "r" / "d").mkdir(parents=True)
         (tmp_path / "r" / "d" / "x").write_bytes(b"1")
         os.chmod(tmp_path / "r" / "d" / "x", 0o644)
         os.utime(tmp_path / "r" / "d" / "x", ns=(5, 5))
-        assert scan_local_folders(str(tmp_path / "r")).prints["d"] == fp1
+        assert scan_local_folders(str(tmp_path / "r")).prints[g] == fp1
         with pytest.raises(RuntimeError), j.transaction():
             j.put("d/y", e._replace(rel="d/y"), e._replace(rel="d/y"), None)
             raise RuntimeError("rolled back")
-        assert j.prints()["d"] == (fp1, fp2)  # the rollback kept the print with the rows
+        assert j.prints()[g] == (fp1, fp2)  # the rollback kept the print with the rows
         j.remove("d/x")
-        assert j.prints() == {"d": (None, None)}
+        assert j.prints() == {g: (None, None)}
         assert j.refresh_prints() == 0 and j.prints() == {}  # no rows left: forgotten
         # permission bits that differ between the sides: no print (no scan pair could match)
         j.put("m/x", e._replace(rel="m/x"), e._replace(rel="m/x", mode=0o600), None)
-        assert j.refresh_prints() == 0 and j.prints() == {"m": (None, None)}
+        assert j.refresh_prints() == 0 and j.prints() == {group_of("m/x"): (None, None)}
     finally:
         j.close()
 
 
-def test_migration_4_indexes_rows_by_folder(tmp_path: Path) -> None:
-    path = tmp_path / "j.db"
+def _journal_at(path: Path, version: int) -> sqlite3.Connection:
+    """A journal as the first *version* migrations left it."""
     db = sqlite3.connect(path, isolation_level=None)
-    for i in range(3):  # a journal as the first three migrations left it
+    db.create_function("ds_parent", 1, parent_of, deterministic=True)
+    for i in range(version):
         db.executescript(f"BEGIN; {MIGRATIONS[i]}; PRAGMA user_version = {i + 1}; COMMIT;")
-    for key in ("top.txt", "a/b/c.txt", "a/b"):
+    return db
+
+
+def test_migrations_4_and_5_group_rows_for_prints(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    db = _journal_at(path, 3)
+    keys = ("top.txt", "a/b/c.txt", "a/b", "a/b/d.txt")
+    for key in keys:
         db.execute(
-            "INSERT INTO entries VALUES (?, 'file', NULL, NULL, ?, 1, 2, 420, NULL, ?, 1, 2, 420, NULL, 3)",
+            "INSERT INTO entries VALUES (?, 'file', 'h', NULL, ?, 1, 2, 420, NULL, ?, 1, 2, 420, 'e', 3)",
             (key, key, key),
         )
     db.close()
     j = Journal(path)
     try:
-        assert dict(j.db.execute("SELECT key, dir FROM entries")) == {"top.txt": "", "a/b/c.txt": "a/b", "a/b": "a"}
-        assert j.prints() == {"": (None, None), "a/b": (None, None), "a": (None, None)}
-        assert set(j.load_folders(["a/b", ""])) == {"a/b/c.txt", "top.txt"}
+        assert dict(j.db.execute("SELECT key, grp FROM entries")) == {k: group_of(k) for k in keys}
+        assert j.prints() == {group_of(k): (None, None) for k in keys}
+        assert set(j.load()) == set(keys) and j.load()["a/b"].etag2 == "e"
+        assert set(j.load_groups([group_of("a/b/c.txt"), group_of("top.txt")])) >= {"a/b/c.txt", "top.txt"}
+        plan = " ".join(str(r) for r in j.db.execute("EXPLAIN QUERY PLAN SELECT * FROM entries WHERE grp = 'x'"))
+        assert "PRIMARY KEY" in plan  # a range of the table itself, no lookup per row
+        j.put("top.txt", Entry("top.txt", FILE, 5, 6, 0o644), Entry("top.txt", FILE, 5, 6, 0o644), None)
+        j.remove("a/b/c.txt")
+        assert j.count() == 3 and j.load()["top.txt"].size1 == 5
+        assert "a/b/c.txt" not in j.load_groups([group_of("a/b/c.txt")])
     finally:
         j.close()
 
@@ -210,13 +233,14 @@ def test_a_forked_scan_that_fails_lets_the_caller_scan(tmp_path: Path) -> None:
     temps: list[str] = []
     try:
         got = ok.prints(temps)
-        assert got is not None and got.files == {"": 0, "d": 1} and got.nfc
+        assert got is not None and got.files == {group_of("d"): 0, group_of("d/f"): 1} and got.nfc
         # the child holds nothing of ours open (a run lock must die with its holder)
         assert len(os.listdir(f"/proc/{ok.pid}/fd")) == 5  # stdin, stdout, stderr, two pipes
         assert got.prints == scan_local_folders(str(tmp_path)).prints
-        folders = ok.folders(["d"])
-        assert folders is not None and list(folders) == ["d"]
-        assert folders["d"]["d/f"] == scan_local_folders(str(tmp_path)).folders["d"]["d/f"]
+        g = group_of("d/f")
+        groups = ok.groups([g])
+        assert groups is not None and list(groups) == [g]
+        assert groups[g]["d/f"] == scan_local_folders(str(tmp_path)).groups[g]["d/f"]
     finally:
         ok.close()
     bad = ForkedScan(str(tmp_path), _Exploding(["x"]))
