@@ -13,8 +13,9 @@ large files of ``--large-size`` (default 3 x 64 MiB). Every tool then gets its o
 
 Tools (each run as the user would run it, as a separate process, timed wall clock):
 
-* ``darkstorage`` - the CLI, ``python -m agent sync A --with B --bidirectional`` (what the
-  ``darkstorage`` command runs) with its own ``DARKSTORAGE_HOME``; the first run is the same command;
+* ``darkstorage`` - the ``darkstorage`` command installed beside this Python (``python -m agent``
+  where there is none): ``darkstorage sync A --with B --bidirectional`` with its own
+  ``DARKSTORAGE_HOME``; the first run is the same command;
 * ``rclone``      - ``rclone bisync A B --workdir W --config /dev/null``; its first run needs
   ``--resync`` (rclone refuses to run without listings from an earlier run);
 * ``unison``      - ``unison A B -batch -auto -times`` with ``UNISON`` set to a fresh folder per
@@ -257,7 +258,9 @@ def tool_command(tool: str, a: Path, b: Path, state: Path, first: bool) -> tuple
     env = dict(os.environ)
     if tool == "darkstorage":
         env["DARKSTORAGE_HOME"] = str(state)
-        return [sys.executable, "-m", "agent", "sync", str(a), "--with", str(b), "--bidirectional"], env
+        script = Path(sys.executable).with_name("darkstorage")
+        cli = [str(script)] if script.exists() else [sys.executable, "-m", "agent"]
+        return [*cli, "sync", str(a), "--with", str(b), "--bidirectional"], env
     if tool == "rclone":
         cmd = ["rclone", "bisync", str(a), str(b), "--workdir", str(state), "--config", "/dev/null"]
         return cmd + (["--resync"] if first else []), env
