@@ -131,7 +131,8 @@ def scan_local_folders(
     (unless *with_prints* is false: then one group per folder, named by the folder).
 
     One ``lstat`` per entry (:meth:`os.DirEntry.stat` of a folder opened by descriptor, so
-    ``fstatat``: links not followed, no path walk per file); symlinks are listed
+    ``fstatat``: links not followed, no path walk per file); a name that is not UTF-8 is
+    skipped with a warning (the journal's keys are SQLite text); symlinks are listed
     as links (target read with ``readlink``), never followed; sockets, FIFOs and device nodes are
     skipped. An excluded directory is not descended into. Temporary files of transfers (see
     :func:`is_temp_name`) are not listed but appended to *temps* when given.
@@ -188,14 +189,16 @@ def _scan_folder(
                         temps.append(rel)
                     continue
                 try:
+                    raw = name.encode()
+                except UnicodeEncodeError:  # bytes that are not UTF-8 (surrogate escapes)
+                    log.warning("skipping %s/%s: the name is not UTF-8 (not synced)", root, ascii(rel)[1:-1])
+                    continue
+                try:
                     st = de.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                if grouped:  # sync.model.name_bucket, inlined
-                    try:
-                        b = crc32(name.encode()) % GROUP_BUCKETS
-                    except UnicodeEncodeError:  # a name that is not UTF-8 (surrogate escapes)
-                        b = crc32(name.encode("utf-8", "surrogatepass")) % GROUP_BUCKETS
+                if grouped:
+                    b = crc32(raw) % GROUP_BUCKETS  # sync.model.name_bucket, inlined
                 m = st.st_mode
                 if stat.S_ISREG(m):
                     if rules is None or not rules.excluded(rel):

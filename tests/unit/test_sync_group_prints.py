@@ -248,3 +248,21 @@ def test_a_forked_scan_that_fails_lets_the_caller_scan(tmp_path: Path) -> None:
     missing = ForkedScan(str(tmp_path / "nope"), None)
     with pytest.raises(FileNotFoundError):
         missing.prints(temps)
+
+
+def test_a_name_that_is_not_utf8_is_skipped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    one = tmp_path / "one"
+    one.mkdir()
+    (tmp_path / "two").mkdir()
+    (one / "ok.txt").write_bytes(b"fine")
+    bad = os.fsencode(one) + b"/\xff-bad.txt"
+    with open(bad, "wb") as f:
+        f.write(b"x")
+    os.mkdir(os.fsencode(one) + b"/d\xfe")
+    caplog.set_level(logging.WARNING, logger="sync.scanner")
+    for _ in range(2):  # the first run, then a rescan that settles groups by their prints
+        out = _run(tmp_path)
+        assert out.result is not None and not out.result.failures
+    assert os.listdir(tmp_path / "two") == ["ok.txt"]
+    assert os.path.exists(bad)  # left alone where it is
+    assert "the name is not UTF-8 (not synced)" in caplog.text
