@@ -10,7 +10,10 @@ BIN := $(VENV)/bin
 MOUNT ?= $(if $(DARKSTORAGE_MOUNT),$(DARKSTORAGE_MOUNT),./mnt)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_RUN := fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc xorriso
-APT_TEST := git sqlite3 openssh-server openssl 7zip dmg2img hfsplus genisoimage udftools gdisk qemu-system-x86 isolinux syslinux-common ovmf age mtools dosfstools grub-efi-amd64-bin grub-common
+# The real-input tests copy the installed standard library (thousands of files); Debian and
+# Ubuntu ship the standard library's own tests, most of those files, in a package of their own.
+STDLIB_TESTS := $(if $(filter /usr/bin/python3,$(PYTHON)),libpython$(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')-testsuite)
+APT_TEST := git sqlite3 openssh-server openssl 7zip dmg2img hfsplus genisoimage udftools gdisk qemu-system-x86 isolinux syslinux-common ovmf age mtools dosfstools grub-efi-amd64-bin grub-common $(STDLIB_TESTS)
 NPM_DIR := .cache/npm
 
 .PHONY: install run test test-deps lint typecheck bench clean
