@@ -53,10 +53,11 @@ def group_heads(folder: str) -> list[str]:
 
 def name_bucket(name: str) -> int:
     """Which group of its folder *name* falls in: CRC-32 (ISO-HDLC, :func:`zlib.crc32`) of its
-    UTF-8 bytes (surrogates passed through) modulo :data:`GROUP_BUCKETS`."""
+    UTF-8 bytes modulo :data:`GROUP_BUCKETS`. Defined for every str: lone surrogates (bytes
+    that were not UTF-8) are encoded as they stand, though scans skip such names."""
     try:
         return crc32(name.encode()) % GROUP_BUCKETS
-    except UnicodeEncodeError:  # a name that is not UTF-8 (surrogate escapes): the same bytes
+    except UnicodeEncodeError:
         return crc32(name.encode("utf-8", "surrogatepass")) % GROUP_BUCKETS
 
 
