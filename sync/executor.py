@@ -132,8 +132,8 @@ class Executor:
     def run(self, plan: Plan) -> RunResult:
         """Carry out *plan*. Failures are collected in the result, never raised, except
         :class:`pool.errors.AuthError` (nothing more can work)."""
-        # the folders whose journal rows this run may change lose their prints in one commit,
-        # not one each as their first row is written
+        # the print groups whose journal rows this run may change lose their prints in one
+        # commit, not one each as their first row is written
         keys = [m.old_key for m in plan.moves] + [m.new_key for m in plan.moves]
         for items in (plan.records, plan.forgets, plan.mkdirs, plan.copies, plan.chmods, plan.deletes, plan.rmdirs):
             keys.extend(i.key for i in items)

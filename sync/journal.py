@@ -58,10 +58,11 @@ rows at the end of a run.
 
 The ``pending`` rows of a run's copies are written (one transaction) before the copies start;
 each finished copy commits its ``entries`` row on its own, and the pending rows go once the copy
-phase ended and its last flush is over (see :mod:`sync.executor`). A run killed in between leaves them: for each, the next run finds the destination
-holding a file of the source's size and mtime (the copy finished) and treats the key as synced
-then, so a later edit on either side is a one-sided change, not a conflict; a copy whose
-``entries`` row was committed already keeps that row (see ``sync.engine``).
+phase ended and its last flush is over (see :mod:`sync.executor`). A run killed in between
+leaves them: for each, the next run finds the destination holding a file of the source's size
+and mtime (the copy finished) and treats the key as synced then, so a later edit on either side
+is a one-sided change, not a conflict; a copy whose ``entries`` row was committed already keeps
+that row (see ``sync.engine``).
 
 The WAL is checkpointed every :data:`CHECKPOINT_PAGES` pages (SQLite's default is 1,000): a run
 commits a row per file, and each checkpoint flushes the disk.

@@ -145,7 +145,7 @@ class Side:
             return {}
 
     def scan_folders(self, filters: Filters | None = None) -> LocalScan:
-        """A local root's scan folder by folder, with folder prints (see
+        """A local root's scan by print group, with the groups' prints (see
         :func:`sync.scanner.scan_local_folders`). A missing root is an empty scan."""
         assert self.is_local
         self.temps = []
