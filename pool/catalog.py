@@ -430,10 +430,14 @@ class Catalog:
             self.db.execute(f"UPDATE objects SET {sets} WHERE inode = ?", (*cols.values(), ino))
 
     def mark_dirty(self, ino: int, t_ns: int) -> None:
-        self.db.execute(
-            "UPDATE objects SET state = 'dirty', dirty_since_ns = coalesce(dirty_since_ns, ?) WHERE inode = ?",
-            (t_ns, ino),
-        )
+        """Mark file *ino* dirty as of *t_ns*; its write-back delay starts again from then."""
+        self.db.execute("UPDATE objects SET state = 'dirty', dirty_since_ns = ? WHERE inode = ?", (t_ns, ino))
+
+    def restart_write_back_delay(self, ino: int, t_ns: int) -> None:
+        """The last writer of dirty file *ino* closed it at *t_ns*: the write-back delay counts
+        from then (as rclone's ``--vfs-write-back`` counts from a file's last use). A clean
+        file is left alone."""
+        self.db.execute("UPDATE objects SET dirty_since_ns = ? WHERE inode = ? AND state = 'dirty'", (t_ns, ino))
 
     def dirty_due(self, before_ns: int, limit: int = 64) -> list[int]:
         """Dirty files that became dirty before *before_ns* (write-back candidates)."""

@@ -48,7 +48,8 @@ Tables (migration 1)
     ``state``     ``clean`` (the backend copy is current), ``dirty`` (the cache file is newer
                   and is the only current copy), ``uploading`` (dirty and being uploaded;
                   treated as ``dirty`` after a crash).
-    ``dirty_since_ns``  when the file first became dirty, for the write-back delay; NULL if clean.
+    ``dirty_since_ns``  when the file was last made dirty or last closed by its last writer:
+                  the write-back delay counts from it. NULL if clean.
     ``restore_requested_ns, restore_ready_ns``  for archive/offsite tiers: when a restore was
                   asked for and when it is (or will be) readable; NULL when none is pending.
 

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 BLOCK_BYTES = 1 << 20
 READAHEAD_MAX_BYTES = 16 << 20
+#: a close this soon after the write-back delay last started leaves it alone (saves a catalog
+#: write per create-and-close; the upload then starts at most this much early)
+DELAY_RESTART_SLACK_NS = 1_000_000_000
 
 
 @dataclass(eq=False)
@@ -52,6 +55,7 @@ class OpenFile:
     direct_fd: int | None = None  #: read-only fd on a local backend object
     complete: bool = False  #: the cache file holds the whole file
     dirty: bool = False
+    dirty_ns: int | None = None  #: when this mount last set the catalog's dirty_since_ns (ns)
     ranges: RangeSet = field(default_factory=RangeSet)
     next_seq: int = 0  #: offset where a sequential reader would read next
     readahead: int = BLOCK_BYTES
@@ -101,7 +105,7 @@ class DataPath:
         """
         of = self.files.get(ino)
         if of is None and fresh:
-            of = self.files[ino] = OpenFile(ino, complete=True, dirty=True)
+            of = self.files[ino] = OpenFile(ino, complete=True, dirty=True, dirty_ns=now_ns())
         elif of is None:
             of = OpenFile(ino)
             obj = self.cat.object(ino)
@@ -253,7 +257,8 @@ class DataPath:
         if of.direct_fd is not None:
             os.close(of.direct_fd)
             of.direct_fd = None
-        self.cat.mark_dirty(of.ino, now_ns())
+        of.dirty_ns = now_ns()
+        self.cat.mark_dirty(of.ino, of.dirty_ns)
         self.cat.commit_group()  # durable before the cache copy stops matching the object
         of.dirty = True
 
@@ -280,10 +285,17 @@ class DataPath:
     # -- closing and eviction ---------------------------------------------------------------
 
     def close(self, of: OpenFile, writable: bool) -> bool:
-        """Unregister one open. Returns True if that was the last one."""
+        """Unregister one open. Returns True if that was the last one. When the last writer of
+        a dirty file closes it, its write-back delay starts again (unless it started less than
+        :data:`DELAY_RESTART_SLACK_NS` ago)."""
         of.opens -= 1
         if writable:
             of.writers -= 1
+            if of.writers == 0 and of.dirty:
+                t = now_ns()
+                if of.dirty_ns is None or t - of.dirty_ns >= DELAY_RESTART_SLACK_NS:
+                    self.cat.restart_write_back_delay(of.ino, t)
+                    of.dirty_ns = t
         if of.opens > 0:
             return False
         had_cache = of.fd is not None

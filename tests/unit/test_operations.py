@@ -242,6 +242,30 @@ async def test_write_back_backs_off_while_metadata_requests_stream(ops: Operatio
     assert MAX_DEFER_S <= 10.0  # deferral is bounded
 
 
+async def test_write_back_delay_counts_from_the_last_writers_close(ops: Operations) -> None:
+    """Like rclone's ``--vfs-write-back``: the delay starts when the last writer closes the
+    file, so a file written for longer than the delay is not due the moment it is closed, and
+    a file still open for writing is never due."""
+    from vfs.writeback import WriteBack
+
+    b = await bucket(ops)
+    wb = WriteBack(ops, delay_s=5.0)
+    ino = await make_file(ops, b, b"f")
+    fi = await ops.open(ino, os.O_WRONLY, CTX)
+    await ops.write(fi.fh, 0, b"x" * 100)
+    # ten seconds of writing later: the first write is older than the delay ...
+    ops.cat.db.execute("UPDATE objects SET dirty_since_ns = dirty_since_ns - 10 * 1000000000 WHERE inode = ?", (ino,))
+    assert ino not in [i for i, _ in wb._due(False)]  # ... but a writer holds it open
+    await ops.release(fi.fh)
+    assert ino not in [i for i, _ in wb._due(False)]  # closed just now: the delay starts again
+    assert ino in [i for i, _ in wb._due(True)]  # a forced flush (umount) takes it at once
+    ops.cat.db.execute("UPDATE objects SET dirty_since_ns = dirty_since_ns - 6 * 1000000000 WHERE inode = ?", (ino,))
+    assert ino in [i for i, _ in wb._due(False)]
+    # a read-only open and close does not restart it
+    await read_all(ops, ino)
+    assert ino in [i for i, _ in wb._due(False)]
+
+
 async def test_upload_of_a_file_unlinked_meanwhile_stops(ops: Operations, pool: Pool) -> None:
     """A file unlinked while its upload is queued or in flight is not uploaded: the transfer
     stops (between 1 MiB chunks), leaves no temporary object, and the inode is purged."""
