@@ -1,11 +1,14 @@
 """Carrying out a plan: parallel transfers, the journal committed per file, crash safety.
 
 Phases run in the order of :mod:`sync.plan`. File copies run on ``options.transfers`` worker
-threads (:func:`sync.workers.run_parallel`): between two local folders through
+threads (:func:`sync.workers.run_parallel`); a phase of many copies between two local folders
+runs on forked worker processes instead, at most one per CPU (:func:`sync.workers.run_forked`,
+see there why). Between two local folders a copy goes through
 :func:`sync.localcopy.copy_local`, otherwise through :func:`pool.transfers.copy_file` (both:
 temporary name + rename, XXH3-128 of the bytes as they pass, read-back verification; the latter
-also retries with backoff); both honour the bandwidth limit. The journal is written only by the
-calling thread, one transaction per finished file.
+also retries with backoff); both honour the bandwidth limit (a limited run stays on threads,
+which share it). The journal is written only by the calling thread, one transaction per
+finished file.
 
 Before changing a destination the executor re-stats it: if it is no longer what the scan saw, a
 user changed it during the run and the action is skipped (the next run sees both changes). After a
@@ -44,7 +47,7 @@ from .model import DIR, FILE, LINK, Entry, parent_of
 from .options import SyncOptions
 from .plan import Chmod, Copy, Delete, Mkdir, Move, Plan, RunResult
 from .sides import Side
-from .workers import Outcome, run_parallel
+from .workers import Outcome, can_fork, run_forked, run_parallel
 
 if TYPE_CHECKING:
     from pool.transferlog import TransferLog, TransferRecord
@@ -146,7 +149,8 @@ class Executor:
             self._mkdir(d)
         self.journal.begin_copies((c.key, c.dst, c.src_entry) for c in plan.copies if c.src_entry.kind == FILE)
         try:
-            self._parallel(plan.copies, self._copy_work, self._copy_and_flush)
+            local = self.sides[1].is_local and self.sides[2].is_local
+            self._parallel(plan.copies, self._copy_work, self._copy_and_flush, forkable=local and self._take is None)
         except BaseException:
             self._flush()
             raise
@@ -255,8 +259,17 @@ class Executor:
     # -- parallel phases ----------------------------------------------------------------------
 
     def _parallel(
-        self, items: list[Any], work: Callable[[Any], Any], done: Callable[[Any, Any], tuple[int, int]]
+        self,
+        items: list[Any],
+        work: Callable[[Any], Any],
+        done: Callable[[Any, Any], tuple[int, int]],
+        *,
+        forkable: bool = False,
     ) -> None:
+        """Run *work* on *items* in parallel, *done* on each outcome here. *forkable*: the
+        work is local file system calls only, so a large phase may run in worker processes
+        (:func:`sync.workers.run_forked`) instead of threads."""
+
         def one_done(o: Outcome[Any, Any]) -> None:
             if o.error is not None:
                 self._fail(getattr(o.item, "dst_rel", None) or o.item.entry.rel, o.error)
@@ -268,7 +281,11 @@ class Executor:
                 self._record_transfers()
 
         try:
-            run_parallel(items, work, one_done, workers=self.options.transfers, size_of=_size_of)
+            workers = min(self.options.transfers, os.cpu_count() or 1)
+            if forkable and can_fork(len(items), workers):
+                run_forked(items, work, one_done, workers=workers, size_of=_size_of)
+            else:
+                run_parallel(items, work, one_done, workers=self.options.transfers, size_of=_size_of)
         finally:
             self._record_transfers()
 

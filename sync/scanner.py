@@ -251,13 +251,9 @@ class ForkedScan:
         self.pid = os.fork()
         if self.pid == 0:  # pragma: no cover - the child (coverage does not follow it)
             try:
-                # only the standard streams and its pipes: an inherited descriptor of the
-                # caller's run lock (flock) would keep the lock held if the caller were killed
-                lo = 3
-                for fd in sorted((up_w, down_r)):
-                    os.closerange(lo, fd)
-                    lo = fd + 1
-                os.closerange(lo, os.sysconf("SC_OPEN_MAX"))
+                from .workers import close_inherited_fds  # here: rescans with nothing to do skip its imports
+
+                close_inherited_fds([up_w, down_r])
                 with os.fdopen(up_w, "wb") as up, os.fdopen(down_r, "rb") as down:
                     self._child(root, filters, up, down)
             finally:

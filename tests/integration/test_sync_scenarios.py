@@ -519,6 +519,81 @@ def test_killed_at_random_points_then_rerun_converges(pair: Pair) -> None:
             assert h == xxhash.xxh3_128_hexdigest(t[rel])
 
 
+def test_a_large_local_copy_phase_runs_in_worker_processes(one: Root, tmp_path: Path) -> None:
+    """Run in a fresh process: worker processes are only forked from a single-threaded one
+    (this test process may hold fsspec's threads)."""
+    from sync.workers import FORK_MIN_ITEMS
+
+    p = Pair(one, local_root(tmp_path / "two"), tmp_path)
+    n = FORK_MIN_ITEMS + 44
+    files = {f"d{i % 9}/f{i:04}.bin": os.urandom(i * 37 % 9000) for i in range(n)}
+    for k, (rel, data) in enumerate(files.items()):
+        (p.one if k % 3 else p.two).write(rel, data, mtime=PAST)
+    spec = {"protocol": "file", "fs_kwargs": {}, "root1": one.loc.root, "root2": p.two.loc.root, "state": str(tmp_path)}
+    code = (
+        "import json, sys; import sync.executor as ex; from tests.integration.test_sync_scenarios import child_main\n"
+        "calls, real = [], ex.run_forked\n"
+        "ex.run_forked = lambda items, *a, **kw: (calls.append(len(items)), real(items, *a, **kw))\n"
+        "child_main(json.loads(sys.argv[1])); print(json.dumps(calls))"
+    )
+    run = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout.splitlines()[-1]) == [n]
+    assert p.assert_same() == files
+    assert p.journal_keys() == {rel: xxhash.xxh3_128_hexdigest(d) for rel, d in files.items()}
+    assert p.sync().plan.changes == 0
+
+
+@pytest.mark.slow
+def test_forked_copies_killed_at_random_points_then_rerun_converges(one: Root, tmp_path: Path) -> None:
+    """The kill test for the worker-process path: every run copies more than FORK_MIN_ITEMS new
+    files, and is killed once a random number of them has arrived (in the middle of the copies,
+    which a random delay seldom hits), except every third run, which finishes."""
+    from sync.workers import FORK_MIN_ITEMS
+
+    rng = random.Random(20261203)
+    two = local_root(tmp_path / "two")
+    p = Pair(one, two, tmp_path)
+    n_new = FORK_MIN_ITEMS + 20
+    expected: dict[str, bytes] = {}
+    spec = {"protocol": "file", "fs_kwargs": {}, "root1": one.loc.root, "root2": two.loc.root, "state": str(tmp_path)}
+    cmd = [sys.executable, "-m", "tests.integration.test_sync_scenarios", json.dumps(spec)]
+    killed = 0
+    for i in range(9):
+        for k in range(n_new):  # new files on side 1, enough for worker processes
+            expected[f"n{i}/{k % 7}/f{k:04}.bin"] = os.urandom(rng.randrange(1, 60_000))
+            one.write(f"n{i}/{k % 7}/f{k:04}.bin", expected[f"n{i}/{k % 7}/f{k:04}.bin"])
+        journal = p.journal_keys()
+        for rel in rng.sample(sorted(journal), min(len(journal), 60)):
+            # new versions on either side, of files both sides hold as the journal records
+            if journal[rel] == xxhash.xxh3_128_hexdigest(expected[rel]) and two.read(rel) == one.read(rel):
+                expected[rel] = os.urandom(rng.randrange(1, 60_000))
+                (one if rng.random() < 0.5 else two).write(rel, expected[rel])
+        arrived_at = rng.randrange(5, n_new - 5) if i % 3 != 2 else n_new + 1
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        new_dir = Path(two.p(f"n{i}"))
+        while proc.poll() is None:
+            arrived = sum(1 for d in new_dir.glob("*") for f in d.glob("f*")) if new_dir.exists() else 0
+            if arrived >= arrived_at:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                killed += 1
+                break
+            time.sleep(0.002)
+        else:
+            assert proc.returncode == 0, proc.stderr.read().decode() if proc.stderr else ""
+        if proc.stderr:
+            proc.stderr.close()
+    assert killed >= 4, "the runs finished before enough copies arrived to kill them in the middle"
+    time.sleep(0.5)  # the killed runs' worker processes notice their parent is gone and stop
+    out = p.sync()
+    assert out.result is not None and not out.result.failures
+    t = p.assert_same()
+    assert not [k for k in t if ".conflict-" in k], "a killed run made a spurious conflict"
+    assert t == expected, "a file was lost, resurrected or holds the wrong version"
+    assert p.sync().plan.changes == 0
+
+
 def test_cli_dry_run_and_abort_exit_codes(tmp_path: Path) -> None:
     from tests.conftest import cli
 
