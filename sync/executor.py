@@ -145,11 +145,10 @@ class Executor:
         self._journal_only(plan)
         for m in plan.moves:
             self._move(m)
-        for d in plan.mkdirs:
-            self._mkdir(d)
+        local = self.sides[1].is_local and self.sides[2].is_local
+        self._mkdirs(plan.mkdirs, local)
         self.journal.begin_copies((c.key, c.dst, c.src_entry) for c in plan.copies if c.src_entry.kind == FILE)
         try:
-            local = self.sides[1].is_local and self.sides[2].is_local
             self._parallel(plan.copies, self._copy_work, self._copy_and_flush, forkable=local and self._take is None)
         except BaseException:
             self._flush()
@@ -229,23 +228,40 @@ class Executor:
         self._put(m.new_key, m.side, after, m.other, m.hash)
         self.result.moved += 1
 
-    def _mkdir(self, d: Mkdir) -> None:
-        side = self.sides[d.dst]
-        try:
-            now = side.stat(d.dst_rel)
-            if now is not None and now.kind != DIR:
-                if not same_state(side, now, d.dst_before):
-                    self._changed(d.dst_rel)
-                    return
-                side.delete(d.dst_rel)
-            side.makedirs(d.dst_rel, d.src_entry.mode if self.sides[3 - d.dst].has_modes else None)
-        except OSError as e:
-            self._fail(d.dst_rel, e)
+    def _mkdirs(self, mkdirs: list[Mkdir], local: bool) -> None:
+        """Make the folders, parents first. Many between two local folders are made by worker
+        processes (the order between workers is then loose: a folder made before its parent
+        makes the parent too, and the parent's own turn then finds it and sets its mode)."""
+        if local and can_fork(len(mkdirs), min(self.options.transfers, os.cpu_count() or 1)):
+            self._parallel(mkdirs, self._mkdir_work, self._mkdir_done, forkable=True)
             return
-        after = side.stat(d.dst_rel) or Entry(d.dst_rel, DIR)
+        for d in mkdirs:
+            try:
+                after = self._mkdir_work(d)
+            except OSError as e:
+                self._fail(d.dst_rel, e)
+                continue
+            if self._mkdir_done(d, after)[0]:
+                self.progress(1, 0)
+
+    def _mkdir_work(self, d: Mkdir) -> Entry | None:
+        """Make one folder. Returns it as made, or None if the path changed since the scan."""
+        side = self.sides[d.dst]
+        now = side.stat(d.dst_rel)
+        if now is not None and now.kind != DIR:
+            if not same_state(side, now, d.dst_before):
+                return None
+            side.delete(d.dst_rel)
+        side.makedirs(d.dst_rel, d.src_entry.mode if self.sides[3 - d.dst].has_modes else None)
+        return side.stat(d.dst_rel) or Entry(d.dst_rel, DIR)
+
+    def _mkdir_done(self, d: Mkdir, after: Entry | None) -> tuple[int, int]:
+        if after is None:
+            self._changed(d.dst_rel)
+            return 0, 0
         self._put(d.key, 3 - d.dst, d.src_entry, after, None)
         self.result.mkdirs += 1
-        self.progress(1, 0)
+        return 1, 0
 
     def _chmod(self, c: Chmod) -> None:
         try:

@@ -526,9 +526,16 @@ def test_a_large_local_copy_phase_runs_in_worker_processes(one: Root, tmp_path: 
 
     p = Pair(one, local_root(tmp_path / "two"), tmp_path)
     n = FORK_MIN_ITEMS + 44
-    files = {f"d{i % 9}/f{i:04}.bin": os.urandom(i * 37 % 9000) for i in range(n)}
-    for k, (rel, data) in enumerate(files.items()):
-        (p.one if k % 3 else p.two).write(rel, data, mtime=PAST)
+    files = {f"d{i % 7}/e{i % 280:03}/f{i:04}.bin": os.urandom(i * 37 % 9000) for i in range(n)}
+    for rel, data in files.items():
+        p.one.write(rel, data, mtime=PAST)
+    for k in range(30):
+        files[f"two-{k}.bin"] = os.urandom(k * 100)
+        p.two.write(f"two-{k}.bin", files[f"two-{k}.bin"], mtime=PAST)
+    modes = {}
+    for i in range(0, 280, 3):  # folders' permission bits travel too
+        modes[f"d{i % 7}/e{i:03}"] = 0o750 if i % 2 else 0o700
+        os.chmod(p.one.p(f"d{i % 7}/e{i:03}"), modes[f"d{i % 7}/e{i:03}"])
     spec = {"protocol": "file", "fs_kwargs": {}, "root1": one.loc.root, "root2": p.two.loc.root, "state": str(tmp_path)}
     code = (
         "import json, sys; import sync.executor as ex; from tests.integration.test_sync_scenarios import child_main\n"
@@ -538,8 +545,9 @@ def test_a_large_local_copy_phase_runs_in_worker_processes(one: Root, tmp_path: 
     )
     run = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout.splitlines()[-1]) == [n]
+    assert json.loads(run.stdout.splitlines()[-1]) == [7 + 280, len(files)]  # the folders, then the copies
     assert p.assert_same() == files
+    assert {rel: os.stat(p.two.p(rel)).st_mode & 0o7777 for rel in modes} == modes
     assert p.journal_keys() == {rel: xxhash.xxh3_128_hexdigest(d) for rel, d in files.items()}
     assert p.sync().plan.changes == 0
 
