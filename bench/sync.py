@@ -55,6 +55,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -312,10 +313,19 @@ def run_tool(
     with open(log, "ab") as out:
         out.write(f"\n$ {' '.join(cmd)}\n".encode())
         out.flush()
+        # a blocking wait, not subprocess.run(timeout=...): with a timeout, Popen.wait polls
+        # with sleeps growing to 50 ms, which rounded short runs up by as much
         cpu0, t0 = child_cpu_s(), time.perf_counter()
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, cwd=ROOT,
-                              timeout=args.timeout)  # fmt: skip
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, cwd=ROOT)
+        watchdog = threading.Timer(args.timeout, proc.kill)
+        watchdog.start()
+        try:
+            proc.wait()
+        finally:
+            watchdog.cancel()
         elapsed, cpu = time.perf_counter() - t0, child_cpu_s() - cpu0
+    if elapsed >= args.timeout:
+        raise RuntimeError(f"killed after --timeout {args.timeout:g} s")
     if proc.returncode != 0:
         tail = log.read_text(errors="replace")[-600:].strip().replace("\n", " | ")
         raise RuntimeError(f"exit {proc.returncode}: ...{tail}")
