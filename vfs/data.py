@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 BLOCK_BYTES = 1 << 20
 READAHEAD_MAX_BYTES = 16 << 20
+PREFETCH_BYTES = 32 << 20  #: how far ahead of a sequential reader a local file is prefetched
 #: a close this soon after the write-back delay last started leaves it alone (saves a catalog
 #: write per create-and-close; the upload then starts at most this much early)
 DELAY_RESTART_SLACK_NS = 1_000_000_000
@@ -59,6 +60,9 @@ class OpenFile:
     ranges: RangeSet = field(default_factory=RangeSet)
     next_seq: int = 0  #: offset where a sequential reader would read next
     readahead: int = BLOCK_BYTES
+    last_end: int = -(1 << 62)  #: where the last read of a local file ended (see DataPath._prefetch)
+    seq_streak: int = 0  #: reads in a row that started near where the one before ended
+    prefetched_to: int = 0  #: the kernel was asked to read ahead up to this offset
     lock: trio.Lock = field(default_factory=trio.Lock)
 
 
@@ -196,8 +200,11 @@ class DataPath:
 
     async def read(self, of: OpenFile, off: int, size: int, file_size: int) -> bytes:
         if of.complete:
-            return os.pread(self.cache_fd(of), size, off)
+            fd = self.cache_fd(of)
+            self._prefetch(of, fd, off, size)
+            return os.pread(fd, size, off)
         if of.direct_fd is not None:
+            self._prefetch(of, of.direct_fd, off, size)
             return os.pread(of.direct_fd, size, off)
         end = min(off + size, file_size)
         if end <= off:
@@ -205,6 +212,30 @@ class DataPath:
         if not of.ranges.covers(off, end):
             await self._page_in(of, off, end, file_size)
         return os.pread(self.cache_fd(of), end - off, off)
+
+    @staticmethod
+    def _prefetch(of: OpenFile, fd: int, off: int, size: int) -> None:
+        """A sequential reader of a local file (the cache file or a local object): ask the
+        kernel to read the next :data:`PREFETCH_BYTES` ahead (``posix_fadvise`` WILLNEED,
+        asynchronous). Without it the kernel's own readahead of that file did not keep up: a
+        cold 1 GiB read through the mount spent 1.8 of its 2.1 s in our ``pread`` calls,
+        waiting on the disk (0.99 s with it). A read counts as sequential when it starts within
+        :data:`BLOCK_BYTES` of where the previous one ended (the kernel sends several requests
+        at once, not always in order), twice in a row; random reads never prefetch."""
+        end = off + size
+        if abs(off - of.last_end) <= BLOCK_BYTES:
+            of.seq_streak += 1
+        else:
+            of.seq_streak = 0
+            of.prefetched_to = 0
+        of.last_end = end
+        if of.seq_streak >= 2 and end + PREFETCH_BYTES // 2 > of.prefetched_to:
+            start = max(end, of.prefetched_to)
+            of.prefetched_to = end + PREFETCH_BYTES
+            try:
+                os.posix_fadvise(fd, start, of.prefetched_to - start, os.POSIX_FADV_WILLNEED)
+            except OSError:  # only advice: a file system without it reads on demand
+                pass
 
     async def _page_in(self, of: OpenFile, off: int, end: int, file_size: int) -> None:
         obj = self.cat.object(of.ino)

@@ -266,6 +266,39 @@ async def test_write_back_delay_counts_from_the_last_writers_close(ops: Operatio
     assert ino in [i for i, _ in wb._due(False)]
 
 
+async def test_sequential_reads_of_a_cached_file_prefetch_ahead_random_reads_do_not(
+    ops: Operations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vfs.data
+
+    advice: list[tuple[int, int]] = []
+    real = os.posix_fadvise
+
+    def spy(fd: int, off: int, length: int, how: int) -> None:
+        assert how == os.POSIX_FADV_WILLNEED
+        advice.append((off, length))
+        real(fd, off, length, how)
+
+    monkeypatch.setattr(vfs.data.os, "posix_fadvise", spy)
+    mib = 1 << 20
+    data = os.urandom(40 * mib)
+    ino = await make_file(ops, await bucket(ops), b"big", data)
+    fi = await ops.open(ino, os.O_RDONLY, CTX)
+    for k in (7, 31, 2, 19, 11, 26):  # random reads: no advice
+        assert await ops.read(fi.fh, k * mib + 123, 4096) == data[k * mib + 123 : k * mib + 123 + 4096]
+    assert advice == []
+    got = b"".join([await ops.read(fi.fh, k * mib, mib) for k in range(40)])
+    assert got == data
+    ahead = vfs.data.PREFETCH_BYTES
+    # from the second read in a row on: the next PREFETCH_BYTES, asked again once half is read
+    assert advice[0] == (3 * mib, ahead) and len(advice) >= 2
+    assert all(
+        off >= prev_off + prev_len // 2 for (prev_off, prev_len), (off, _) in zip(advice, advice[1:], strict=False)
+    )
+    assert advice[-1][0] + advice[-1][1] >= 40 * mib
+    await ops.release(fi.fh)
+
+
 async def test_upload_of_a_file_unlinked_meanwhile_stops(ops: Operations, pool: Pool) -> None:
     """A file unlinked while its upload is queued or in flight is not uploaded: the transfer
     stops (between 1 MiB chunks), leaves no temporary object, and the inode is purged."""
