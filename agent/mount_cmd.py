@@ -29,7 +29,11 @@ log = logging.getLogger(__name__)
 @click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground; Ctrl-C unmounts.")
 @click.option("--cache-max-size", type=SIZE, default=None, help="Cache size limit, e.g. 10G.")
 @click.option(
-    "--write-back", "write_back", type=DURATION, default=None, help="How long after its last close a changed file uploads, e.g. 5s."
+    "--write-back",
+    "write_back",
+    type=DURATION,
+    default=None,
+    help="How long after its last close a changed file uploads, e.g. 5s.",
 )
 @click.option("--read-only", is_flag=True, help="Refuse all changes (EROFS).")
 @click.option("--allow-other", is_flag=True, help="Let other users in (permissions still apply).")
