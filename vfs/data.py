@@ -220,8 +220,8 @@ class DataPath:
         asynchronous). Without it the kernel's own readahead of that file did not keep up: a
         cold 1 GiB read through the mount spent 1.8 of its 2.1 s in our ``pread`` calls,
         waiting on the disk (0.99 s with it). A read counts as sequential when it starts within
-        :data:`BLOCK_BYTES` of where the previous one ended (the kernel sends several requests
-        at once, not always in order), twice in a row; random reads never prefetch."""
+        :data:`BLOCK_BYTES` of where the previous one ended (the kernel may have several
+        requests of one reader in flight), twice in a row; random reads never prefetch."""
         end = off + size
         if abs(off - of.last_end) <= BLOCK_BYTES:
             of.seq_streak += 1
