@@ -229,20 +229,11 @@ class Executor:
         self.result.moved += 1
 
     def _mkdirs(self, mkdirs: list[Mkdir], local: bool) -> None:
-        """Make the folders, parents first. Many between two local folders are made by worker
-        processes (the order between workers is then loose: a folder made before its parent
-        makes the parent too, and the parent's own turn then finds it and sets its mode)."""
-        if local and can_fork(len(mkdirs), min(self.options.transfers, os.cpu_count() or 1)):
-            self._parallel(mkdirs, self._mkdir_work, self._mkdir_done, forkable=True)
-            return
-        for d in mkdirs:
-            try:
-                after = self._mkdir_work(d)
-            except OSError as e:
-                self._fail(d.dst_rel, e)
-                continue
-            if self._mkdir_done(d, after)[0]:
-                self.progress(1, 0)
+        """Make the folders, parents first: in order on one thread, or, many between two local
+        folders, on worker processes (the order between workers is then loose: a folder made
+        before its parent makes the parent too, and the parent's own turn then finds it and
+        sets its mode)."""
+        self._parallel(mkdirs, self._mkdir_work, self._mkdir_done, forkable=local, threads=1)
 
     def _mkdir_work(self, d: Mkdir) -> Entry | None:
         """Make one folder. Returns it as made, or None if the path changed since the scan."""
@@ -281,10 +272,12 @@ class Executor:
         done: Callable[[Any, Any], tuple[int, int]],
         *,
         forkable: bool = False,
+        threads: int | None = None,
     ) -> None:
         """Run *work* on *items* in parallel, *done* on each outcome here. *forkable*: the
         work is local file system calls only, so a large phase may run in worker processes
-        (:func:`sync.workers.run_forked`) instead of threads."""
+        (:func:`sync.workers.run_forked`); otherwise it runs on *threads* threads (default
+        ``options.transfers``)."""
 
         def one_done(o: Outcome[Any, Any]) -> None:
             if o.error is not None:
@@ -301,7 +294,7 @@ class Executor:
             if forkable and can_fork(len(items), workers):
                 run_forked(items, work, one_done, workers=workers, size_of=_size_of)
             else:
-                run_parallel(items, work, one_done, workers=self.options.transfers, size_of=_size_of)
+                run_parallel(items, work, one_done, workers=threads or self.options.transfers, size_of=_size_of)
         finally:
             self._record_transfers()
 
