@@ -1,1 +1,1 @@
-"""The FUSE filesystem (pyfuse3 + trio) over a pool."""
+"""The FUSE filesystem (pyfuse3, its request loop on asyncio with uvloop) over a pool."""

@@ -23,8 +23,8 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import anyio
 import pyfuse3
-import trio
 
 from pool.catalog import ObjectRow, now_ns
 from pool.errors import NotFoundError
@@ -63,14 +63,14 @@ class OpenFile:
     last_end: int = -(1 << 62)  #: where the last read of a local file ended (see DataPath._prefetch)
     seq_streak: int = 0  #: reads in a row that started near where the one before ended
     prefetched_to: int = 0  #: the kernel was asked to read ahead up to this offset
-    lock: trio.Lock = field(default_factory=trio.Lock)
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
 
 
 class DataPath:
     """Cache files, page-in and restore for one mount.
 
     Args:
-        pool: the open pool (its catalog is used from the trio thread only).
+        pool: the open pool (its catalog is used from the event loop's thread only).
         cache_max_bytes: LRU eviction starts above this many bytes of cache.
     """
 
@@ -81,7 +81,7 @@ class DataPath:
         self.files: dict[int, OpenFile] = {}
         self.partial: dict[int, RangeSet] = {}  # range maps of partial caches, kept across opens
         self.generations: dict[int, int] = {}
-        self.limiter = trio.CapacityLimiter(8)
+        self.limiter = anyio.CapacityLimiter(8)
         # running estimate of cache bytes; exact recount (a SUM over the cache table) only
         # when the estimate says the limit is crossed
         self.cache_used = self.cat.cache_total()
@@ -151,13 +151,13 @@ class DataPath:
     async def _restore(self, of: OpenFile, obj: ObjectRow) -> None:
         """Restore an archive/offsite object, wait up to ``restore_wait_s``, page it in whole."""
         st = self.pool.request_restore(of.ino)
-        deadline = trio.current_time() + self.pool.config.restore_wait_s
+        deadline = anyio.current_time() + self.pool.config.restore_wait_s
         while st.state == "pending":
-            wait = min(st.ready_in_s, deadline - trio.current_time())
+            wait = min(st.ready_in_s, deadline - anyio.current_time())
             if wait <= 0:
                 log.info("restore of %s still pending: %s", obj.key, st)
                 raise pyfuse3.FUSEError(errno.EAGAIN)
-            await trio.sleep(min(wait + 0.01, 0.5))
+            await anyio.sleep(min(wait + 0.01, 0.5))
             st = self.pool.restore_state(of.ino)
         if st.state == "cached":
             of.complete = True
@@ -190,7 +190,7 @@ class DataPath:
                 backend.download_to_fd(key, fd)
 
         async with self.limiter:
-            await trio.to_thread.run_sync(copy)
+            await anyio.to_thread.run_sync(copy)
         of.complete = True
         of.ranges = RangeSet()
         self.partial.pop(of.ino, None)
@@ -266,7 +266,7 @@ class DataPath:
 
     async def _fetch_range(self, backend, key: str, offset: int, length: int) -> bytes:  # type: ignore[no-untyped-def]
         async with self.limiter:
-            return await trio.to_thread.run_sync(backend.read_range, key, offset, length)
+            return await anyio.to_thread.run_sync(backend.read_range, key, offset, length)
 
     # -- writing ----------------------------------------------------------------------------
 

@@ -2,10 +2,10 @@
 objects, records changed attributes with objects, and empties the trash.
 
 An upload runs in three steps (see :meth:`pool.pool.Pool.upload_begin`): the key is chosen and
-the file marked ``uploading`` on the trio thread; the cache file is copied to a temporary key
-and read back in a worker thread; then, back on the trio thread and with no await in between,
+the file marked ``uploading`` on the event loop's thread; the cache file is copied to a temporary key
+and read back in a worker thread; then, back on the event loop's thread and with no await in between,
 the file is marked clean only if its write generation did not move meanwhile. Writes are
-handled on the trio thread too, so no write can slip between that check and the commit.
+handled on the event loop's thread too, so no write can slip between that check and the commit.
 
 Small files upload in batches: one worker-thread trip and one ``syncfs(2)`` per batch instead
 of one ``fsync(2)`` per object. No exception from one upload stops the service: it is logged,
@@ -20,7 +20,8 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-import trio
+import anyio
+import anyio.abc
 
 from pool.backends import StoredObject, UploadCancelled
 from pool.catalog import now_ns
@@ -53,30 +54,30 @@ class WriteBack:
         self.pool = ops.pool
         self.delay_s = delay_s
         self.delay_s_now = delay_s  #: the delay in force: longer while the filesystem is busy
-        self.limiter = trio.CapacityLimiter(transfers)
+        self.limiter = anyio.CapacityLimiter(transfers)
         self.inflight: set[int] = set()
         self.retry_at: dict[int, tuple[float, float]] = {}  # ino -> (monotonic time, backoff)
         self.uploaded = 0
         self.failed = 0
         self.cancelled = 0  #: uploads stopped because the file was unlinked
-        self._wake = trio.Event()
+        self._wake = anyio.Event()
         self._seen_requests = ops.requests
         self._seen_at = time.monotonic()
         self._local = threading.local()
         self._thread_pools: list[Pool] = []
         self._pools_lock = threading.Lock()
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as nursery:
             task_status.started()
             while True:
                 try:
                     await self.tick(nursery)
                 except Exception:
                     log.exception("write-back tick failed; retrying")
-                with trio.move_on_after(0.5):
+                with anyio.move_on_after(0.5):
                     await self._wake.wait()
-                self._wake = trio.Event()
+                self._wake = anyio.Event()
 
     def _due(self, force: bool) -> list[tuple[int, int]]:
         """Due files not yet in flight, ``(inode, size)``; only as many as the running
@@ -109,7 +110,7 @@ class WriteBack:
         self._seen_requests, self._seen_at = self.ops.requests, t
         return rate > BUSY_REQUESTS_PER_S
 
-    async def tick(self, nursery: trio.Nursery, *, force: bool = False) -> int:
+    async def tick(self, nursery: anyio.abc.TaskGroup, *, force: bool = False) -> int:
         """Start uploads that are due, in batches; returns how many files were started.
 
         While the filesystem is busy, uploads wait (foreground requests first), except for
@@ -140,7 +141,7 @@ class WriteBack:
             await self.chores()
         return len(due)
 
-    def _start(self, nursery: trio.Nursery, batch: list[int]) -> None:
+    def _start(self, nursery: anyio.abc.TaskGroup, batch: list[int]) -> None:
         self.inflight.update(batch)
         nursery.start_soon(self._upload_batch, batch)
 
@@ -162,7 +163,7 @@ class WriteBack:
                             jobs.append(job)
                 if not jobs:
                     return
-                results = await trio.to_thread.run_sync(self._transfer, jobs)
+                results = await anyio.to_thread.run_sync(self._transfer, jobs)
                 with self.pool.lock.held(), self.pool.catalog.tx():  # one commit for the batch
                     self._commit(jobs, results, gens)
                 # the cache copies are evictable now: without this, a cache filled by writes
@@ -204,10 +205,10 @@ class WriteBack:
 
     def _transfer(self, jobs: list[UploadJob]) -> list[StoredObject | BaseException]:
         """Worker thread: copy and verify every job, make the batch durable, then put each
-        object at its final key (so the trio thread only flips states)."""
+        object at its final key (so the event loop's thread only flips states)."""
         pool = self._thread_pool()
         out: list[StoredObject | BaseException] = []
-        unlinked = self.ops.unlinked  # read here, written by the trio thread (set ops are atomic)
+        unlinked = self.ops.unlinked  # read here, written by the event loop's thread (set ops are atomic)
         for job in jobs:
             ino = job.ino
             try:
@@ -249,18 +250,18 @@ class WriteBack:
             except Exception:
                 log.exception("background chores failed; retrying later")
 
-        await trio.to_thread.run_sync(work)
+        await anyio.to_thread.run_sync(work)
 
     async def flush_all(self, timeout_s: float = 600.0) -> int:
         """Upload every dirty file now (ignoring the delay). Returns how many are still dirty
         (open for writing, or failing) when done or after *timeout_s*."""
-        with trio.move_on_after(timeout_s):
-            async with trio.open_nursery() as nursery:
+        with anyio.move_on_after(timeout_s):
+            async with anyio.create_task_group() as nursery:
                 while True:
                     started = await self.tick(nursery, force=True)
                     if not started and not self.inflight:
                         break
-                    await trio.sleep(0.05)
+                    await anyio.sleep(0.05)
                     if not self.inflight and self._only_stuck():
                         break
         await self.chores()
