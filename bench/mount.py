@@ -270,7 +270,12 @@ def run_rows(
             console.print(f"  {name:<12} {ROWS[key]:<34} {res[key]:9.3f} s")
         except Exception as e:  # a failing row is a finding, not a reason to stop
             res[key] = None
-            note(f"{name}: {ROWS[key]} failed: {type(e).__name__}: {e}")
+            why = f"{type(e).__name__}: {e}"
+            stderr = getattr(e, "stderr", None)
+            if stderr:  # a command's own first complaint says more than its exit status
+                text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
+                why = text.strip().splitlines()[0]
+            note(f"{name}: {ROWS[key]} failed: {why}")
 
     big, size = root / "bigfile", args.size
     pool = random.Random(SEED).randbytes(64 * BLOCK)

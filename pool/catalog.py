@@ -29,6 +29,7 @@ ROOT = 1
 NAME_MAX = 255
 
 _ATTR_COLS = "id, mode, uid, gid, size, nlink, atime_ns, mtime_ns, ctime_ns, btime_ns, rdev"
+_ATTR_COLS_I = ", ".join("i." + c.strip() for c in _ATTR_COLS.split(","))  # the same, of inodes as "i"
 _OBJ_COLS = (
     "inode, tier, key, size, xxh3_128, etag, state, dirty_since_ns, "
     "restore_requested_ns, restore_ready_ns, upload_tmp_key"
@@ -293,16 +294,24 @@ class Catalog:
             self.db.execute("DELETE FROM inodes WHERE id = ?", (ino,))
         return obj
 
-    def delete_unlinked(self, inos: list[int]) -> list[int]:
-        """Remove every inode of *inos* that has no name left (``nlink = 0``), in one
-        statement. Returns those that had a cache file, so the caller can delete it."""
+    def delete_unlinked(self, inos: list[int]) -> tuple[list[int], list[int]]:
+        """Remove every inode of *inos* that has no name left (``nlink = 0``); the others stay.
+        Returns ``(removed, cached)``: the inodes removed, and those of them that had a cache
+        file, so the caller can delete those files (and no live inode's)."""
+        removed: list[int] = []
         cached: list[int] = []
         for i in range(0, len(inos), 500):
             part = inos[i : i + 500]
             q = ",".join("?" * len(part))
-            cached += [r[0] for r in self.db.execute(f"SELECT inode FROM cache WHERE inode IN ({q})", part)]
+            rows = self.db.execute(
+                "SELECT i.id, c.inode IS NOT NULL FROM inodes i LEFT JOIN cache c ON c.inode = i.id"
+                f" WHERE i.nlink = 0 AND i.id IN ({q})",
+                part,
+            ).fetchall()
+            removed += [r[0] for r in rows]
+            cached += [r[0] for r in rows if r[1]]
             self.db.execute(f"DELETE FROM inodes WHERE nlink = 0 AND id IN ({q})", part)
-        return cached
+        return removed, cached
 
     def orphans(self) -> list[int]:
         """Inodes with no name left (``nlink = 0``), to purge at start-up."""
@@ -316,7 +325,7 @@ class Catalog:
 
     def lookup_attrs(self, parent: int, name: bytes) -> Attrs | None:
         row = self.db.execute(
-            f"SELECT {', '.join('i.' + c.strip() for c in _ATTR_COLS.split(','))} FROM dentries d"
+            f"SELECT {_ATTR_COLS_I} FROM dentries d"
             " JOIN inodes i ON i.id = d.inode WHERE d.parent = ? AND d.name = ?",
             (parent, name),
         ).fetchone()
@@ -331,7 +340,7 @@ class Catalog:
     def list_dir(self, parent: int, after: int, limit: int) -> list[tuple[int, bytes, Attrs]]:
         """Entries of *parent* with cookie > *after*, in cookie order: ``(cookie, name, attrs)``."""
         rows = self.db.execute(
-            f"SELECT d.id, d.name, {', '.join('i.' + c.strip() for c in _ATTR_COLS.split(','))}"
+            f"SELECT d.id, d.name, {_ATTR_COLS_I}"
             " FROM dentries d JOIN inodes i ON i.id = d.inode"
             " WHERE d.parent = ? AND d.id > ? ORDER BY d.id LIMIT ?",
             (parent, after, limit),

@@ -191,6 +191,10 @@ class NodeOps(pyfuse3.Operations):
         transaction later (the write-back service calls it; recovery purges leftovers)."""
         if self.lookups.get(ino, 0) > 0 or ino in self.data.files:
             return
+        if ino in self.unlinked:  # a file whose last name went (it cannot get one back)
+            self.pending.pop(ino, None)
+            self.purge_queue.add(ino)
+            return
         a = self.pending.get(ino) or self.cat.get(ino)
         if a is None or a.nlink > 0:
             return
@@ -210,13 +214,14 @@ class NodeOps(pyfuse3.Operations):
         inos = [i for i in self.purge_queue if self.lookups.get(i, 0) == 0 and i not in self.data.files]
         self.purge_queue.clear()
         with self.cat.tx():
-            cached = set(self.cat.delete_unlinked(inos))
-        for ino in inos:
+            removed, cached_list = self.cat.delete_unlinked(inos)
+        cached = set(cached_list)
+        self.unlinked.difference_update(inos)  # removed, or (after a rolled-back unlink) alive
+        for ino in removed:
             self.atimes.pop(ino, None)
             self.served.pop(ino, None)
-            self.unlinked.discard(ino)
             self.data.forget_cache(ino, has_file=ino in cached)
-        return len(inos)
+        return len(removed)
 
     @staticmethod
     def _in_groups(gid: int, ctx: pyfuse3.RequestContext) -> bool:

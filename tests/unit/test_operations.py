@@ -123,6 +123,21 @@ async def test_unlinked_open_file_lives_until_release(ops: Operations, pool: Poo
     assert not pool.cache_path(ino).exists()
 
 
+async def test_purge_spares_a_file_that_still_has_a_name(ops: Operations, pool: Pool) -> None:
+    # The memory-only mark of an unlinked file would outlive an unlink whose transaction
+    # rolled back: the purge must go by the catalog's link count, keeping the file and its bytes.
+    b = await bucket(ops)
+    ino = await make_file(ops, b, b"kept", b"precious")
+    await ops.lookup(b, b"kept", CTX)
+    ops.unlinked.add(ino)
+    await ops.forget([(ino, ops.lookups[ino])])
+    assert ino in ops.purge_queue
+    assert ops.purge() == 0
+    assert ino not in ops.unlinked and pool.catalog.get(ino) is not None
+    assert pool.cache_path(ino).exists()
+    assert await read_all(ops, ino) == b"precious"
+
+
 async def test_rename_exchange_swaps(ops: Operations) -> None:
     b = await bucket(ops)
     f = await make_file(ops, b, b"f", b"file")
