@@ -325,8 +325,7 @@ class Catalog:
 
     def lookup_attrs(self, parent: int, name: bytes) -> Attrs | None:
         row = self.db.execute(
-            f"SELECT {_ATTR_COLS_I} FROM dentries d"
-            " JOIN inodes i ON i.id = d.inode WHERE d.parent = ? AND d.name = ?",
+            f"SELECT {_ATTR_COLS_I} FROM dentries d JOIN inodes i ON i.id = d.inode WHERE d.parent = ? AND d.name = ?",
             (parent, name),
         ).fetchone()
         return Attrs(*row) if row else None
