@@ -70,6 +70,7 @@ def bench_dmg(mib: int = 1024) -> None:
         res = build_dmg(root, Path(tmp) / "x.dmg", fmt="UDZO", opts=HfsOptions(volume_name="bench"))
         dmg_s = time.perf_counter() - t0
         dmg_cpu = cpu_s(resource.RUSAGE_SELF) - c0
+        assert res.udif is not None  # a DMG build always writes its UDIF image
         print(
             f"DMG UDZO, {size / 2**20:.0f} MiB tree, {os.cpu_count()} cores, load average"
             f" {load_before:.1f} -> {os.getloadavg()[0]:.1f} (shared machine: wall times are noisy)"
