@@ -2,7 +2,7 @@
 
 The image reader lives in ``imaging`` and this module must not import it: the reader is passed
 in as any object with the methods of :class:`ImageView` (duck typing). The view's root directory
-is inode 1 (``pyfuse3.ROOT_INODE``). Reads run in worker threads (``trio.to_thread``), so the
+is inode 1 (``pyfuse3.ROOT_INODE``). Reads run in worker threads (``anyio.to_thread``), so the
 view's ``read`` must be thread-safe.
 """
 
@@ -17,10 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, cast
 
+import anyio
 import pyfuse3
-import trio
 
 from pool.errors import BusyError, MountError, PermissionDeniedError
+
+from . import fuseloop
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +143,7 @@ class ImageOperations(pyfuse3.Operations):
 
     async def read(self, fh: int, off: int, size: int) -> bytes:  # type: ignore[override]
         try:
-            return await trio.to_thread.run_sync(self.view.read, fh, off, size)
+            return await anyio.to_thread.run_sync(self.view.read, fh, off, size)
         except pyfuse3.FUSEError:
             raise
         except Exception as e:
@@ -174,10 +176,10 @@ class ImageOperations(pyfuse3.Operations):
 
 
 async def _serve() -> None:
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as nursery:
 
         async def on_signals() -> None:
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for _ in signals:
                     pyfuse3.terminate()
                     return
@@ -217,7 +219,7 @@ def serve_image(view: ImageView, mountpoint: Path, *, fsname: str, allow_other: 
     except RuntimeError as e:
         raise MountError(f"cannot mount at {mountpoint}: {e}") from None
     try:
-        trio.run(_serve)
+        fuseloop.run(_serve)
     finally:
         try:
             pyfuse3.close(unmount=True)

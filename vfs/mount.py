@@ -28,11 +28,11 @@ from pathlib import Path
 import anyio
 import anyio.abc
 import pyfuse3
-import pyfuse3.asyncio
 
 from pool.errors import BusyError, MountError, PermissionDeniedError
 from pool.pool import Pool
 
+from . import fuseloop
 from .operations import Operations
 from .writeback import WriteBack
 
@@ -183,11 +183,7 @@ def serve(pool: Pool, opts: MountOptions) -> int:
         _write_record(pool, record)
         dirty_left = -1
         try:
-            pyfuse3.asyncio.enable()  # pyfuse3's own loop code on asyncio (see _main)
-            try:
-                dirty_left = anyio.run(_main, ops, opts, backend="asyncio", backend_options={"use_uvloop": True})
-            finally:
-                pyfuse3.asyncio.disable()
+            dirty_left = fuseloop.run(_main, ops, opts)
         finally:
             try:
                 pyfuse3.close(unmount=True)
@@ -263,9 +259,6 @@ class GroupCommitter:
 
 
 async def _main(ops: Operations, opts: MountOptions) -> int:
-    # Runs on asyncio with uvloop (anyio's API, so the handlers also run under trio in the unit
-    # tests): pyfuse3's request loop costs about half the CPU per request there than on trio,
-    # whose scheduler is pure Python, and a metadata request is mostly that loop.
     # Request handling gives up the GIL at every /dev/fuse read; with background threads busy
     # in Python (uploads, chores) the default 5 ms switch interval would make each request
     # wait that long to get it back.
