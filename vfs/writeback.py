@@ -2,10 +2,11 @@
 objects, records changed attributes with objects, and empties the trash.
 
 An upload runs in three steps (see :meth:`pool.pool.Pool.upload_begin`): the key is chosen and
-the file marked ``uploading`` on the event loop's thread; the cache file is copied to a temporary key
-and read back in a worker thread; then, back on the event loop's thread and with no await in between,
-the file is marked clean only if its write generation did not move meanwhile. Writes are
-handled on the event loop's thread too, so no write can slip between that check and the commit.
+the file marked ``uploading`` on the event loop's thread; the cache file is copied to a
+temporary key and read back in a worker thread; then, back on the event loop's thread and with
+no await in between, the file is marked clean only if its write generation did not move
+meanwhile. Writes are handled on the event loop's thread too, so no write can slip between
+that check and the commit.
 
 Small files upload in batches: one worker-thread trip and one ``syncfs(2)`` per batch instead
 of one ``fsync(2)`` per object. No exception from one upload stops the service: it is logged,
