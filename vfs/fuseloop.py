@@ -3,7 +3,8 @@
 pyfuse3 runs its loop on trio, or on asyncio once ``pyfuse3.asyncio.enable()`` has switched
 its module-level loop functions (process-wide state). trio's scheduler is plain Python,
 uvloop's is C: a trivial pyfuse3 filesystem answering ``stat`` used about half the CPU per
-request on uvloop and answered in 25-35% less time (``README.md``, "Benchmarks"). Both FUSE
+request on uvloop, and a stat took 99-117 µs instead of 135-173 µs (``README.md``,
+"Benchmarks"). Both FUSE
 servers (the pool mount and the image views) run through :func:`run`; their code uses anyio's
 API, which also runs under trio (the unit tests call the handlers that way).
 """

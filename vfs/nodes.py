@@ -191,13 +191,10 @@ class NodeOps(pyfuse3.Operations):
         transaction later (the write-back service calls it; recovery purges leftovers)."""
         if self.lookups.get(ino, 0) > 0 or ino in self.data.files:
             return
-        if ino in self.unlinked:  # a file whose last name went (it cannot get one back)
-            self.pending.pop(ino, None)
-            self.purge_queue.add(ino)
-            return
-        a = self.pending.get(ino) or self.cat.get(ino)
-        if a is None or a.nlink > 0:
-            return
+        if ino not in self.unlinked:  # a file whose last name went cannot get one back: no read
+            a = self.pending.get(ino) or self.cat.get(ino)
+            if a is None or a.nlink > 0:
+                return
         self.pending.pop(ino, None)
         self.purge_queue.add(ino)
 
