@@ -346,6 +346,16 @@ class Catalog:
         ).fetchall()
         return [(r[0], r[1], Attrs(*r[2:])) for r in rows]
 
+    def get_with_parent(self, ino: int) -> tuple[Attrs, int | None] | None:
+        """*ino*'s attributes and the directory holding it (see :meth:`parent_of`), in one
+        query; None if there is no such inode."""
+        row = self.db.execute(
+            f"SELECT {_ATTR_COLS_I}, (SELECT parent FROM dentries WHERE inode = i.id ORDER BY id LIMIT 1)"
+            " FROM inodes i WHERE i.id = ?",
+            (ino,),
+        ).fetchone()
+        return (Attrs(*row[:-1]), row[-1]) if row else None
+
     def is_empty(self, ino: int) -> bool:
         return self.db.execute("SELECT 1 FROM dentries WHERE parent = ? LIMIT 1", (ino,)).fetchone() is None
 

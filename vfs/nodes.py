@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import stat
 from typing import TYPE_CHECKING, cast
 
 import pyfuse3
@@ -140,6 +141,15 @@ class NodeOps(pyfuse3.Operations):
         e.st_mtime_ns = a.mtime_ns
         e.st_ctime_ns = a.ctime_ns
         e.st_birthtime_ns = a.btime_ns
+        return e
+
+    @staticmethod
+    def dot_entry(ino: int) -> pyfuse3.EntryAttributes:
+        """The READDIRPLUS entry for "." or "..": the kernel takes only the inode number and
+        the type from these two (``fuse_direntplus_link`` skips them), and no lookup count."""
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = cast(pyfuse3.InodeT, ino)
+        e.st_mode = cast(pyfuse3.ModeT, stat.S_IFDIR)
         return e
 
     def refresh_root(self) -> int:

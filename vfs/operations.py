@@ -550,29 +550,33 @@ class Operations(XattrOps):
 
     @guard
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:  # type: ignore[override]
-        d = self.get(fh)
+        reply = pyfuse3.readdir_reply
         if start_id < DOT_COOKIES:
-            # "." and ".." come first, as on ext4; the kernel takes no lookup reference on them
-            up = self.cat.parent_of(fh) if fh != ROOT else ROOT
-            for cookie, (name, a) in enumerate(((b".", d), (b"..", self.get(up or ROOT))), 1):
-                if cookie > start_id and not pyfuse3.readdir_reply(token, name, self.entry(a), cookie):
-                    self._mark_read(d)
+            # a listing starts: "." and ".." come first, as on ext4, and the directory is read
+            # (relatime). Later calls continue the same listing and leave the atime alone.
+            got = self.cat.get_with_parent(fh)
+            if got is None:
+                raise fail(errno.ENOENT)
+            d, up = got
+            self._mark_read(self.fresh(d))
+            dots = ((b".", fh), (b"..", up if fh != ROOT and up is not None else ROOT))
+            for cookie, (name, ino) in enumerate(dots, 1):
+                if cookie > start_id and not reply(token, name, self.dot_entry(ino), cookie):
                     return
         after = max(start_id - DOT_COOKIES, 0)
+        lookups, fresh, entry = self.lookups, self.fresh, self.entry
         while True:
             batch = self.cat.list_dir(fh, after, 256)
             for dentry_id, name, a in batch:
-                a = self.fresh(a)
-                if not pyfuse3.readdir_reply(token, name, self.entry(a), dentry_id + DOT_COOKIES):
-                    self._mark_read(d)
+                a = fresh(a)
+                if not reply(token, name, entry(a), dentry_id + DOT_COOKIES):
                     return
-                self.lookups[a.id] = self.lookups.get(a.id, 0) + 1
+                lookups[a.id] = lookups.get(a.id, 0) + 1
                 if fh == ROOT:
                     self.root_names.add(name)
                 after = dentry_id
             if len(batch) < 256:
                 break
-        self._mark_read(d)
 
     async def releasedir(self, fh: int) -> None:  # type: ignore[override]
         return None
