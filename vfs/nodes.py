@@ -72,6 +72,7 @@ class NodeOps(pyfuse3.Operations):
         self.pending: dict[int, Attrs] = {}  # attributes changed by writes, not saved yet
         self.handles: dict[int, tuple[OpenFile, bool]] = {}
         self.next_fh = 1
+        self.dir_handles: dict[int, list[int]] = {}  # fh -> [directory inode, cookie its listing ended at]
         self.served: dict[int, tuple[int, int]] = {}  # ino -> (mtime_ns, size) the kernel caches
         self.purge_queue: set[int] = set()
         self.initialised = False

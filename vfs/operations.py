@@ -545,41 +545,56 @@ class Operations(XattrOps):
 
     @guard
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:  # type: ignore[override]
-        self._dir(inode)
-        return inode
+        # The kernel opens directories only, and a removed one still opens (as on ext4; the
+        # VFS then answers getdents with ENOENT itself), so nothing needs checking here.
+        fh = self.next_fh
+        self.next_fh += 1
+        self.dir_handles[fh] = [inode, -1]
+        return fh
 
     @guard
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:  # type: ignore[override]
-        reply = pyfuse3.readdir_reply
+        h = self.dir_handles.get(fh)
+        if h is None:
+            raise fail(errno.EBADF)
+        ino, reply = h[0], pyfuse3.readdir_reply
         if start_id < DOT_COOKIES:
             # a listing starts: "." and ".." come first, as on ext4, and the directory is read
             # (relatime). Later calls continue the same listing and leave the atime alone.
-            got = self.cat.get_with_parent(fh)
+            got = self.cat.get_with_parent(ino)
             if got is None:
                 raise fail(errno.ENOENT)
             d, up = got
             self._mark_read(self.fresh(d))
-            dots = ((b".", fh), (b"..", up if fh != ROOT and up is not None else ROOT))
-            for cookie, (name, ino) in enumerate(dots, 1):
-                if cookie > start_id and not reply(token, name, self.dot_entry(ino), cookie):
-                    return
-        after = max(start_id - DOT_COOKIES, 0)
+            dots = ((b".", ino), (b"..", up if ino != ROOT and up is not None else ROOT))
+            for cookie, (name, dot) in enumerate(dots, 1):
+                if cookie > start_id:
+                    if not reply(token, name, self.dot_entry(dot), cookie):
+                        return
+                    start_id = cookie
+        elif start_id == h[1]:
+            # the previous call of this listing reached the end: the kernel asks once more to
+            # see an empty answer. Entries made since opendir may be left out (POSIX allows it).
+            return
+        after, last = max(start_id - DOT_COOKIES, 0), start_id
         lookups, fresh, entry = self.lookups, self.fresh, self.entry
         while True:
-            batch = self.cat.list_dir(fh, after, 256)
+            batch = self.cat.list_dir(ino, after, 256)
             for dentry_id, name, a in batch:
                 a = fresh(a)
                 if not reply(token, name, entry(a), dentry_id + DOT_COOKIES):
                     return
                 lookups[a.id] = lookups.get(a.id, 0) + 1
-                if fh == ROOT:
+                if ino == ROOT:
                     self.root_names.add(name)
                 after = dentry_id
+                last = dentry_id + DOT_COOKIES
             if len(batch) < 256:
                 break
+        h[1] = last
 
     async def releasedir(self, fh: int) -> None:  # type: ignore[override]
-        return None
+        self.dir_handles.pop(fh, None)
 
     @guard
     async def fsyncdir(self, fh: int, datasync: bool) -> None:  # type: ignore[override]

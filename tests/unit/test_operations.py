@@ -198,6 +198,29 @@ async def test_readdir_offsets_are_stable(ops: Operations, monkeypatch: pytest.M
     assert set(names[1:30] + names[31:]) <= set(seen)
 
 
+async def test_readdir_handles_dots_and_the_end_of_a_listing(ops: Operations, monkeypatch: pytest.MonkeyPatch) -> None:
+    b = await bucket(ops)
+    await ops.mkdir(b, b"d", 0o755, CTX)
+    sub = int((await ops.lookup(b, b"d", CTX)).st_ino)
+    await make_file(ops, sub, b"f")
+    got: list[tuple[bytes, int, int]] = []
+
+    def reply(token: object, name: bytes, attr: Any, next_id: int) -> bool:
+        got.append((name, attr.st_ino, next_id))
+        return True
+
+    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
+    fh = await ops.opendir(sub, CTX)
+    await ops.readdir(fh, 0, None)  # type: ignore[arg-type]
+    assert [(n, i) for n, i, _ in got] == [(b".", sub), (b"..", b), (b"f", got[2][1])]
+    # the kernel asks again at the last cookie to see the end: answered without the catalog
+    monkeypatch.setattr(ops.cat, "list_dir", lambda *a: pytest.fail("catalog read at the end of a listing"))
+    await ops.readdir(fh, got[-1][2], None)  # type: ignore[arg-type]
+    assert len(got) == 3
+    await ops.releasedir(fh)
+    await expect_errno(errno.EBADF, ops.readdir(fh, 0, None))  # type: ignore[arg-type]
+
+
 async def test_virtual_xattrs_and_user_xattrs(ops: Operations) -> None:
     b = await bucket(ops)
     ino = await make_file(ops, b, b"x", b"1")
