@@ -92,8 +92,11 @@ class _Waits:
         if self.woken:  # the worker let through has not read yet; it runs before the next poll
             return
         state = self._state()
-        if state and self._let_through(everyone=state == 2):
+        if not state:  # a spinning worker took it meanwhile: keep watching for the queue
             return
+        if self._let_through(everyone=state == 2):
+            return
+        # nobody queued: stop watching until someone queues, or epoll would report it each pass
         self.loop.remove_reader(self.ep.fileno())
         self.registered = False
 

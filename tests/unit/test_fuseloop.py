@@ -19,9 +19,11 @@ from vfs import fuseloop
 
 
 def _run(fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(fn())
-    fuseloop._waits.clear()
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(fn())
+    finally:
+        fuseloop._waits.clear()
 
 
 async def _settle() -> None:
@@ -48,6 +50,9 @@ def test_one_worker_per_request_in_arrival_order(monkeypatch) -> None:  # type: 
         tasks = _workers(r, 4, through)
         await _settle()
         assert through == []
+        waits = fuseloop._waits[r]
+        waits._readable()  # an event whose request a spinning worker took: the queue keeps its watch
+        assert waits.registered and len(waits.waiters) == 4
         os.write(w, b"x")
         await _settle()
         assert through == [0]
