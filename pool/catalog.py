@@ -30,6 +30,9 @@ NAME_MAX = 255
 
 _ATTR_COLS = "id, mode, uid, gid, size, nlink, atime_ns, mtime_ns, ctime_ns, btime_ns, rdev"
 _ATTR_COLS_I = ", ".join("i." + c.strip() for c in _ATTR_COLS.split(","))  # the same, of inodes as "i"
+_PARENT_OF = "SELECT parent FROM dentries WHERE inode = {} ORDER BY id LIMIT 1"  # see Catalog.parent_of
+_SQL_PARENT_OF = _PARENT_OF.format("?")
+_SQL_GET_WITH_PARENT = f"SELECT {_ATTR_COLS_I}, ({_PARENT_OF.format('i.id')}) FROM inodes i WHERE i.id = ?"
 _OBJ_COLS = (
     "inode, tier, key, size, xxh3_128, etag, state, dirty_since_ns, "
     "restore_requested_ns, restore_ready_ns, upload_tmp_key"
@@ -349,11 +352,7 @@ class Catalog:
     def get_with_parent(self, ino: int) -> tuple[Attrs, int | None] | None:
         """*ino*'s attributes and the directory holding it (see :meth:`parent_of`), in one
         query; None if there is no such inode."""
-        row = self.db.execute(
-            f"SELECT {_ATTR_COLS_I}, (SELECT parent FROM dentries WHERE inode = i.id ORDER BY id LIMIT 1)"
-            " FROM inodes i WHERE i.id = ?",
-            (ino,),
-        ).fetchone()
+        row = self.db.execute(_SQL_GET_WITH_PARENT, (ino,)).fetchone()
         return (Attrs(*row[:-1]), row[-1]) if row else None
 
     def is_empty(self, ino: int) -> bool:
@@ -361,7 +360,7 @@ class Catalog:
 
     def parent_of(self, ino: int) -> int | None:
         """The directory holding *ino* (for directories there is exactly one)."""
-        row = self.db.execute("SELECT parent FROM dentries WHERE inode = ? ORDER BY id LIMIT 1", (ino,)).fetchone()
+        row = self.db.execute(_SQL_PARENT_OF, (ino,)).fetchone()
         return row[0] if row else None
 
     def is_ancestor(self, ancestor: int, ino: int) -> bool:
