@@ -10,6 +10,7 @@ at once. Writes commit immediately unless they run inside :meth:`Catalog.tx`.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import sqlite3
 import stat
@@ -27,11 +28,20 @@ log = logging.getLogger(__name__)
 
 ROOT = 1
 NAME_MAX = 255
+#: bounds of the listing cache (see :meth:`Catalog.list_dir_rows`): names over all listed
+#: directories, and attribute rows; past either bound that part is emptied and refilled
+LISTED_NAMES_MAX = 200_000
+CACHED_ROWS_MAX = 200_000
 
 _ATTR_COLS = "id, mode, uid, gid, size, nlink, atime_ns, mtime_ns, ctime_ns, btime_ns, rdev"
+_ATTR_INDEX = {c.strip(): i for i, c in enumerate(_ATTR_COLS.split(","))}  # column -> place in a row
 _ATTR_COLS_I = ", ".join("i." + c.strip() for c in _ATTR_COLS.split(","))  # the same, of inodes as "i"
 _PARENT_OF = "SELECT parent FROM dentries WHERE inode = {} ORDER BY id LIMIT 1"  # see Catalog.parent_of
 _SQL_PARENT_OF = _PARENT_OF.format("?")
+_SQL_LIST_DIR = (
+    f"SELECT d.id, d.name, {_ATTR_COLS_I} FROM dentries d JOIN inodes i ON i.id = d.inode"
+    " WHERE d.parent = ? AND d.id > ? ORDER BY d.id LIMIT ?"
+)
 _SQL_GET_WITH_PARENT = f"SELECT {_ATTR_COLS_I}, ({_PARENT_OF.format('i.id')}) FROM inodes i WHERE i.id = ?"
 _OBJ_COLS = (
     "inode, tier, key, size, xxh3_128, etag, state, dirty_since_ns, "
@@ -81,6 +91,10 @@ class ObjectRow:
     upload_tmp_key: str | None
 
 
+def _cookie(entry: tuple[int, bytes, int]) -> int:
+    return entry[0]
+
+
 def now_ns() -> int:
     """Wall-clock time in nanoseconds since the epoch (what ext4 stamps files with)."""
     return time.time_ns()
@@ -116,7 +130,14 @@ class Catalog:
         self._grouping = False
         self._group_open = False
         self._on_group_open: Callable[[], None] | None = None
+        # The listing cache (see list_dir_rows): attribute rows by inode, and the whole
+        # listing [(cookie, name, inode)] of some directories, as this connection wrote or
+        # read them; emptied when a transaction rolls back or another connection commits.
+        self._rows: dict[int, tuple[int, ...]] = {}
+        self._listings: dict[int, list[tuple[int, bytes, int]]] = {}
+        self._listed = 0
         migrate(self.db)
+        self._data_version = self.db.execute("PRAGMA data_version").fetchone()[0]
         if self.get(ROOT) is None:
             t = now_ns()
             with self.tx():
@@ -175,10 +196,18 @@ class Catalog:
             yield self.db
         except BaseException:
             self._depth = 0
+            self.forget_cached()
             self.db.execute("ROLLBACK")
             raise
         self._depth = 0
-        self.db.execute("COMMIT")
+        self._commit()
+
+    def _commit(self) -> None:
+        try:
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.forget_cached()  # SQLite may have rolled back what the cache holds
+            raise
 
     # -- group commit -----------------------------------------------------------------------
 
@@ -229,6 +258,7 @@ class Catalog:
     def _undo(self, savepoint: str) -> None:
         """Roll back to *savepoint* inside the group; if SQLite already rolled the whole
         transaction back (disk full, I/O error), the group is gone and that is logged."""
+        self.forget_cached()
         if self.db.in_transaction:
             self.db.execute(f"ROLLBACK TO {savepoint}")
             self.db.execute(f"RELEASE {savepoint}")
@@ -239,7 +269,7 @@ class Catalog:
     def commit_group(self) -> None:
         """Commit the open group, if any (a no-op inside a transaction or without a group)."""
         if self._group_open and not self._depth:
-            self.db.execute("COMMIT")
+            self._commit()
             self._group_open = False
 
     # -- inodes -----------------------------------------------------------------------------
@@ -265,22 +295,35 @@ class Catalog:
             " btime_ns, rdev, target) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (mode, uid, gid, size, nlink, t_ns, t_ns, t_ns, t_ns, rdev, target),
         )
-        assert cur.lastrowid is not None
-        return Attrs(cur.lastrowid, mode, uid, gid, size, nlink, t_ns, t_ns, t_ns, t_ns, rdev)
+        ino = cur.lastrowid
+        assert ino is not None
+        self._keep_row((ino, mode, uid, gid, size, nlink, t_ns, t_ns, t_ns, t_ns, rdev))
+        if stat.S_ISDIR(mode):
+            self._listings[ino] = []  # a new directory's whole listing: nothing
+        return Attrs(ino, mode, uid, gid, size, nlink, t_ns, t_ns, t_ns, t_ns, rdev)
 
     def update(self, ino: int, **cols: int) -> None:
         """Set inode columns, e.g. ``update(ino, mode=0o100644, ctime_ns=t)``."""
         if cols:
             sets = ", ".join(f"{c} = ?" for c in cols)
             self.db.execute(f"UPDATE inodes SET {sets} WHERE id = ?", (*cols.values(), ino))
+            self._patch_row(ino, cols)
 
     def save(self, a: Attrs) -> None:
         """Write every attribute of *a* back to its row."""
+        row = (a.id, a.mode, a.uid, a.gid, a.size, a.nlink, a.atime_ns, a.mtime_ns, a.ctime_ns, a.btime_ns, a.rdev)
         self.db.execute(
             "UPDATE inodes SET mode=?, uid=?, gid=?, size=?, nlink=?, atime_ns=?, mtime_ns=?,"
             " ctime_ns=?, btime_ns=?, rdev=? WHERE id=?",
-            (a.mode, a.uid, a.gid, a.size, a.nlink, a.atime_ns, a.mtime_ns, a.ctime_ns, a.btime_ns, a.rdev, a.id),
+            (*row[1:], a.id),
         )
+        self._keep_row(row)
+
+    def save_atimes(self, atimes: dict[int, int]) -> None:
+        """Set the atime (ns) of each inode of *atimes* (``{inode: atime_ns}``)."""
+        self.db.executemany("UPDATE inodes SET atime_ns = ? WHERE id = ?", [(t, ino) for ino, t in atimes.items()])
+        for ino, t in atimes.items():
+            self._patch_row(ino, {"atime_ns": t})
 
     def readlink(self, ino: int) -> bytes | None:
         row = self.db.execute("SELECT target FROM inodes WHERE id = ?", (ino,)).fetchone()
@@ -295,6 +338,8 @@ class Catalog:
         with self.tx():
             obj = self.object(ino)
             self.db.execute("DELETE FROM inodes WHERE id = ?", (ino,))
+            self._rows.pop(ino, None)
+            self._drop_listing(ino)
         return obj
 
     def delete_unlinked(self, inos: list[int]) -> tuple[list[int], list[int]]:
@@ -314,6 +359,9 @@ class Catalog:
             removed += [r[0] for r in rows]
             cached += [r[0] for r in rows if r[1]]
             self.db.execute(f"DELETE FROM inodes WHERE nlink = 0 AND id IN ({q})", part)
+        for ino in removed:
+            self._rows.pop(ino, None)
+            self._drop_listing(ino)
         return removed, cached
 
     def orphans(self) -> list[int]:
@@ -334,19 +382,106 @@ class Catalog:
         return Attrs(*row) if row else None
 
     def add_entry(self, parent: int, name: bytes, ino: int) -> None:
-        self.db.execute("INSERT INTO dentries (parent, name, inode) VALUES (?, ?, ?)", (parent, name, ino))
+        """Name *ino* *name* in directory *parent*.
+
+        Raises:
+            sqlite3.IntegrityError: *parent* already holds *name*.
+        """
+        cur = self.db.execute("INSERT INTO dentries (parent, name, inode) VALUES (?, ?, ?)", (parent, name, ino))
+        listing = self._listings.get(parent)
+        if listing is not None:
+            # a new entry's id is above every id in the table, so the listing stays in order
+            assert cur.lastrowid is not None
+            listing.append((cur.lastrowid, name, ino))
+            self._listed += 1
+            if self._listed > LISTED_NAMES_MAX:
+                self._listings.clear()
+                self._listed = 0
 
     def remove_entry(self, parent: int, name: bytes) -> None:
         self.db.execute("DELETE FROM dentries WHERE parent = ? AND name = ?", (parent, name))
+        self._drop_listing(parent)
+
+    def set_entry_inode(self, parent: int, name: bytes, ino: int) -> None:
+        """Point the existing entry *name* of *parent* at *ino* (RENAME_EXCHANGE)."""
+        self.db.execute("UPDATE dentries SET inode = ? WHERE parent = ? AND name = ?", (ino, parent, name))
+        self._drop_listing(parent)
+
+    def drop_entries_of(self, ino: int) -> None:
+        """Remove every entry in directory *ino* and every name of *ino* (bucket removal)."""
+        self.db.execute("DELETE FROM dentries WHERE parent = ? OR inode = ?", (ino, ino))
+        self.forget_cached()  # the parents of the names removed are not known here
+
+    def list_dir_rows(self, parent: int, after: int, limit: int) -> list[tuple[int, bytes, tuple[int, ...]]]:
+        """:meth:`list_dir` with each entry's attributes as a row tuple (the fields of
+        :class:`Attrs`, in order), from memory where it can.
+
+        Directories this connection created or listed whole are kept in memory with the
+        attribute rows it wrote or read, up to LISTED_NAMES_MAX names and CACHED_ROWS_MAX rows.
+        A row tuple stays the same object until the inode changes, so callers may key work
+        derived from it on its identity. Everything kept is dropped when a transaction rolls
+        back and when another connection has committed (SQLite's ``PRAGMA data_version``).
+        """
+        version = self.db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:
+            self.forget_cached()
+            self._data_version = version
+        listing = self._listings.get(parent)
+        if listing is not None:
+            start = bisect.bisect_right(listing, after, key=_cookie) if after else 0
+            out: list[tuple[int, bytes, tuple[int, ...]]] = []
+            rows = self._rows
+            for cookie, name, ino in listing[start : start + limit]:
+                row = rows.get(ino)
+                if row is None:
+                    break  # the row is not held: read the listing from the catalog
+                out.append((cookie, name, row))
+            else:
+                return out
+        got = self.db.execute(_SQL_LIST_DIR, (parent, after, limit)).fetchall()
+        out = [(r[0], r[1], r[2:]) for r in got]
+        for _, _, row in out:
+            self._keep_row(row)
+        if not after and len(out) < limit:
+            self._drop_listing(parent)
+            self._listings[parent] = [(cookie, name, row[0]) for cookie, name, row in out]
+            self._listed += len(out)
+            if self._listed > LISTED_NAMES_MAX:
+                self._listings.clear()
+                self._listed = 0
+        return out
+
+    def forget_cached(self) -> None:
+        """Drop the listings and attribute rows held in memory (see :meth:`list_dir_rows`)."""
+        self._rows.clear()
+        self._listings.clear()
+        self._listed = 0
+
+    def _keep_row(self, row: tuple[int, ...]) -> None:
+        if len(self._rows) >= CACHED_ROWS_MAX and row[0] not in self._rows:
+            self._rows.clear()
+        self._rows[row[0]] = row
+
+    def _patch_row(self, ino: int, cols: dict[str, int]) -> None:
+        row = self._rows.get(ino)
+        if row is not None:
+            new = list(row)
+            for c, v in cols.items():
+                i = _ATTR_INDEX.get(c)
+                if i is None:
+                    del self._rows[ino]
+                    return
+                new[i] = v
+            self._rows[ino] = tuple(new)
+
+    def _drop_listing(self, ino: int) -> None:
+        listing = self._listings.pop(ino, None)
+        if listing is not None:
+            self._listed -= len(listing)
 
     def list_dir(self, parent: int, after: int, limit: int) -> list[tuple[int, bytes, Attrs]]:
         """Entries of *parent* with cookie > *after*, in cookie order: ``(cookie, name, attrs)``."""
-        rows = self.db.execute(
-            f"SELECT d.id, d.name, {_ATTR_COLS_I}"
-            " FROM dentries d JOIN inodes i ON i.id = d.inode"
-            " WHERE d.parent = ? AND d.id > ? ORDER BY d.id LIMIT ?",
-            (parent, after, limit),
-        ).fetchall()
+        rows = self.db.execute(_SQL_LIST_DIR, (parent, after, limit)).fetchall()
         return [(r[0], r[1], Attrs(*r[2:])) for r in rows]
 
     def get_with_parent(self, ino: int) -> tuple[Attrs, int | None] | None:

@@ -139,7 +139,7 @@ class Pool(Tiering):
                     else:
                         order.append(a.id)
             for i in order:
-                cat.db.execute("DELETE FROM dentries WHERE parent = ? OR inode = ?", (i, i))
+                cat.drop_entries_of(i)
             seen = set()
             for i in order:
                 if i in seen:

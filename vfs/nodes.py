@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, cast
 
 import pyfuse3
 
-from pool.catalog import NAME_MAX, ROOT, Attrs, now_ns
+from pool.catalog import CACHED_ROWS_MAX, NAME_MAX, ROOT, Attrs, now_ns
 
 from .data import DataPath, OpenFile
 
@@ -77,7 +77,10 @@ class NodeOps(pyfuse3.Operations):
         self.purge_queue: set[int] = set()
         self.initialised = False
         self.atimes: dict[int, int] = {}  # relatime updates not saved yet (see save_atimes)
+        #: ino -> (catalog row, the entry made from it), see entry_of_row
+        self.row_entries: dict[int, tuple[tuple[int, ...], pyfuse3.EntryAttributes]] = {}
         self.root_names: set[bytes] = set()  # bucket names the kernel may hold entries for
+        self.inodes_counted = (-1e9, 0)  # (time.monotonic(), inodes in use) for statfs
         self.requests = 0  #: metadata requests served so far (write-back backs off while busy)
         #: files whose last name went (nlink 0) and which are not purged yet: their data is never
         #: needed again once closed, so write-back skips them and stops their uploads in flight
@@ -118,9 +121,7 @@ class NodeOps(pyfuse3.Operations):
             return 0
         items, self.atimes = self.atimes, {}
         with self.cat.op():
-            self.cat.db.executemany(
-                "UPDATE inodes SET atime_ns = ? WHERE id = ?", [(t, ino) for ino, t in items.items()]
-            )
+            self.cat.save_atimes(items)
         return len(items)
 
     def entry(self, a: Attrs) -> pyfuse3.EntryAttributes:
@@ -142,6 +143,22 @@ class NodeOps(pyfuse3.Operations):
         e.st_mtime_ns = a.mtime_ns
         e.st_ctime_ns = a.ctime_ns
         e.st_birthtime_ns = a.btime_ns
+        return e
+
+    def entry_of_row(self, row: tuple[int, ...]) -> pyfuse3.EntryAttributes:
+        """:meth:`entry` for an attribute row of :meth:`Catalog.list_dir_rows`. The entry
+        made for a row is kept while the catalog hands out that same row object (it does
+        until the inode changes) and no change held in memory applies to the inode."""
+        ino = row[0]
+        if ino in self.pending or ino in self.atimes:
+            return self.entry(self.fresh(Attrs(*row)))
+        kept = self.row_entries.get(ino)
+        if kept is not None and kept[0] is row:
+            return kept[1]
+        e = self.entry(Attrs(*row))
+        if len(self.row_entries) >= CACHED_ROWS_MAX:
+            self.row_entries.clear()
+        self.row_entries[ino] = (row, e)
         return e
 
     @staticmethod
@@ -227,6 +244,7 @@ class NodeOps(pyfuse3.Operations):
         self.unlinked.difference_update(inos)  # removed, or (after a rolled-back unlink) alive
         for ino in removed:
             self.atimes.pop(ino, None)
+            self.row_entries.pop(ino, None)
             self.served.pop(ino, None)
             self.data.forget_cache(ino, has_file=ino in cached)
         return len(removed)

@@ -214,7 +214,7 @@ async def test_readdir_handles_dots_and_the_end_of_a_listing(ops: Operations, mo
     await ops.readdir(fh, 0, None)  # type: ignore[arg-type]
     assert [(n, i) for n, i, _ in got] == [(b".", sub), (b"..", b), (b"f", got[2][1])]
     # the kernel asks again at the last cookie to see the end: answered without the catalog
-    monkeypatch.setattr(ops.cat, "list_dir", lambda *a: pytest.fail("catalog read at the end of a listing"))
+    monkeypatch.setattr(ops.cat, "list_dir_rows", lambda *a: pytest.fail("catalog read at the end of a listing"))
     await ops.readdir(fh, got[-1][2], None)  # type: ignore[arg-type]
     assert len(got) == 3
     await ops.releasedir(fh)
