@@ -75,6 +75,11 @@ Triggers (migration 3): deleting an ``inodes`` row deletes its ``objects``, ``xa
 ``rekeys`` -- clean objects whose key no longer matches their path after a rename:
     ``inode``. The write-back service moves them to the new key.
 
+``namespace_version`` (migration 5) -- one row, ``seq``: raised by one in every transaction
+    that changes ``inodes`` or ``dentries`` (:class:`pool.catalog.Catalog` does it), so a
+    connection that keeps listings in memory can tell that another one changed the namespace
+    (SQLite's ``PRAGMA data_version`` also changes for commits that touch other tables only).
+
 ``tier_moves`` -- tier moves in progress: ``inode``, ``src_tier``, ``dst_tier``, ``tmp_key``
     (the temporary key in the destination). A row left after a crash is rolled back at the
     next start by deleting ``tmp_key``; the source copy is still the catalog's copy.
@@ -181,6 +186,11 @@ MIGRATIONS: list[str] = [
     # batch sorted the whole directory (quadratic in its size)
     """
     CREATE INDEX dentries_by_parent_cookie ON dentries(parent, id)
+    """,
+    # 5: a counter of namespace changes, for connections that keep listings in memory
+    """
+    CREATE TABLE namespace_version (seq INTEGER NOT NULL);
+    INSERT INTO namespace_version (seq) VALUES (0)
     """,
 ]
 

@@ -80,7 +80,6 @@ class NodeOps(pyfuse3.Operations):
         #: ino -> (catalog row, the entry made from it), see entry_of_row
         self.row_entries: dict[int, tuple[tuple[int, ...], pyfuse3.EntryAttributes]] = {}
         self.root_names: set[bytes] = set()  # bucket names the kernel may hold entries for
-        self.inodes_counted = (-1e9, 0)  # (time.monotonic(), inodes in use) for statfs
         self.requests = 0  #: metadata requests served so far (write-back backs off while busy)
         #: files whose last name went (nlink 0) and which are not purged yet: their data is never
         #: needed again once closed, so write-back skips them and stops their uploads in flight
@@ -89,6 +88,7 @@ class NodeOps(pyfuse3.Operations):
     def init(self) -> None:
         """Called once the kernel's INIT request is being answered."""
         self.initialised = True
+        self.cat.count_inodes()  # counted now, statfs (df, find) then answers from memory
 
     # -- helpers ------------------------------------------------------------------------------
 

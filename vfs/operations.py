@@ -16,7 +16,6 @@ import logging
 import os
 import sqlite3
 import stat
-import time
 from typing import cast
 
 import pyfuse3
@@ -33,7 +32,6 @@ log = logging.getLogger(__name__)
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 RENAME_WHITEOUT = 4
-STATFS_COUNT_S = 2.0  # how long statfs reuses its count of inodes in use
 
 
 class Operations(XattrOps):
@@ -157,12 +155,7 @@ class Operations(XattrOps):
         s.f_blocks = sv.f_blocks
         s.f_bfree = sv.f_bfree
         s.f_bavail = sv.f_bavail
-        # counting inodes reads the whole table (0.3 ms for 10,000 files): count at most once
-        # per STATFS_COUNT_S; the figure is advisory on every filesystem
-        t, used = self.inodes_counted
-        if time.monotonic() - t > STATFS_COUNT_S:
-            used = self.cat.count_inodes()
-            self.inodes_counted = (time.monotonic(), used)
+        used = self.cat.count_inodes()
         s.f_files = max(sv.f_files, used + 1_000_000)
         s.f_ffree = s.f_files - used
         s.f_favail = s.f_ffree

@@ -57,8 +57,10 @@ async def listed(ops: Operations, ino: int, monkeypatch: pytest.MonkeyPatch, roo
 
 async def check_all(ops: Operations, truth: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch) -> int:
     """Compare every directory's listing with the catalog, and each entry's attributes with
-    getattr (which reads the catalog). Returns how many entries were compared."""
+    getattr (which reads the catalog), and the inode count statfs gives with the table's.
+    Returns how many entries were compared."""
     dirs = [r[0] for r in truth.execute("SELECT id FROM inodes WHERE mode & 61440 = 16384 AND nlink > 0")]
+    assert ops.cat.count_inodes() == truth.execute("SELECT count(*) FROM inodes").fetchone()[0]  # statfs's figure
     n = 0
     for d in dirs:
         for room in (1 << 30, 3):
@@ -145,8 +147,9 @@ async def test_listings_match_the_catalog_through_random_changes(
         files = [i for i in files if ops.cat.get(i) is not None]
         if step % 8 == 0:
             ops.cat.commit_group()
+            ops.purge()  # what the write-back service does on its ticks
             ops.save_atimes()
-            ops.cat.commit_group()  # what the write-back service does on its ticks
+            ops.cat.commit_group()
             compared += await check_all(ops, truth, monkeypatch)
     ops.cat.commit_group()
     compared += await check_all(ops, truth, monkeypatch)
@@ -201,3 +204,45 @@ async def test_exchange_and_rename_show_in_the_next_listing(ops: Operations, mon
     assert await names(b) == [(b"f", d), (b"d", f)]
     await ops.rename(d, b"g", b, b"h", 0, CTX)
     assert await names(b) == [(b"f", d), (b"d", f), (b"h", g)] and await names(d) == []
+
+
+async def test_a_change_by_another_connection_is_seen_after_a_change_of_ours(
+    ops: Operations, pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b = await bucket(ops)
+    f = await make_file(ops, b, b"f")
+    assert [n for n, _, _ in await listed(ops, b, monkeypatch)] == [b"f"]
+    other = Catalog(pool.config.catalog_path)
+    other.update(f, size=9)  # the other connection changes first ...
+    await make_file(ops, b, b"g")  # ... then this one, before it lists again
+    got = await listed(ops, b, monkeypatch)
+    assert [(n, e.st_size) for n, e, _ in got] == [(b"f", 9), (b"g", 0)]
+    other.close()
+
+
+async def test_commits_elsewhere_that_leave_the_namespace_alone_keep_the_listings(
+    ops: Operations, pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b = await bucket(ops)
+    f = await make_file(ops, b, b"f", b"data")
+    await listed(ops, b, monkeypatch)
+    other = Catalog(pool.config.catalog_path)  # the write-back service's chores connection
+    with other.tx():
+        other.add_trash("hot", "b/old", None)
+        other.update_object(f, etag="x")
+    other.close()
+    monkeypatch.setattr(catalog_mod, "_SQL_LIST_DIR", "SELECT no_such_column")  # no catalog read now
+    assert [n for n, _, _ in await listed(ops, b, monkeypatch)] == [b"f"]
+
+
+def test_every_transaction_of_another_connection_is_seen(tmp_path: Any) -> None:
+    a, b = Catalog(tmp_path / "c.db"), Catalog(tmp_path / "c.db")
+    d = b.new_inode(stat.S_IFDIR | 0o755, 0, 0, 1, nlink=2)
+    b.add_entry(ROOT, b"d", d.id)
+    for i in range(3):
+        with b.tx():
+            f = b.new_inode(stat.S_IFREG | 0o644, 0, 0, i)
+            b.add_entry(d.id, f"f{i}".encode(), f.id)
+        assert [n for _, n, _ in a.list_dir_rows(d.id, 0, 100)] == [f"f{j}".encode() for j in range(i + 1)]
+    a.close()
+    b.close()
