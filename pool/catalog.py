@@ -40,7 +40,7 @@ _ATTR_COLS_I = ", ".join("i." + c.strip() for c in _ATTR_COLS.split(","))  # the
 _PARENT_OF = "SELECT parent FROM dentries WHERE inode = {} ORDER BY id LIMIT 1"  # see Catalog.parent_of
 _SQL_PARENT_OF = _PARENT_OF.format("?")
 _SQL_NS_SEQ = "SELECT seq FROM namespace_version"
-_SQL_NS_BUMP = "UPDATE namespace_version SET seq = seq + 1 RETURNING seq"
+_SQL_NS_BUMP = "UPDATE namespace_version SET seq = seq + 1"
 _SQL_LIST_DIR = (
     f"SELECT d.id, d.name, {_ATTR_COLS_I} FROM dentries d JOIN inodes i ON i.id = d.inode"
     " WHERE d.parent = ? AND d.id > ? ORDER BY d.id LIMIT ?"
@@ -141,7 +141,8 @@ class Catalog:
         self._listed = 0
         self._inodes: int | None = None  # see count_inodes
         migrate(self.db)
-        self._ns_seen = self.db.execute(_SQL_NS_SEQ).fetchone()[0]  # namespace_version.seq as last known
+        self._keeps_listings = False  # see keep_listings
+        self._ns_seen = 0  # namespace_version.seq as last known (by a connection keeping listings)
         self._ns_bumped = False  # this connection raised it in the open transaction
         if self.get(ROOT) is None:
             t = now_ns()
@@ -307,7 +308,7 @@ class Catalog:
         if self._inodes is not None:
             self._inodes += 1
         self._keep_row((ino, mode, uid, gid, size, nlink, t_ns, t_ns, t_ns, t_ns, rdev))
-        if stat.S_ISDIR(mode):
+        if stat.S_ISDIR(mode) and self._keeps_listings:
             self._listings[ino] = []  # a new directory's whole listing: nothing
         return Attrs(ino, mode, uid, gid, size, nlink, t_ns, t_ns, t_ns, t_ns, rdev)
 
@@ -435,22 +436,31 @@ class Catalog:
         self._namespace_changed()
         self.forget_cached()  # the parents of the names removed are not known here
 
+    def keep_listings(self) -> None:
+        """Serve :meth:`list_dir_rows` from memory where possible (the mount's connection).
+
+        This connection then keeps the whole listing of the directories it creates or lists,
+        with the attribute rows it writes or reads, up to LISTED_NAMES_MAX names and
+        CACHED_ROWS_MAX rows, and the inode count (:meth:`count_inodes`). All of it is dropped
+        when a transaction rolls back and when another connection has changed the namespace:
+        every other connection raises ``namespace_version`` (:mod:`pool.schema`) in each
+        transaction that changes inodes or entries, and this one compares it before each
+        listing. So only one connection per catalog may keep listings (the mount holds the
+        pool's mount lock), and a program writing the catalog other than through this class
+        must raise the version too.
+        """
+        self._keeps_listings = True
+        self.forget_cached()
+        self._ns_seen = self.db.execute(_SQL_NS_SEQ).fetchone()[0]
+
     def list_dir_rows(self, parent: int, after: int, limit: int) -> list[tuple[int, bytes, tuple[int, ...]]]:
         """:meth:`list_dir` with each entry's attributes as a row tuple (the fields of
-        :class:`Attrs`, in order), from memory where it can.
-
-        Directories this connection created or listed whole are kept in memory with the
-        attribute rows it wrote or read, up to LISTED_NAMES_MAX names and CACHED_ROWS_MAX rows.
+        :class:`Attrs`, in order), from memory where it can (see :meth:`keep_listings`).
         A row tuple stays the same object until the inode changes, so callers may key work
-        derived from it on its identity. Everything kept is dropped when a transaction rolls
-        back and when another connection has changed the namespace (``namespace_version`` in
-        :mod:`pool.schema`; a process that writes the catalog other than through this class
-        must raise it too).
-        """
-        seq = self.db.execute(_SQL_NS_SEQ).fetchone()[0]
-        if seq != self._ns_seen:
-            self.forget_cached()
-            self._ns_seen = seq
+        derived from it on its identity."""
+        if not self._keeps_listings:
+            return [(r[0], r[1], r[2:]) for r in self.db.execute(_SQL_LIST_DIR, (parent, after, limit))]
+        self._check_namespace()
         listing = self._listings.get(parent)
         if listing is not None:
             start = bisect.bisect_right(listing, after, key=_cookie) if after else 0
@@ -484,21 +494,27 @@ class Catalog:
         self._inodes = None
         self._ns_bumped = False  # after a rollback the next change raises the version again
 
+    def _check_namespace(self) -> None:
+        """Drop what is kept if another connection changed the namespace since the last look."""
+        seq = self.db.execute(_SQL_NS_SEQ).fetchone()[0]
+        if seq != self._ns_seen:
+            self.forget_cached()
+            self._ns_seen = seq
+
     def _keep_row(self, row: tuple[int, ...]) -> None:
+        if not self._keeps_listings:
+            return
         if len(self._rows) >= CACHED_ROWS_MAX and row[0] not in self._rows:
             self._rows.clear()
         self._rows[row[0]] = row
 
     def _namespace_changed(self) -> None:
         """Raise ``namespace_version`` once per transaction that changes inodes or entries,
-        after the change; a value other than the one expected means another connection
-        changed the namespace since this one last looked, and what is held is dropped."""
-        if self._ns_bumped:
+        after the change, unless this is the connection keeping listings (see
+        :meth:`keep_listings`): nobody else keeps any."""
+        if self._ns_bumped or self._keeps_listings:
             return
-        seq = self.db.execute(_SQL_NS_BUMP).fetchone()[0]
-        if seq != self._ns_seen + 1:
-            self.forget_cached()
-        self._ns_seen = seq
+        self.db.execute(_SQL_NS_BUMP)
         self._ns_bumped = self.db.in_transaction
 
     def _patch_row(self, ino: int, cols: dict[str, int]) -> None:
@@ -585,10 +601,13 @@ class Catalog:
 
     def count_inodes(self) -> int:
         """Inodes in the catalog. Counting reads the whole table (about 0.3 ms per 10,000
-        inodes), so the count is kept and followed through this connection's changes until
-        a rollback or another connection's namespace change (as the listing cache)."""
-        if self._inodes is None:
-            self._inodes = int(self.db.execute("SELECT count(*) FROM inodes").fetchone()[0])
+        inodes), so a connection keeping listings (:meth:`keep_listings`) keeps the count
+        too and follows it through its own changes."""
+        if self._keeps_listings:
+            self._check_namespace()
+            if self._inodes is not None:
+                return self._inodes
+        self._inodes = int(self.db.execute("SELECT count(*) FROM inodes").fetchone()[0])
         return self._inodes
 
     # -- xattrs -----------------------------------------------------------------------------

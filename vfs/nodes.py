@@ -64,6 +64,7 @@ class NodeOps(pyfuse3.Operations):
         super().__init__()
         self.pool = pool
         self.cat = pool.catalog
+        self.cat.keep_listings()  # readdir answers from memory where it can
         self.data = DataPath(pool, cache_max_bytes)
         self.read_only = read_only
         self.attr_timeout_s = attr_timeout_s

@@ -147,7 +147,8 @@ async def test_listings_match_the_catalog_through_random_changes(
         files = [i for i in files if ops.cat.get(i) is not None]
         if step % 8 == 0:
             ops.cat.commit_group()
-            ops.purge()  # what the write-back service does on its ticks
+            await ops.forget(list(ops.lookups.items()))  # the kernel drops its references ...
+            ops.purge()  # ... and the write-back service purges on its ticks
             ops.save_atimes()
             ops.cat.commit_group()
             compared += await check_all(ops, truth, monkeypatch)
@@ -174,6 +175,7 @@ def test_listing_bounds_empty_the_cache_and_stay_right(tmp_path: Any, monkeypatc
     monkeypatch.setattr(catalog_mod, "LISTED_NAMES_MAX", 10)
     monkeypatch.setattr(catalog_mod, "CACHED_ROWS_MAX", 7)
     cat = Catalog(tmp_path / "c.db")
+    cat.keep_listings()
     d = cat.new_inode(stat.S_IFDIR | 0o755, 0, 0, 1, nlink=2)
     cat.add_entry(ROOT, b"d", d.id)
     for i in range(25):
@@ -237,6 +239,7 @@ async def test_commits_elsewhere_that_leave_the_namespace_alone_keep_the_listing
 
 def test_every_transaction_of_another_connection_is_seen(tmp_path: Any) -> None:
     a, b = Catalog(tmp_path / "c.db"), Catalog(tmp_path / "c.db")
+    a.keep_listings()  # the mount's connection; b is, say, a sync run writing into the pool
     d = b.new_inode(stat.S_IFDIR | 0o755, 0, 0, 1, nlink=2)
     b.add_entry(ROOT, b"d", d.id)
     for i in range(3):
