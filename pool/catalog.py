@@ -45,7 +45,9 @@ _SQL_LIST_DIR = (
     f"SELECT d.id, d.name, {_ATTR_COLS_I} FROM dentries d JOIN inodes i ON i.id = d.inode"
     " WHERE d.parent = ? AND d.id > ? ORDER BY d.id LIMIT ?"
 )
-_SQL_GET_WITH_PARENT = f"SELECT {_ATTR_COLS_I}, ({_PARENT_OF.format('i.id')}) FROM inodes i WHERE i.id = ?"
+_SQL_LISTING_START = (
+    f"SELECT {_ATTR_COLS_I}, ({_PARENT_OF.format('i.id')}), ({_SQL_NS_SEQ}) FROM inodes i WHERE i.id = ?"
+)
 _OBJ_COLS = (
     "inode, tier, key, size, xxh3_128, etag, state, dirty_since_ns, "
     "restore_requested_ns, restore_ready_ns, upload_tmp_key"
@@ -453,14 +455,21 @@ class Catalog:
         self.forget_cached()
         self._ns_seen = self.db.execute(_SQL_NS_SEQ).fetchone()[0]
 
-    def list_dir_rows(self, parent: int, after: int, limit: int) -> list[tuple[int, bytes, tuple[int, ...]]]:
+    def list_dir_rows(
+        self, parent: int, after: int, limit: int, *, checked: bool = False
+    ) -> tuple[list[tuple[int, bytes, tuple[int, ...]]], bool]:
         """:meth:`list_dir` with each entry's attributes as a row tuple (the fields of
         :class:`Attrs`, in order), from memory where it can (see :meth:`keep_listings`).
-        A row tuple stays the same object until the inode changes, so callers may key work
-        derived from it on its identity."""
+
+        Returns ``(entries, from_memory)``. A row tuple stays the same object until the
+        inode changes, so callers may key work derived from it on its identity; rows read
+        from the catalog (``from_memory`` False) are new objects. *checked*:
+        :meth:`listing_start` has just checked for other connections' changes.
+        """
         if not self._keeps_listings:
-            return [(r[0], r[1], r[2:]) for r in self.db.execute(_SQL_LIST_DIR, (parent, after, limit))]
-        self._check_namespace()
+            return [(r[0], r[1], r[2:]) for r in self.db.execute(_SQL_LIST_DIR, (parent, after, limit))], False
+        if not checked:
+            self._check_namespace()
         listing = self._listings.get(parent)
         if listing is not None:
             start = bisect.bisect_right(listing, after, key=_cookie) if after else 0
@@ -472,11 +481,14 @@ class Catalog:
                     break  # the row is not held: read the listing from the catalog
                 out.append((cookie, name, row))
             else:
-                return out
-        got = self.db.execute(_SQL_LIST_DIR, (parent, after, limit)).fetchall()
-        out = [(r[0], r[1], r[2:]) for r in got]
-        for _, _, row in out:
-            self._keep_row(row)
+                return out, True
+        out = [(r[0], r[1], r[2:]) for r in self.db.execute(_SQL_LIST_DIR, (parent, after, limit))]
+        rows = self._rows
+        if len(rows) + len(out) > CACHED_ROWS_MAX:
+            rows.clear()
+        if len(out) <= CACHED_ROWS_MAX:
+            for _, _, row in out:
+                rows[row[0]] = row
         if not after and len(out) < limit:
             self._drop_listing(parent)
             self._listings[parent] = [(cookie, name, row[0]) for cookie, name, row in out]
@@ -484,7 +496,7 @@ class Catalog:
             if self._listed > LISTED_NAMES_MAX:
                 self._listings.clear()
                 self._listed = 0
-        return out
+        return out, False
 
     def forget_cached(self) -> None:
         """Drop the listings and attribute rows held in memory (see :meth:`list_dir_rows`)."""
@@ -539,11 +551,18 @@ class Catalog:
         rows = self.db.execute(_SQL_LIST_DIR, (parent, after, limit)).fetchall()
         return [(r[0], r[1], Attrs(*r[2:])) for r in rows]
 
-    def get_with_parent(self, ino: int) -> tuple[Attrs, int | None] | None:
-        """*ino*'s attributes and the directory holding it (see :meth:`parent_of`), in one
-        query; None if there is no such inode."""
-        row = self.db.execute(_SQL_GET_WITH_PARENT, (ino,)).fetchone()
-        return (Attrs(*row[:-1]), row[-1]) if row else None
+    def listing_start(self, ino: int) -> tuple[Attrs, int | None] | None:
+        """Directory *ino*'s attributes and the directory holding it (see :meth:`parent_of`);
+        None if there is no such inode. For a connection keeping listings the same query
+        also checks ``namespace_version`` (one read transaction instead of two), so the
+        :meth:`list_dir_rows` calls that follow in the same request may pass ``checked``."""
+        row = self.db.execute(_SQL_LISTING_START, (ino,)).fetchone()
+        if row is None:
+            return None
+        if self._keeps_listings and row[-1] != self._ns_seen:
+            self.forget_cached()
+            self._ns_seen = row[-1]
+        return Attrs(*row[:-2]), row[-2]
 
     def is_empty(self, ino: int) -> bool:
         return self.db.execute("SELECT 1 FROM dentries WHERE parent = ? LIMIT 1", (ino,)).fetchone() is None

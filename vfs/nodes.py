@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, cast
 
 import pyfuse3
 
-from pool.catalog import CACHED_ROWS_MAX, NAME_MAX, ROOT, Attrs, now_ns
+from pool.catalog import NAME_MAX, ROOT, Attrs, now_ns
 
 from .data import DataPath, OpenFile
 
@@ -78,7 +78,7 @@ class NodeOps(pyfuse3.Operations):
         self.purge_queue: set[int] = set()
         self.initialised = False
         self.atimes: dict[int, int] = {}  # relatime updates not saved yet (see save_atimes)
-        #: ino -> (catalog row, the entry made from it), see entry_of_row
+        #: ino -> (catalog row, the entry made from it), see readdir
         self.row_entries: dict[int, tuple[tuple[int, ...], pyfuse3.EntryAttributes]] = {}
         self.root_names: set[bytes] = set()  # bucket names the kernel may hold entries for
         self.requests = 0  #: metadata requests served so far (write-back backs off while busy)
@@ -126,40 +126,44 @@ class NodeOps(pyfuse3.Operations):
         return len(items)
 
     def entry(self, a: Attrs) -> pyfuse3.EntryAttributes:
+        return self.entry_of_fields(
+            a.id, a.mode, a.uid, a.gid, a.size, a.nlink, a.atime_ns, a.mtime_ns, a.ctime_ns, a.btime_ns, a.rdev
+        )
+
+    def entry_of_fields(
+        self,
+        ino: int,
+        mode: int,
+        uid: int,
+        gid: int,
+        size: int,
+        nlink: int,
+        atime_ns: int,
+        mtime_ns: int,
+        ctime_ns: int,
+        btime_ns: int,
+        rdev: int,
+    ) -> pyfuse3.EntryAttributes:
+        """The entry the kernel gets for an inode with these attributes (the fields of
+        :class:`Attrs`, in order: a catalog row). Directories report 4096 bytes, as ext4."""
         e = pyfuse3.EntryAttributes()
-        e.st_ino = cast(pyfuse3.InodeT, a.id)
-        e.generation = 0
+        e.st_ino = cast(pyfuse3.InodeT, ino)
         e.entry_timeout = self.entry_timeout_s
         e.attr_timeout = self.attr_timeout_s
-        e.st_mode = cast(pyfuse3.ModeT, a.mode)
-        e.st_nlink = a.nlink
-        e.st_uid = a.uid
-        e.st_gid = a.gid
-        e.st_rdev = a.rdev
-        size = 4096 if a.is_dir else a.size
+        e.st_mode = cast(pyfuse3.ModeT, mode)
+        e.st_nlink = nlink
+        e.st_uid = uid
+        e.st_gid = gid
+        e.st_rdev = rdev
+        if stat.S_ISDIR(mode):
+            size = 4096
         e.st_size = size
         e.st_blksize = 4096
         e.st_blocks = ((size + 4095) // 4096) * 8
-        e.st_atime_ns = a.atime_ns
-        e.st_mtime_ns = a.mtime_ns
-        e.st_ctime_ns = a.ctime_ns
-        e.st_birthtime_ns = a.btime_ns
-        return e
-
-    def entry_of_row(self, row: tuple[int, ...]) -> pyfuse3.EntryAttributes:
-        """:meth:`entry` for an attribute row of :meth:`Catalog.list_dir_rows`. The entry
-        made for a row is kept while the catalog hands out that same row object (it does
-        until the inode changes) and no change held in memory applies to the inode."""
-        ino = row[0]
-        if ino in self.pending or ino in self.atimes:
-            return self.entry(self.fresh(Attrs(*row)))
-        kept = self.row_entries.get(ino)
-        if kept is not None and kept[0] is row:
-            return kept[1]
-        e = self.entry(Attrs(*row))
-        if len(self.row_entries) >= CACHED_ROWS_MAX:
-            self.row_entries.clear()
-        self.row_entries[ino] = (row, e)
+        e.st_atime_ns = atime_ns
+        e.st_mtime_ns = mtime_ns
+        e.st_ctime_ns = ctime_ns
+        e.st_birthtime_ns = btime_ns
         return e
 
     @staticmethod

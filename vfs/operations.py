@@ -20,7 +20,7 @@ from typing import cast
 
 import pyfuse3
 
-from pool.catalog import NAME_MAX, ROOT, Attrs, now_ns
+from pool.catalog import CACHED_ROWS_MAX, NAME_MAX, ROOT, Attrs, now_ns
 
 from .errnos import guard
 from .nodes import DOT_COOKIES, LINK_MAX, fail
@@ -554,12 +554,14 @@ class Operations(XattrOps):
         if h is None:
             raise fail(errno.EBADF)
         ino, reply = h[0], pyfuse3.readdir_reply
+        checked = False  # for other connections' changes (see Catalog.keep_listings)
         if start_id < DOT_COOKIES:
             # a listing starts: "." and ".." come first, as on ext4, and the directory is read
             # (relatime). Later calls continue the same listing and leave the atime alone.
-            got = self.cat.get_with_parent(ino)
+            got = self.cat.listing_start(ino)
             if got is None:
                 raise fail(errno.ENOENT)
+            checked = True
             d, up = got
             self._mark_read(self.fresh(d))
             dots = ((b".", ino), (b"..", up if ino != ROOT and up is not None else ROOT))
@@ -573,15 +575,35 @@ class Operations(XattrOps):
             # see an empty answer. Entries made since opendir may be left out (POSIX allows it).
             return
         after, last = max(start_id - DOT_COOKIES, 0), start_id
-        lookups, entry_of = self.lookups, self.entry_of_row
+        lookups, kept, pending, atimes = self.lookups, self.row_entries, self.pending, self.atimes
+        at_root = ino == ROOT
         while True:
-            batch = self.cat.list_dir_rows(ino, after, 256)
+            batch, keep = self.cat.list_dir_rows(ino, after, 256, checked=checked)
+            checked = True
+            if keep and len(kept) + len(batch) > CACHED_ROWS_MAX:
+                kept.clear()
             for dentry_id, name, row in batch:
-                if not reply(token, name, entry_of(row), dentry_id + DOT_COOKIES):
-                    return
+                # The entry made for a catalog row is kept while the catalog hands out that
+                # same row object (it does until the inode changes), unless a change held in
+                # memory applies to the inode. Rows just read from the catalog are new objects
+                # and may never be listed again: their entries are not kept (a listing larger
+                # than the catalog's memory bound would only churn). This loop is most of a
+                # listing's cost.
                 i = row[0]
+                if i in pending or i in atimes:
+                    e = self.entry(self.fresh(Attrs(*row)))
+                else:
+                    k = kept.get(i)
+                    if k is not None and k[0] is row:
+                        e = k[1]
+                    else:
+                        e = self.entry_of_fields(*row)
+                        if keep:
+                            kept[i] = (row, e)
+                if not reply(token, name, e, dentry_id + DOT_COOKIES):
+                    return
                 lookups[i] = lookups.get(i, 0) + 1
-                if ino == ROOT:
+                if at_root:
                     self.root_names.add(name)
                 after = dentry_id
                 last = dentry_id + DOT_COOKIES

@@ -181,14 +181,14 @@ def test_listing_bounds_empty_the_cache_and_stay_right(tmp_path: Any, monkeypatc
     for i in range(25):
         a = cat.new_inode(stat.S_IFREG | 0o644, 0, 0, i, size=i)
         cat.add_entry(d.id, f"f{i:02d}".encode(), a.id)
-        got = cat.list_dir_rows(d.id, 0, 1000)
+        got, _ = cat.list_dir_rows(d.id, 0, 1000)
         assert [(c, n, r[0], r[4]) for c, n, r in got] == [
             (c, n, a.id, a.size) for c, n, a in cat.list_dir(d.id, 0, 1000)
         ]
         assert cat._listed <= 10 and len(cat._rows) <= 7
     # continuing a listing from a cookie, a few at a time
-    first = cat.list_dir_rows(d.id, 0, 4)
-    rest = cat.list_dir_rows(d.id, first[-1][0], 1000)
+    first, _ = cat.list_dir_rows(d.id, 0, 4)
+    rest, _ = cat.list_dir_rows(d.id, first[-1][0], 1000)
     assert [n for _, n, _ in first + rest] == [f"f{i:02d}".encode() for i in range(25)]
 
 
@@ -246,6 +246,22 @@ def test_every_transaction_of_another_connection_is_seen(tmp_path: Any) -> None:
         with b.tx():
             f = b.new_inode(stat.S_IFREG | 0o644, 0, 0, i)
             b.add_entry(d.id, f"f{i}".encode(), f.id)
-        assert [n for _, n, _ in a.list_dir_rows(d.id, 0, 100)] == [f"f{j}".encode() for j in range(i + 1)]
+        assert [n for _, n, _ in a.list_dir_rows(d.id, 0, 100)[0]] == [f"f{j}".encode() for j in range(i + 1)]
     a.close()
     b.close()
+
+
+def test_a_directory_made_and_filled_here_is_listed_from_memory(tmp_path: Any) -> None:
+    cat = Catalog(tmp_path / "c.db")
+    cat.keep_listings()
+    d = cat.new_inode(stat.S_IFDIR | 0o755, 0, 0, 1, nlink=2)
+    cat.add_entry(ROOT, b"d", d.id)
+    f = cat.new_inode(stat.S_IFREG | 0o644, 0, 0, 2)
+    cat.add_entry(d.id, b"f", f.id)
+    f.size = 5
+    cat.save(f)
+    got, from_memory = cat.list_dir_rows(d.id, 0, 100)
+    assert from_memory and [(n, r[0], r[4]) for _, n, r in got] == [(b"f", f.id, 5)]
+    cat.update(f.id, size=7)  # a column set directly: the row kept follows it
+    got, from_memory = cat.list_dir_rows(d.id, 0, 100)
+    assert from_memory and got[0][2][4] == 7
