@@ -480,11 +480,14 @@ def test_tier_move_of_a_dirty_file_is_refused(mounts: Callable[..., Mount], home
 @pytest.mark.fuse
 def test_bucket_changes_from_the_cli_show_in_a_running_mount(mounts: Callable[..., Mount], home: Path) -> None:
     """The kernel caches names for --attr-timeout (10 s by default); `bucket create/remove`
-    tell the mount, so the change shows at once, not after the timeout."""
+    tell the mount, so the change shows at once, not after the timeout. The mount also keeps
+    listings in memory: the root is listed before the changes, so the one after them must see
+    the other process's changes through the catalog's namespace_version."""
     cli("bucket", "create", "extra", home=home)
     m = mounts()
     (m.path / "extra" / "f").write_bytes(b"x")
     assert os.stat(m.path / "extra").st_nlink == 2
+    assert sorted(os.listdir(m.path)) == ["b", "extra"] and os.listdir(m.path / "extra") == ["f"]
     cli("bucket", "remove", "extra", "--force", home=home)
     wait_until(lambda: not os.path.exists(m.path / "extra"), "the removed bucket to vanish", timeout=5)
     cli("bucket", "create", "fresh", home=home)
