@@ -135,9 +135,10 @@ class Catalog:
         self._grouping = False
         self._group_open = False
         self._on_group_open: Callable[[], None] | None = None
-        # The listing cache (see list_dir_rows): attribute rows by inode, and the whole
+        # The listing cache (see keep_listings): attribute rows by inode, and the whole
         # listing [(cookie, name, inode)] of some directories, as this connection wrote or
-        # read them; emptied when a transaction rolls back or another connection commits.
+        # read them; emptied when a transaction rolls back or another connection changes
+        # the namespace.
         self._rows: dict[int, tuple[int, ...]] = {}
         self._listings: dict[int, list[tuple[int, bytes, int]]] = {}
         self._listed = 0
