@@ -30,7 +30,7 @@ ROOT = 1
 NAME_MAX = 255
 #: bounds of the listing cache (see :meth:`Catalog.list_dir_rows`): names over all listed
 #: directories, and attribute rows; past either bound that part is emptied and refilled. At
-#: these bounds it holds about 40 MB (with the entries :mod:`vfs.nodes` makes from the rows).
+#: these bounds it holds about 55 MB (with the entries :mod:`vfs.nodes` makes from the rows).
 LISTED_NAMES_MAX = 100_000
 CACHED_ROWS_MAX = 50_000
 
