@@ -21,6 +21,8 @@ Rows (wall clock via ``time.perf_counter``):
 
 The table shows times, MB/s (10^6 bytes) for the sequential rows, and ratios
 ``other_time / darkstorage_time``: above 1 darkstorage is faster, below 1 it is slower.
+``--rounds N`` measures every target N times, round-robin (native, darkstorage, bindfs,
+rclone, then again), and shows each row's median; ``--json`` keeps every round's times.
 Dropping caches needs root; without it the "cold" row is really warm (a note says so).
 Nothing is downloaded; a missing ``bindfs``/``rclone`` binary skips that target. Everything
 (mounts, processes, temp dirs) is cleaned up on exit, Ctrl-C or errors.
@@ -28,6 +30,7 @@ Nothing is downloaded; a missing ``bindfs``/``rclone`` binary skips that target.
 Run:
     .venv/bin/python bench/mount.py --size 1G
     .venv/bin/python bench/mount.py --size 256M --files 2000 --only native,darkstorage --json out.json
+    .venv/bin/python bench/mount.py --size 64M --only darkstorage,bindfs --rounds 3
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import random
 import shlex
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import sysconfig
@@ -351,8 +355,26 @@ def ratios(other: dict[str, float | None], ds: dict[str, float | None]) -> dict[
     return out
 
 
-def report(results: dict[str, dict[str, float | None]], args: argparse.Namespace) -> None:
-    table = Table(title=f"darkstorage mount benchmark ({args.size >> 20} MiB file, {args.files:,} files)")
+def medians(rounds: list[dict[str, float | None]]) -> dict[str, float | None]:
+    """Each row's median over the rounds that measured it; None if every round failed it."""
+    out: dict[str, float | None] = {}
+    for key in [*ROWS, "du_kib"]:
+        seen = [r[key] for r in rounds if key in r]
+        if seen:
+            ok = [v for v in seen if v is not None]
+            out[key] = statistics.median(ok) if ok else None
+    return out
+
+
+def report(
+    results: dict[str, dict[str, float | None]],
+    args: argparse.Namespace,
+    rounds: dict[str, list[dict[str, float | None]]] | None = None,
+) -> None:
+    title = f"darkstorage mount benchmark ({args.size >> 20} MiB file, {args.files:,} files"
+    if args.rounds > 1:
+        title += f", median of {args.rounds} rounds"
+    table = Table(title=title + ")")
     table.add_column("benchmark", no_wrap=True)
     for t in results:
         table.add_column(t, justify="right", no_wrap=True)
@@ -383,6 +405,7 @@ def report(results: dict[str, dict[str, float | None]], args: argparse.Namespace
             "rows": ROWS,
             "units": "seconds, except du_kib (KiB from du -s)",
             "results": results,
+            "rounds": rounds or {},
             "notes": notes,
             "ratios_other_over_darkstorage": {p: ratios(results[p], results["darkstorage"]) for p in peers},
         }
@@ -403,7 +426,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tmpdir", default=None, help="where to make the temp dir (default: system temp dir)")
     ap.add_argument("--ds-args", default="", help="extra darkstorage mount flags, e.g. '--write-back 5s'")
     ap.add_argument("--stop-timeout", type=float, default=900, help="seconds to wait for a mount to stop")
+    ap.add_argument("--rounds", type=int, default=1, help="measure every target this many times, round-robin")
     args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     ROWS["seq_write"] = f"sequential write {args.size / (1 << 20):g} MiB + fsync"
     for key, verb in (("create", "create"), ("stat", "stat"), ("unlink", "unlink")):
         ROWS[key] = f"{verb} {args.files:,} empty files"
@@ -419,31 +445,33 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         note("not root: dropping the page cache will fail, cold reads will be warm")
     signal.signal(signal.SIGTERM, on_sigterm)
-    results: dict[str, dict[str, float | None]] = {}
+    rounds: dict[str, list[dict[str, float | None]]] = {}
     with contextlib.ExitStack() as outer:
         base = Path(tempfile.mkdtemp(prefix="darkstorage-bench-", dir=args.tmpdir))
         outer.callback(safe_rmtree, base)
         try:
             tarball, tar_files = build_tarball(base)
-            for name in chosen:
-                console.rule(name)
-                with contextlib.ExitStack() as stack:
-                    tdir = base / name
-                    tdir.mkdir()
-                    stack.callback(safe_rmtree, tdir)
-                    try:
-                        root = start_target(name, tdir, stack, args)
-                    except (RuntimeError, subprocess.CalledProcessError, OSError) as e:
-                        note(f"skipping {name}: cannot set it up: {e}")
-                        continue
-                    results[name] = {}  # filled row by row, so an interrupted run still reports
-                    run_rows(name, root, args, tarball, tar_files, results[name])
+            for n in range(args.rounds):
+                for name in chosen:
+                    console.rule(name if args.rounds == 1 else f"{name}, round {n + 1} of {args.rounds}")
+                    with contextlib.ExitStack() as stack:
+                        tdir = base / name
+                        tdir.mkdir()
+                        stack.callback(safe_rmtree, tdir)
+                        try:
+                            root = start_target(name, tdir, stack, args)
+                        except (RuntimeError, subprocess.CalledProcessError, OSError) as e:
+                            note(f"skipping {name}: cannot set it up: {e}")
+                            continue
+                        res: dict[str, float | None] = {}  # filled row by row: an interrupted run still reports
+                        rounds.setdefault(name, []).append(res)
+                        run_rows(name, root, args, tarball, tar_files, res)
         except KeyboardInterrupt:
             console.print("[red]interrupted; cleaning up[/]")
             return 130
         finally:
-            if results:
-                report(results, args)
+            if rounds:
+                report({name: medians(r) for name, r in rounds.items()}, args, rounds)
     return 0
 
 
