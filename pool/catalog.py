@@ -417,10 +417,7 @@ class Catalog:
             # a new entry's id is above every id in the table, so the listing stays in order
             assert cur.lastrowid is not None
             listing.append((cur.lastrowid, name, ino))
-            self._listed += 1
-            if self._listed > LISTED_NAMES_MAX:
-                self._listings.clear()
-                self._listed = 0
+            self._count_listed(1)
 
     def remove_entry(self, parent: int, name: bytes) -> None:
         self.db.execute("DELETE FROM dentries WHERE parent = ? AND name = ?", (parent, name))
@@ -493,10 +490,7 @@ class Catalog:
         if not after and len(out) < limit:
             self._drop_listing(parent)
             self._listings[parent] = [(cookie, name, row[0]) for cookie, name, row in out]
-            self._listed += len(out)
-            if self._listed > LISTED_NAMES_MAX:
-                self._listings.clear()
-                self._listed = 0
+            self._count_listed(len(out))
         return out, False
 
     def forget_cached(self) -> None:
@@ -509,10 +503,20 @@ class Catalog:
 
     def _check_namespace(self) -> None:
         """Drop what is kept if another connection changed the namespace since the last look."""
-        seq = self.db.execute(_SQL_NS_SEQ).fetchone()[0]
+        self._saw_version(self.db.execute(_SQL_NS_SEQ).fetchone()[0])
+
+    def _saw_version(self, seq: int) -> None:
+        """``namespace_version`` reads *seq*: drop what is kept if it moved."""
         if seq != self._ns_seen:
             self.forget_cached()
             self._ns_seen = seq
+
+    def _count_listed(self, n: int) -> None:
+        """*n* more names are kept; past LISTED_NAMES_MAX every listing is dropped."""
+        self._listed += n
+        if self._listed > LISTED_NAMES_MAX:
+            self._listings.clear()
+            self._listed = 0
 
     def _keep_row(self, row: tuple[int, ...]) -> None:
         if not self._keeps_listings:
@@ -560,9 +564,8 @@ class Catalog:
         row = self.db.execute(_SQL_LISTING_START, (ino,)).fetchone()
         if row is None:
             return None
-        if self._keeps_listings and row[-1] != self._ns_seen:
-            self.forget_cached()
-            self._ns_seen = row[-1]
+        if self._keeps_listings:
+            self._saw_version(row[-1])
         return Attrs(*row[:-2]), row[-2]
 
     def is_empty(self, ino: int) -> bool:
