@@ -23,6 +23,9 @@ The table shows times, MB/s (10^6 bytes) for the sequential rows, and ratios
 ``other_time / darkstorage_time``: above 1 darkstorage is faster, below 1 it is slower.
 ``--rounds N`` measures every target N times, round-robin (native, darkstorage, bindfs,
 rclone, then again), and shows each row's median; ``--json`` keeps every round's times.
+Before each target starts, the previous one's data is removed and flushed (``sync``, then a
+wait until the kernel holds under 8 MiB of dirty or in-flight pages, and one quiet second),
+so no target pays for the disk writes its predecessor left behind.
 Dropping caches needs root; without it the "cold" row is really warm (a note says so).
 Nothing is downloaded; a missing ``bindfs``/``rclone`` binary skips that target. Everything
 (mounts, processes, temp dirs) is cleaned up on exit, Ctrl-C or errors.
@@ -92,6 +95,25 @@ def parse_size(text: str) -> int:
     if n < BLOCK:
         raise argparse.ArgumentTypeError(f"size must be at least 1M, got {text!r}")
     return n - n % BLOCK
+
+
+def settle(timeout_s: float = 60.0) -> None:
+    """Flush what earlier targets left dirty and wait for the disk to go quiet: ``sync``,
+    then until ``Dirty`` + ``Writeback`` in ``/proc/meminfo`` is under 8 MiB (at most
+    *timeout_s*), then one more second."""
+    os.sync()
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        kib = 0
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                key, _, rest = line.partition(":")
+                if key in ("Dirty", "Writeback"):
+                    kib += int(rest.split()[0])
+        if kib < 8 * 1024:
+            break
+        time.sleep(0.1)
+    time.sleep(1.0)
 
 
 def drop_caches() -> bool:
@@ -453,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
             tarball, tar_files = build_tarball(base)
             for n in range(args.rounds):
                 for name in chosen:
+                    settle()
                     console.rule(name if args.rounds == 1 else f"{name}, round {n + 1} of {args.rounds}")
                     with contextlib.ExitStack() as stack:
                         tdir = base / name
