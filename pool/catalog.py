@@ -464,24 +464,24 @@ class Catalog:
         from the catalog (``from_memory`` False) are new objects. *checked*:
         :meth:`listing_start` has just checked for other connections' changes.
         """
-        if not self._keeps_listings:
-            return [(r[0], r[1], r[2:]) for r in self.db.execute(_SQL_LIST_DIR, (parent, after, limit))], False
-        if not checked:
-            self._check_namespace()
-        listing = self._listings.get(parent)
-        if listing is not None:
-            start = bisect.bisect_right(listing, after, key=_cookie) if after else 0
-            out: list[tuple[int, bytes, tuple[int, ...]]] = []
-            rows = self._rows
-            for cookie, name, ino in listing[start : start + limit]:
-                row = rows.get(ino)
-                if row is None:
-                    break  # the row is not held: read the listing from the catalog
-                out.append((cookie, name, row))
-            else:
-                return out, True
-        out = [(r[0], r[1], r[2:]) for r in self.db.execute(_SQL_LIST_DIR, (parent, after, limit))]
         rows = self._rows
+        if self._keeps_listings:
+            if not checked:
+                self._check_namespace()
+            listing = self._listings.get(parent)
+            if listing is not None:
+                start = bisect.bisect_right(listing, after, key=_cookie) if after else 0
+                out: list[tuple[int, bytes, tuple[int, ...]]] = []
+                for cookie, name, ino in listing[start : start + limit]:
+                    row = rows.get(ino)
+                    if row is None:
+                        break  # the row is not held: read the listing from the catalog
+                    out.append((cookie, name, row))
+                else:
+                    return out, True
+        out = [(r[0], r[1], r[2:]) for r in self.db.execute(_SQL_LIST_DIR, (parent, after, limit))]
+        if not self._keeps_listings:
+            return out, False
         if len(rows) + len(out) > CACHED_ROWS_MAX:
             rows.clear()
         if len(out) <= CACHED_ROWS_MAX:
